@@ -1,0 +1,13 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY policies ./policies
+RUN pip install --no-cache-dir . && useradd --system --home /data gateway && mkdir -p /data && chown gateway /data
+USER gateway
+ENV GATEWAY_DATA_DIR=/data \
+    GATEWAY_STORE_URL=sqlite:////data/gateway.db \
+    GATEWAY_ADMIN_HOST=0.0.0.0
+EXPOSE 8080 8081
+VOLUME ["/data"]
+CMD ["ingest-gateway", "serve"]

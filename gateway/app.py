@@ -1,0 +1,174 @@
+"""The runtime of one gateway process, and the two ASGI apps it serves.
+
+The ingest app is a plain ASGI dispatcher: OTLP and logpush go through GateMiddleware
+to the ReverseProxy, health checks are answered directly. The admin app is Starlette.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import StoreError
+from gateway.gates import Gates
+from gateway.guard import StoreGuard
+from gateway.keys import KeyHasher
+from gateway.metrics import Metrics
+from gateway.middleware import GateMiddleware
+from gateway.payload import BodyLimits
+from gateway.proxy import ReverseProxy
+from gateway.ratelimit import RateLimiter
+from gateway.routing import RoutingCache
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.store import Store, open_store
+from gateway.upstream import HttpUpstream, LocalSink, Upstream
+from gateway.usage import UsageGate
+from policies.reservations import ChunkPolicy
+
+log = logging.getLogger("gateway")
+
+
+class Runtime:
+    """Owns the store, caches, usage gate and upstream client of one process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        upstream: Upstream | None = None,
+        spool_dir: Path | bool | None = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings.store_url)
+        self.metrics = Metrics()
+        self.guard = StoreGuard(settings.gate_timeout)
+        self.hasher = KeyHasher(settings.key_secret_bytes())
+        self.routing = RoutingCache(self.store, self.guard, ttl=settings.cache_ttl)
+        spool_path = settings.data_dir / "spool" if spool_dir is True else spool_dir or None
+        holder = uuid.uuid4().hex
+        self.spool = Spool(spool_path, holder=holder)
+        self.usage = UsageGate(
+            self.store,
+            self.guard,
+            self.spool,
+            holder=holder,
+            policy=ChunkPolicy(strict=settings.strict_limits),
+            reservation_ttl=settings.reservation_ttl,
+        )
+        self.gates = Gates(
+            self.hasher,
+            self.routing,
+            self.usage,
+            RateLimiter(),
+            self.metrics,
+            shadow=settings.shadow,
+        )
+        self.upstream = (
+            upstream if upstream is not None else HttpUpstream(timeout=settings.upstream_timeout)
+        )
+        self.sink = LocalSink(settings.data_dir / "sink")
+        self.limits = BodyLimits(settings.max_body, settings.max_decompressed)
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        adopted = await asyncio.to_thread(self.spool.open)
+        if adopted:
+            log.info("adopted %d usage batches spooled by an earlier process", len(adopted))
+        await self.upstream.start()
+        await self.usage.flush()
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                pending = await self.usage.flush()
+            except Exception:
+                log.exception("usage flush failed")
+                continue
+            self.metrics.spool_pending.set(pending)
+            self.metrics.store_reads.set(self.routing.store_reads)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        left = await self.usage.close()
+        if left:
+            log.warning("%d usage batches stay spooled until the store answers again", left)
+        await asyncio.to_thread(self.spool.close)
+        await self.upstream.close()
+        await self.store.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Any = None) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.close()
+
+    def middleware(self, app: Any) -> GateMiddleware:
+        """The gates in front of any ASGI app (the proxy, or an ingest service's own)."""
+        return GateMiddleware(app, self.gates, self.metrics, limits=self.limits)
+
+    def invalidate_org(self, org_id: str) -> None:
+        self.routing.invalidate_org(org_id)
+        self.usage.invalidate_org(org_id)
+
+    async def ready(self) -> bool:
+        try:
+            await self.guard.call(self.store.ping)
+        except StoreError:
+            return False
+        return True
+
+
+class IngestApp:
+    """The ingest listener: health checks here, everything else through the gates."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        proxy = ReverseProxy(runtime.upstream, runtime.settings.upstream_url, runtime.sink)
+        self.gated = runtime.middleware(proxy)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan_noop(receive, send)
+            return
+        path = scope["path"]
+        if path == "/healthz":
+            await _text(send, 200, b"ok")
+        elif path == "/readyz":
+            ok = await self.runtime.ready()
+            await _text(send, 200 if ok else 503, b"ready" if ok else b"store unreachable")
+        elif path.startswith("/v1/"):
+            await self.gated(scope, receive, send)
+        else:
+            await _text(send, 404, b'{"error":"not_found"}', b"application/json")
+
+
+async def _text(send: Any, status: int, body: bytes, content_type: bytes = b"text/plain") -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan_noop(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,237 @@
+"""``ingest-gateway``: serve, quickstart, and the admin operations against the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.control import Control, NotFound, org_json
+from gateway.errors import BadRequest, ConfigError, StoreError
+from gateway.keys import KeyHasher
+from gateway.settings import Settings
+from gateway.store import open_store
+from policies.periods import calendar_month
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", dest="store_url", help="store URL (GATEWAY_STORE_URL)")
+    p.add_argument("--data-dir", type=Path, help="data folder (GATEWAY_DATA_DIR)")
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--host", help="ingest listener address (GATEWAY_HOST)")
+    p.add_argument("--port", type=int, help="ingest listener port (GATEWAY_PORT)")
+    p.add_argument("--admin-host", help="admin listener address (GATEWAY_ADMIN_HOST)")
+    p.add_argument("--admin-port", type=int, help="admin listener port (GATEWAY_ADMIN_PORT)")
+    p.add_argument(
+        "--upstream", dest="upstream_url", help="default upstream (GATEWAY_UPSTREAM_URL)"
+    )
+    p.add_argument("--shadow", action="store_true", default=None, help="GATEWAY_SHADOW")
+    p.add_argument(
+        "--strict-limits", action="store_true", default=None, help="GATEWAY_STRICT_LIMITS"
+    )
+    p.add_argument("--log-level", help="GATEWAY_LOG_LEVEL")
+
+
+def _limit_flags(p: argparse.ArgumentParser) -> None:
+    for name in ("requests", "bytes", "items", "rate-requests", "rate-bytes"):
+        p.add_argument(f"--{name}", type=int, help=f"{name} limit (absent = unlimited)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="ingest-gateway", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    _serve_flags(sub.add_parser("serve", help="start the ingest and admin listeners"))
+    _serve_flags(sub.add_parser("quickstart", help="demo org and key, then serve"))
+
+    orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="action", required=True)
+    create = orgs.add_parser("create")
+    _common(create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--upstream")
+    create.add_argument("--shadow", action="store_true")
+    _limit_flags(create)
+    update = orgs.add_parser("update")
+    _common(update)
+    update.add_argument("org_id")
+    update.add_argument("--name")
+    update.add_argument("--upstream")
+    _limit_flags(update)
+
+    keys = sub.add_parser("keys", help="manage ingest keys").add_subparsers(
+        dest="action", required=True
+    )
+    kc = keys.add_parser("create")
+    _common(kc)
+    kc.add_argument("org_id")
+    kr = keys.add_parser("revoke")
+    _common(kr)
+    kr.add_argument("key_id")
+
+    usage = sub.add_parser("usage", help="an org's usage this period")
+    _common(usage)
+    usage.add_argument("org_id")
+    suspend = sub.add_parser("suspend", help="suspend an org (or lift it with --lift)")
+    _common(suspend)
+    suspend.add_argument("org_id")
+    suspend.add_argument("--reason", default="manual")
+    suspend.add_argument("--lift", action="store_true")
+    return top
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    names = ("requests", "bytes", "items", "rate_requests", "rate_bytes")
+    return {n: v for n in names if (v := getattr(args, n, None)) is not None}
+
+
+async def _with_control(settings: Settings, work: Callable[[Control], Awaitable[Any]]) -> Any:
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        return await work(Control(store, KeyHasher(settings.key_secret_bytes())))
+    finally:
+        await store.close()
+
+
+async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
+    if args.command == "orgs" and args.action == "create":
+        body: dict[str, Any] = {"name": args.name, "limits": _limits(args), "shadow": args.shadow}
+        if args.upstream:
+            body["upstream"] = args.upstream
+        return await _with_control(settings, lambda c: _org(c.create_org(body)))
+    if args.command == "orgs":
+        patch: dict[str, Any] = {"limits": _limits(args)}
+        if args.name:
+            patch["name"] = args.name
+        if args.upstream:
+            patch["upstream"] = args.upstream
+        return await _with_control(settings, lambda c: _org(c.update_org(args.org_id, patch)))
+    if args.command == "keys" and args.action == "create":
+
+        async def create(c: Control) -> dict[str, str]:
+            record, key = await c.create_key(args.org_id)
+            return {"id": record.id, "key": key, "org_id": record.org_id}
+
+        return await _with_control(settings, create)
+    if args.command == "keys":
+
+        async def revoke(c: Control) -> dict[str, str]:
+            await c.revoke_key(args.key_id)
+            return {"revoked": args.key_id}
+
+        return await _with_control(settings, revoke)
+    if args.command == "usage":
+        period = calendar_month_now()
+        return await _with_control(settings, lambda c: c.usage(args.org_id, period))
+    if args.command == "suspend":
+        body = {"suspended": not args.lift, "reason": args.reason}
+        return await _with_control(settings, lambda c: _org(c.set_suspension(args.org_id, body)))
+    raise AssertionError(args.command)
+
+
+def calendar_month_now() -> Any:
+    from datetime import UTC, datetime
+
+    return calendar_month(datetime.fromtimestamp(time.time(), UTC))
+
+
+async def _org(pending: Awaitable[Any]) -> dict[str, Any]:
+    return org_json(await pending)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        k: v for k, v in vars(args).items() if k in Settings.__dataclass_fields__ and v is not None
+    }
+    return Settings.from_env(**overrides)
+
+
+async def _quickstart(settings: Settings) -> None:
+    token = settings.admin_token
+    if not token:
+        path = settings.data_dir / "admin-token"
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        token = path.read_text().strip()
+        settings = settings.with_(admin_token=token)
+
+    async def demo(c: Control) -> tuple[str, str]:
+        org = await c.create_org({"name": "demo", "limits": {"requests": 100_000}})
+        _record, key = await c.create_key(org.id)
+        return org.id, key
+
+    org_id, key = await _with_control(settings, demo)
+    where = settings.upstream_url or f"the local sink in {settings.data_dir / 'sink'}"
+    port, admin = settings.port, settings.admin_port
+    print(
+        f"""
+Ingest gateway quickstart
+  demo org:     {org_id}
+  ingest key:   {key}   (shown once; create more with `ingest-gateway keys create {org_id}`)
+  admin token:  kept in {settings.data_dir / "admin-token"} (set GATEWAY_ADMIN_TOKEN to choose one)
+  forwarding:   {where}
+
+Point an OpenTelemetry SDK at it:
+  export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{port}
+  export OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+  export OTEL_EXPORTER_OTLP_HEADERS="Authorization=Bearer {key}"
+
+Or an OpenTelemetry Collector (otlphttp exporter):
+  exporters:
+    otlphttp:
+      endpoint: http://127.0.0.1:{port}
+      headers: {{Authorization: "Bearer {key}"}}
+
+Usage so far:  curl -H "Authorization: Bearer $(cat {settings.data_dir / "admin-token"})" \\
+                 http://127.0.0.1:{admin}/admin/orgs/{org_id}/usage
+""",
+        flush=True,
+    )
+    from gateway.server import serve
+
+    await serve(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        )
+        if args.command == "serve":
+            from gateway.server import serve
+
+            asyncio.run(serve(settings))
+            return 0
+        if args.command == "quickstart":
+            asyncio.run(_quickstart(settings))
+            return 0
+        result = asyncio.run(_admin(args, settings))
+    except (ConfigError, BadRequest) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"error: not found: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"error: store unavailable: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

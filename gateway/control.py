@@ -1,0 +1,175 @@
+"""Control operations on orgs and keys, shared by the admin API and the CLI.
+
+Input arrives as parsed JSON (or CLI flags turned into the same shape) and is
+validated here, so both front ends refuse the same things with the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import BadRequest
+from gateway.keys import KeyHasher, generate_key
+from gateway.store.base import KeyRecord, OrgChanges, OrgRecord, Store
+from policies.model import Limits, Period
+
+LIMIT_NAMES = ("requests", "bytes", "items", "rate_requests", "rate_bytes")
+
+
+class NotFound(LookupError):
+    pass
+
+
+def org_json(org: OrgRecord) -> dict[str, Any]:
+    return {
+        "id": org.id,
+        "name": org.name,
+        "limits": org.limits.as_dict(),
+        "upstream": org.upstream,
+        "suspended": org.suspended,
+        "suspension_reason": org.suspension_reason,
+        "payment_status": org.payment_status,
+        "shadow": org.shadow,
+    }
+
+
+def _limits(raw: object, base: Limits) -> Limits:
+    if not isinstance(raw, Mapping):
+        raise BadRequest("limits must be an object")
+    unknown = set(raw) - set(LIMIT_NAMES)
+    if unknown:
+        raise BadRequest(f"unknown limits: {', '.join(sorted(map(str, unknown)))}")
+    changes: dict[str, int | None] = {}
+    for name, value in raw.items():
+        if value is not None and (type(value) is not int or value < 0):
+            raise BadRequest(f"limits.{name} must be a non-negative integer or null")
+        if value is not None and name.startswith("rate_") and value < 1:
+            raise BadRequest(f"limits.{name} must be at least 1 (null lifts it)")
+        changes[name] = value
+    return replace(base, **changes)
+
+
+def _upstream(raw: object) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise BadRequest("upstream must be a string or null")
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise BadRequest("upstream must be an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _name(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 200:
+        raise BadRequest("name must be a non-empty string of at most 200 characters")
+    return raw.strip()
+
+
+def _body(raw: object, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    return raw
+
+
+_ORG_FIELDS = {"name", "limits", "upstream", "shadow"}
+
+
+class Control:
+    def __init__(
+        self, store: Store, hasher: KeyHasher, invalidate: Callable[[str], None] = lambda _: None
+    ) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.invalidate = invalidate
+
+    async def create_org(self, raw: object) -> OrgRecord:
+        body = _body(raw, _ORG_FIELDS)
+        if "name" not in body:
+            raise BadRequest("name is required")
+        shadow = body.get("shadow", False)
+        if not isinstance(shadow, bool):
+            raise BadRequest("shadow must be a boolean")
+        return await self.store.create_org(
+            _name(body["name"]),
+            _limits(body.get("limits", {}), Limits()),
+            _upstream(body.get("upstream")),
+            shadow,
+        )
+
+    async def update_org(self, org_id: str, raw: object) -> OrgRecord:
+        body = _body(raw, _ORG_FIELDS)
+        current = await self._org(org_id)
+        shadow = body.get("shadow")
+        if shadow is not None and not isinstance(shadow, bool):
+            raise BadRequest("shadow must be a boolean")
+        changes = OrgChanges(
+            name=_name(body["name"]) if "name" in body else None,
+            limits=_limits(body["limits"], current.limits) if "limits" in body else None,
+            upstream=_upstream(body.get("upstream")),
+            set_upstream="upstream" in body,
+            shadow=shadow,
+        )
+        org = await self.store.update_org(org_id, changes)
+        if org is None:
+            raise NotFound(org_id)
+        self.invalidate(org_id)
+        return org
+
+    async def _org(self, org_id: str) -> OrgRecord:
+        org = await self.store.get_org(org_id)
+        if org is None:
+            raise NotFound(org_id)
+        return org
+
+    async def get_org(self, org_id: str) -> OrgRecord:
+        return await self._org(org_id)
+
+    async def create_key(self, org_id: str) -> tuple[KeyRecord, str]:
+        key = generate_key()
+        record = await self.store.create_key(org_id, self.hasher(key))
+        if record is None:
+            raise NotFound(org_id)
+        return record, key
+
+    async def revoke_key(self, key_id: str) -> None:
+        org_id = await self.store.revoke_key(key_id)
+        if org_id is None:
+            raise NotFound(key_id)
+        self.invalidate(org_id)
+
+    async def set_suspension(self, org_id: str, raw: object) -> OrgRecord:
+        body = _body(raw, {"suspended", "reason"})
+        suspended = body.get("suspended")
+        reason = body.get("reason")
+        if not isinstance(suspended, bool):
+            raise BadRequest("suspended must be a boolean")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise BadRequest("reason must be a string of at most 500 characters")
+        org = await self.store.set_suspension(org_id, suspended, reason)
+        if org is None:
+            raise NotFound(org_id)
+        self.invalidate(org_id)
+        return org
+
+    async def usage(self, org_id: str, period: Period) -> dict[str, Any]:
+        org = await self._org(org_id)
+        counters = await self.store.usage(org_id, period.key)
+        shadow = {m: counters.get(f"shadow_refused:{m}", 0) for m in ("requests", "bytes", "items")}
+        return {
+            "period_start": _iso(period.start),
+            "period_end": _iso(period.end),
+            "usage": {m: counters.get(m, 0) for m in ("requests", "bytes", "items")},
+            "limits": org.limits.as_dict(),
+            "shadow_refused": shadow,
+        }
+
+
+def _iso(moment: Any) -> str:
+    return str(moment.isoformat()).replace("+00:00", "Z")

@@ -1,0 +1,81 @@
+"""The gates in order: key -> routing -> suspension -> rate -> usage, with shadow mode.
+
+Shadow mode (global, or per org) runs every gate, counts what it would have refused,
+and admits anyway, so that limits can be rolled out safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import StoreError
+from gateway.keys import KeyHasher
+from gateway.metrics import Metrics
+from gateway.ratelimit import RateLimiter
+from gateway.routing import RoutingCache
+from gateway.usage import Admission, UsageGate
+from policies.decisions import INVALID_INGEST_KEY, Refusal, store_unavailable, suspension_gate
+from policies.model import OrgRouting, Quantities
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    routing: OrgRouting
+    shadowed: Refusal | None = None
+
+
+class Gates:
+    def __init__(
+        self,
+        hasher: KeyHasher,
+        routing: RoutingCache,
+        usage: UsageGate,
+        rates: RateLimiter,
+        metrics: Metrics,
+        *,
+        shadow: bool = False,
+    ) -> None:
+        self._hasher = hasher
+        self._routing = routing
+        self._usage = usage
+        self._rates = rates
+        self._metrics = metrics
+        self._shadow = shadow
+
+    async def authorize(self, key: str | None) -> Authorized | Refusal:
+        """Who is sending, and may they send at all (before the body is read)."""
+        if key is None:
+            return INVALID_INGEST_KEY
+        try:
+            routing = await self._routing.lookup(self._hasher(key))
+        except StoreError:
+            return store_unavailable()
+        if routing is None:
+            return INVALID_INGEST_KEY
+        refusal = suspension_gate(routing)
+        if refusal is None:
+            return Authorized(routing)
+        if self._shadow or routing.shadow:
+            return Authorized(routing, shadowed=refusal)
+        return refusal
+
+    async def admit(self, auth: Authorized, q: Quantities) -> Admission | Refusal:
+        """Rate and usage for one request's quantities: admitted and counted, or refused."""
+        routing = auth.routing
+        refusal = auth.shadowed or self._rates.check(routing, q)
+        if refusal is None:
+            outcome = await self._usage.admit(routing, q)
+            if isinstance(outcome, Admission):
+                if outcome.fail_open:
+                    self._metrics.fail_open.inc()
+                return outcome
+            refusal = outcome
+        if not (self._shadow or routing.shadow):
+            return refusal
+        self._metrics.shadow_refusals.labels(refusal.code).inc()
+        self._usage.record_shadow(routing, q)
+        return self._usage.admit_unmetered(routing, q)
+
+    def refund(self, admission: Admission) -> None:
+        self._metrics.refunds.inc()
+        self._usage.refund(admission)

@@ -1,0 +1,48 @@
+"""Every store call from the data plane goes through one guard: a time budget and a breaker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from gateway.errors import StoreError, StoreUnavailable
+from policies.breaker import Breaker
+
+T = TypeVar("T")
+
+
+class StoreGuard:
+    """Fails fast while the store is known to be down, so a dead store adds no latency."""
+
+    def __init__(self, timeout: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._breaker = Breaker()
+
+    @property
+    def is_open(self) -> bool:
+        return self._breaker.state != "closed"
+
+    async def call(self, make: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
+        now = self._clock()
+        if not self._breaker.allows(now):
+            raise StoreUnavailable("store circuit is open")
+        self._breaker = self._breaker.attempt(now)
+        try:
+            result = await asyncio.wait_for(make(), budget or self.timeout)
+        except asyncio.CancelledError:
+            # Cancellation says nothing about the store; only a probe must not stay in flight.
+            if self._breaker.state == "half_open":
+                self._breaker = self._breaker.failure(self._clock())
+            raise
+        except (StoreError, TimeoutError, OSError) as exc:
+            self._breaker = self._breaker.failure(self._clock())
+            raise StoreError(f"store call failed: {type(exc).__name__}") from exc
+        except Exception as exc:
+            # Driver errors we have not mapped still mean the store failed us.
+            self._breaker = self._breaker.failure(self._clock())
+            raise StoreError(f"store call failed: {type(exc).__name__}") from exc
+        self._breaker = self._breaker.success()
+        return result

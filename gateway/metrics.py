@@ -1,0 +1,48 @@
+"""Prometheus metrics of one gateway process, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gateway_requests",
+            "Ingest requests by signal and outcome (forwarded or an error code).",
+            ["signal", "outcome"],
+            registry=self.registry,
+        )
+        self.fail_open = Counter(
+            "gateway_fail_open_admissions",
+            "Requests admitted while the store was failing.",
+            registry=self.registry,
+        )
+        self.shadow_refusals = Counter(
+            "gateway_shadow_refusals",
+            "Requests shadow mode admitted that the gates would have refused, by code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.refunds = Counter(
+            "gateway_usage_refunds",
+            "Admitted batches refunded because the upstream did not accept them.",
+            registry=self.registry,
+        )
+        self.spool_pending = Gauge(
+            "gateway_spool_pending_batches",
+            "Usage batches spooled locally and not yet confirmed by the store.",
+            registry=self.registry,
+        )
+        self.store_reads = Gauge(
+            "gateway_routing_store_reads",
+            "Routing reads that went to the store (cache misses).",
+            registry=self.registry,
+        )
+        self.upstream_seconds = Histogram(
+            "gateway_upstream_seconds",
+            "Time to forward a batch upstream and read the answer.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )

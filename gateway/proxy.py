@@ -1,0 +1,83 @@
+"""ReverseProxy: the ASGI app behind GateMiddleware that forwards a batch untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import UpstreamError
+from gateway.responses import send_refusal
+from gateway.upstream import Upstream
+from gateway.usage import Admission
+
+# RFC 9110 hop-by-hop headers, plus what the client library sets for the new hop.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+    }
+)
+
+
+class ReverseProxy:
+    def __init__(self, upstream: Upstream, default_url: str | None, sink: Upstream) -> None:
+        self._upstream = upstream
+        self._default = default_url.rstrip("/") if default_url else None
+        self._sink = sink
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        admission: Admission = scope["gateway.admission"]
+        body: bytes = scope["gateway.body"]
+        base = admission.routing.upstream or self._default
+        client = self._upstream if base else self._sink
+        url = (base or "sink") + scope["path"]
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        headers = _forward_headers(scope)
+        try:
+            response = await client.forward(url, headers, body)
+        except UpstreamError as exc:
+            protobuf = any(
+                n == b"content-type" and v.startswith(b"application/x-protobuf")
+                for n, v in scope["headers"]
+            )
+            await send_refusal(send, exc.refusal(), protobuf)
+            return
+        response_headers = [
+            *response.headers,
+            (b"content-length", str(len(response.body)).encode()),
+        ]
+        await send(
+            {"type": "http.response.start", "status": response.status, "headers": response_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _forward_headers(scope: dict[str, Any]) -> list[tuple[str, str]]:
+    raw = scope["headers"]
+    named_hop: set[bytes] = set()
+    forwarded_for = None
+    for name, value in raw:
+        if name == b"connection":
+            named_hop.update(t.strip().lower() for t in value.split(b","))
+        elif name == b"x-forwarded-for":
+            forwarded_for = value.decode("latin-1")
+    headers = [
+        (n.decode("latin-1"), v.decode("latin-1"))
+        for n, v in raw
+        if n not in _HOP_BY_HOP and n not in named_hop
+    ]
+    client = scope.get("client")
+    if client:
+        peer = client[0]
+        headers.append(("x-forwarded-for", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+    return headers

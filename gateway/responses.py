@@ -1,0 +1,66 @@
+"""Refusals as HTTP responses that OTLP exporters understand.
+
+A protobuf request gets a google.rpc.Status body (with an ErrorInfo detail whose reason
+is our stable code), any other request a JSON body ``{"error": code, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from policies.decisions import Refusal
+
+_GRPC_CODES = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    402: code_pb2.RESOURCE_EXHAUSTED,
+    413: code_pb2.INVALID_ARGUMENT,
+    415: code_pb2.INVALID_ARGUMENT,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    503: code_pb2.UNAVAILABLE,
+    504: code_pb2.DEADLINE_EXCEEDED,
+}
+JSON_TYPE = b"application/json"
+PROTOBUF_TYPE = b"application/x-protobuf"
+
+
+def encode(refusal: Refusal, protobuf: bool) -> tuple[bytes, bytes]:
+    """(content type, body) for a refusal."""
+    if not protobuf:
+        return JSON_TYPE, json.dumps(refusal.body(), separators=(",", ":")).encode()
+    info = error_details_pb2.ErrorInfo(
+        reason=refusal.code,
+        domain="ingest-gateway",
+        metadata={k: str(v) for k, v in refusal.detail.items()},
+    )
+    detail = AnyProto()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=_GRPC_CODES.get(refusal.status, code_pb2.UNKNOWN),
+        message=refusal.code,
+        details=[detail],
+    )
+    return PROTOBUF_TYPE, status.SerializeToString()
+
+
+async def send_refusal(send: Any, refusal: Refusal, protobuf: bool) -> None:
+    content_type, body = encode(refusal, protobuf)
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if refusal.retry_after is not None:
+        headers.append((b"retry-after", str(refusal.retry_after).encode()))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def decode_status(body: bytes) -> tuple[int, str, dict[str, str]]:
+    """(grpc code, reason, metadata) of a google.rpc.Status body; for clients and tests."""
+    status = status_pb2.Status.FromString(body)
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return status.code, info.reason, dict(info.metadata)
+    return status.code, status.message, {}

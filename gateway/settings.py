@@ -1,0 +1,86 @@
+"""Typed settings read from ``GATEWAY_*`` variables; every CLI flag has one of these twins."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    upstream_url: str | None = None
+    store_url: str = "sqlite://data/gateway.db"
+    admin_token: str | None = field(default=None, repr=False)
+    key_secret: str | None = field(default=None, repr=False)
+    data_dir: Path = Path("data")
+    max_body: int = 16 * 1024 * 1024
+    max_decompressed: int = 64 * 1024 * 1024
+    upstream_timeout: float = 10.0
+    gate_timeout: float = 0.25
+    cache_ttl: float = 1.0
+    flush_interval: float = 1.0
+    reservation_ttl: float = 60.0
+    shadow: bool = False
+    strict_limits: bool = False
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``GATEWAY_<FIELD>`` variables, then explicit (non-None) overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"GATEWAY_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def key_secret_bytes(self) -> bytes:
+        """The key hashing secret: GATEWAY_KEY_SECRET, else one kept in the data folder."""
+        if self.key_secret:
+            if len(self.key_secret) < 16:
+                raise ConfigError("GATEWAY_KEY_SECRET must be at least 16 characters")
+            return self.key_secret.encode()
+        path = self.data_dir / "key-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    var = f"GATEWAY_{name.upper()}"
+    kind = str(kind)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,55 @@
+"""Storage backends behind one Protocol, chosen by the ``GATEWAY_STORE_URL`` setting."""
+
+from __future__ import annotations
+
+from gateway.errors import ConfigError
+from gateway.store.base import (
+    Exhausted,
+    Granted,
+    KeyRecord,
+    OrgChanges,
+    OrgRecord,
+    ReserveRequest,
+    ReserveResult,
+    Store,
+    UsageBatch,
+)
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SQLiteStore
+
+__all__ = [
+    "Exhausted",
+    "Granted",
+    "KeyRecord",
+    "OrgChanges",
+    "OrgRecord",
+    "ReserveRequest",
+    "ReserveResult",
+    "Store",
+    "UsageBatch",
+    "open_store",
+]
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_EXPECTED = "memory://, sqlite:///abs/path.db, sqlite://rel/path.db or a path ending in .db"
+
+
+def open_store(url: str) -> Store:
+    """The backend named by ``url``, not yet opened."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        if url.endswith(_SQLITE_SUFFIXES):
+            return SQLiteStore(url)
+        raise ConfigError(f"GATEWAY_STORE_URL must be one of {_EXPECTED}; got {url!r}")
+    scheme = scheme.lower()
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme == "sqlite":
+        if not rest:
+            raise ConfigError("GATEWAY_STORE_URL: sqlite:// needs a file path, e.g. sqlite:///x.db")
+        return SQLiteStore(rest)
+    if scheme in ("postgresql", "postgres"):
+        # The asyncpg backend goes here.
+        raise ConfigError("GATEWAY_STORE_URL: the PostgreSQL store is not built yet")
+    # Only the scheme is echoed: the rest of a URL may hold a password.
+    raise ConfigError(f"GATEWAY_STORE_URL: unknown store scheme {scheme!r}; expected {_EXPECTED}")

@@ -1,0 +1,141 @@
+"""The storage Protocol every backend implements, and the values that cross it.
+
+A backend only counts and remembers; what to ask for is decided by the caller and
+``policies``. Reservations: each (org, period, meter) has ``used`` plus the live
+reservations of every holder (one holder per gateway process); a reservation is
+granted only while ``used + reserved + grant <= limit``, so what is admitted from
+reservations never exceeds a limit. Expired reservations count for nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from policies.model import Limits, OrgRouting, PaymentStatus
+from policies.reservations import ChunkPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class OrgRecord:
+    id: str
+    name: str
+    limits: Limits
+    upstream: str | None
+    suspended: bool
+    suspension_reason: str | None
+    payment_status: PaymentStatus
+    shadow: bool
+    created_at: datetime
+
+    def routing(self) -> OrgRouting:
+        return OrgRouting(
+            org_id=self.id,
+            upstream=self.upstream,
+            limits=self.limits,
+            suspended=self.suspended,
+            payment_status=self.payment_status,
+            shadow=self.shadow,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    org_id: str
+    created_at: datetime
+
+
+_UNSET: object = object()
+
+
+@dataclass(frozen=True, slots=True)
+class OrgChanges:
+    """A partial update; fields left as ``None`` stay as they are (``upstream`` uses a flag)."""
+
+    name: str | None = None
+    limits: Limits | None = None
+    upstream: str | None = None
+    set_upstream: bool = False
+    shadow: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """Ask for quota: for each meter at least ``needs[meter]``, more as ``policy`` allows."""
+
+    holder: str
+    org_id: str
+    period_start: str
+    needs: Mapping[str, int]
+    policy: ChunkPolicy
+    now: float
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """All meters fit: how much each was granted (each at least what was needed)."""
+
+    amounts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """One meter did not fit, so nothing was granted."""
+
+    meter: str
+    limit: int
+    used: int
+
+
+ReserveResult = Granted | Exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBatch:
+    """Deltas a holder applies once: ``used`` per meter, and its own reservation per meter.
+
+    Spending reserved quota moves it: used +n, reserved -n. Applying a batch id a
+    second time does nothing, so a batch can be replayed after any failure.
+    """
+
+    batch_id: str
+    holder: str
+    org_id: str
+    period_start: str
+    used: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not any(self.used.values()) and not any(self.reserved.values())
+
+
+class Store(Protocol):
+    """One storage backend. Every method is atomic on its own."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    # data plane
+    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None: ...
+    async def reserve(self, request: ReserveRequest) -> ReserveResult: ...
+    async def commit(self, batch: UsageBatch) -> bool: ...
+    async def heartbeat(self, holder: str, now: float, ttl: float) -> None: ...
+    async def release(self, holder: str) -> None: ...
+    async def usage(self, org_id: str, period_start: str) -> dict[str, int]: ...
+
+    # control plane
+    async def create_org(
+        self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
+    ) -> OrgRecord: ...
+    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None: ...
+    async def get_org(self, org_id: str) -> OrgRecord | None: ...
+    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None: ...
+    async def revoke_key(self, key_id: str) -> str | None: ...
+    async def set_suspension(
+        self, org_id: str, suspended: bool, reason: str | None
+    ) -> OrgRecord | None: ...

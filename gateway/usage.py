@@ -1,0 +1,315 @@
+"""The usage gate: exact per-period limits spent from reservations held in memory.
+
+Each (org, period) has a local budget per limited meter, reserved from the store in
+chunks (``policies.reservations``). A request spends all of its meters from the
+budget or none; when a meter runs short, one refill per org goes to the store while
+the org's other requests wait for it. Spent quantities are flushed as idempotent
+batches through the spool. When the store fails, known orgs are admitted (fail-open)
+and their usage is spooled like any other; local budgets are forfeited, never trusted
+past their reservations' expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+from gateway.errors import StoreError
+from gateway.guard import StoreGuard
+from gateway.spool import Spool
+from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
+from policies.decisions import Refusal, usage_exceeded
+from policies.model import METERS, OrgRouting, Period, Quantities
+from policies.periods import calendar_month
+from policies.reservations import ChunkPolicy
+
+log = logging.getLogger("gateway.usage")
+
+SHADOW_PREFIX = "shadow_refused:"
+
+
+@dataclass(slots=True)
+class _Known:
+    """The store's last word that a meter was exhausted: refuse needs above ``left``."""
+
+    left: int
+    limit: int
+    taken: int
+    until: float
+
+
+@dataclass(slots=True)
+class _Budget:
+    period: Period
+    generation: int = 0
+    remaining: dict[str, int] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+    exhausted: dict[str, _Known] = field(default_factory=dict)
+    refill: asyncio.Future[None] | None = None
+
+    def pending(self) -> bool:
+        return any(self.used.values()) or any(self.reserved.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request let through: what it spent, so it can be refunded exactly."""
+
+    routing: OrgRouting
+    quantities: Quantities
+    period_key: str
+    from_budget: tuple[tuple[str, int], ...]
+    generation: int
+    fail_open: bool = False
+
+
+@dataclass(slots=True)
+class UsageStats:
+    fail_open: int = 0
+    refills: int = 0
+    flush_failures: int = 0
+    shadow_refused: int = 0
+
+
+class UsageGate:
+    def __init__(
+        self,
+        store: Store,
+        guard: StoreGuard,
+        spool: Spool,
+        *,
+        holder: str | None = None,
+        policy: ChunkPolicy | None = None,
+        reservation_ttl: float = 60.0,
+        known_ttl: float = 1.0,
+        flush_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.holder = holder or uuid.uuid4().hex
+        self._store = store
+        self._guard = guard
+        self._spool = spool
+        self._policy = policy or ChunkPolicy()
+        self._ttl = reservation_ttl
+        self._known_ttl = known_ttl
+        self._flush_timeout = flush_timeout
+        self._clock = clock
+        self._budgets: dict[tuple[str, str], _Budget] = {}
+        self._period = calendar_month(datetime.fromtimestamp(clock(), UTC))
+        self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
+        self._last_heartbeat = clock()
+        self._flush_lock = asyncio.Lock()
+        self.stats = UsageStats()
+
+    def current_period(self, now: float) -> Period:
+        start, end = self._period_bounds
+        if not start <= now < end:
+            self._period = calendar_month(datetime.fromtimestamp(now, UTC))
+            self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
+        return self._period
+
+    def _budget(self, org_id: str, period: Period) -> _Budget:
+        key = (org_id, period.key)
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = _Budget(period)
+        return budget
+
+    async def admit(self, routing: OrgRouting, q: Quantities) -> Admission | Refusal:
+        now = self._clock()
+        period = self.current_period(now)
+        budget = self._budget(routing.org_id, period)
+        limited = routing.limits.metered()
+        while True:
+            deficit = {m: q.of(m) - budget.remaining.get(m, 0) for m, _ in limited}
+            deficit = {m: d for m, d in deficit.items() if d > 0}
+            if not deficit:
+                return self._spend(routing, q, budget, limited)
+            refusal = self._known_refusal(budget, deficit, now)
+            if refusal is not None:
+                return refusal
+            if budget.refill is not None:
+                await asyncio.shield(budget.refill)
+                continue
+            try:
+                refusal = await self._refill(routing.org_id, budget, deficit)
+            except StoreError:
+                # Fail open, but not for an org the store last said was over its limit.
+                refusal = self._known_refusal(budget, deficit, now=float("-inf"))
+                if refusal is not None:
+                    return refusal
+                self.stats.fail_open += 1
+                return self._spend(routing, q, budget, (), fail_open=True)
+            if refusal is not None:
+                return refusal
+
+    def _known_refusal(
+        self, budget: _Budget, deficit: dict[str, int], now: float
+    ) -> Refusal | None:
+        for meter, need in deficit.items():
+            known = budget.exhausted.get(meter)
+            if known is not None and known.until > now and need > known.left:
+                return usage_exceeded(meter, known.limit, known.taken, budget.period.end)
+        return None
+
+    async def _refill(
+        self, org_id: str, budget: _Budget, deficit: dict[str, int]
+    ) -> Refusal | None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        budget.refill = future
+        generation = budget.generation
+        try:
+            self.stats.refills += 1
+            request = ReserveRequest(
+                holder=self.holder,
+                org_id=org_id,
+                period_start=budget.period.key,
+                needs=deficit,
+                policy=self._policy,
+                now=self._clock(),
+                ttl=self._ttl,
+            )
+            result = await self._guard.call(lambda: self._store.reserve(request))
+            if isinstance(result, Exhausted):
+                left = result.limit - result.used
+                until = self._clock() + self._known_ttl
+                budget.exhausted[result.meter] = _Known(left, result.limit, result.used, until)
+                return usage_exceeded(result.meter, result.limit, result.used, budget.period.end)
+            if budget.generation != generation:
+                return None  # forfeited meanwhile; the grant stays unused until it expires
+            for meter, amount in result.amounts.items():
+                budget.remaining[meter] = budget.remaining.get(meter, 0) + amount
+                budget.exhausted.pop(meter, None)
+            return None
+        finally:
+            budget.refill = None
+            future.set_result(None)
+
+    def _spend(
+        self,
+        routing: OrgRouting,
+        q: Quantities,
+        budget: _Budget,
+        limited: tuple[tuple[str, int], ...],
+        fail_open: bool = False,
+    ) -> Admission:
+        spent = []
+        for meter, _ in limited:
+            n = q.of(meter)
+            budget.remaining[meter] -= n
+            budget.reserved[meter] = budget.reserved.get(meter, 0) - n
+            spent.append((meter, n))
+        for meter in METERS:
+            budget.used[meter] = budget.used.get(meter, 0) + q.of(meter)
+        return Admission(
+            routing, q, budget.period.key, tuple(spent), budget.generation, fail_open=fail_open
+        )
+
+    def admit_unmetered(self, routing: OrgRouting, q: Quantities) -> Admission:
+        """Count a request that passes regardless of limits (shadow mode)."""
+        budget = self._budget(routing.org_id, self.current_period(self._clock()))
+        return self._spend(routing, q, budget, ())
+
+    def record_shadow(self, routing: OrgRouting, q: Quantities) -> None:
+        """Count what shadow mode would have refused, as meters of their own."""
+        self.stats.shadow_refused += 1
+        budget = self._budget(routing.org_id, self.current_period(self._clock()))
+        for meter in METERS:
+            name = SHADOW_PREFIX + meter
+            budget.used[name] = budget.used.get(name, 0) + q.of(meter)
+
+    def refund(self, admission: Admission) -> None:
+        """The upstream did not accept the batch: the org pays nothing for it."""
+        budget = self._budgets.get((admission.routing.org_id, admission.period_key))
+        if budget is None:
+            budget = _Budget(self.current_period(self._clock()), generation=-1)
+            self._budgets[(admission.routing.org_id, admission.period_key)] = budget
+        for meter in METERS:
+            budget.used[meter] = budget.used.get(meter, 0) - admission.quantities.of(meter)
+        if admission.generation != budget.generation:
+            return  # its reservation was forfeited: the quantity is no longer ours to reuse
+        for meter, n in admission.from_budget:
+            budget.remaining[meter] = budget.remaining.get(meter, 0) + n
+            budget.reserved[meter] = budget.reserved.get(meter, 0) + n
+
+    def forfeit(self) -> None:
+        """Give up every local budget (its reservation may have expired in the store)."""
+        for budget in self._budgets.values():
+            budget.generation += 1
+            for meter, left in budget.remaining.items():
+                budget.reserved[meter] = budget.reserved.get(meter, 0) - left
+            budget.remaining.clear()
+
+    def _take_batches(self, *, release: bool) -> list[UsageBatch]:
+        now = self._clock()
+        batches = []
+        for (org_id, period_key), budget in list(self._budgets.items()):
+            over = budget.period.end.timestamp() <= now
+            if release or over:
+                for meter, left in budget.remaining.items():
+                    budget.reserved[meter] = budget.reserved.get(meter, 0) - left
+                budget.remaining.clear()
+            if budget.pending():
+                batches.append(
+                    UsageBatch(
+                        batch_id=uuid.uuid4().hex,
+                        holder=self.holder,
+                        org_id=org_id,
+                        period_start=period_key,
+                        used={m: v for m, v in budget.used.items() if v},
+                        reserved={m: v for m, v in budget.reserved.items() if v},
+                    )
+                )
+                budget.used = {}
+                budget.reserved = {}
+            if over and budget.refill is None:
+                del self._budgets[(org_id, period_key)]
+        return batches
+
+    async def flush(self, *, release: bool = False) -> int:
+        """Spool what was spent, then commit everything pending; returns batches left pending."""
+        async with self._flush_lock:
+            batches = self._take_batches(release=release)
+            if batches:
+                await asyncio.to_thread(self._spool.append, batches)
+            done: list[str] = []
+            try:
+                for batch in self._spool.pending():
+                    commit = partial(self._store.commit, batch)
+                    await self._guard.call(commit, budget=self._flush_timeout)
+                    done.append(batch.batch_id)
+                await self._guard.call(
+                    lambda: self._store.heartbeat(self.holder, self._clock(), self._ttl),
+                    budget=self._flush_timeout,
+                )
+                self._last_heartbeat = self._clock()
+            except StoreError:
+                self.stats.flush_failures += 1
+                if self._clock() - self._last_heartbeat > self._ttl / 2:
+                    self.forfeit()
+            finally:
+                if done:
+                    await asyncio.to_thread(self._spool.done, done)
+            return len(self._spool.pending())
+
+    async def close(self) -> int:
+        """Flush everything and hand unspent reservations back; returns batches still pending."""
+        left = await self.flush(release=True)
+        try:
+            await self._guard.call(partial(self._store.release, self.holder), budget=5.0)
+        except StoreError:
+            log.warning("could not release reservations; they expire in %.0f s", self._ttl)
+        return left
+
+    def invalidate_org(self, org_id: str) -> None:
+        """Forget cached exhaustion for an org whose limits changed."""
+        for (org, _), budget in self._budgets.items():
+            if org == org_id:
+                budget.exhausted.clear()

@@ -1,0 +1,25 @@
+"""Billing period arithmetic. Every function takes ``now``; nothing reads a clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from policies.model import Period
+
+
+def calendar_month(now: datetime) -> Period:
+    """The UTC calendar month containing ``now``."""
+    now = now.astimezone(UTC)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    if now.month == 12:
+        end = datetime(now.year + 1, 1, 1, tzinfo=UTC)
+    else:
+        end = datetime(now.year, now.month + 1, 1, tzinfo=UTC)
+    return Period(start, end)
+
+
+def period_for(now: datetime, anchor: Period | None = None) -> Period:
+    """The org's current period: its billing period while ``now`` is inside it, else the month."""
+    if anchor is not None and anchor.start <= now < anchor.end:
+        return anchor
+    return calendar_month(now)

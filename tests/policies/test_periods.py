@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from policies.model import Period
+from policies.periods import calendar_month, period_for
+
+
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("now", "start", "end"),
+    [
+        pytest.param(utc(2024, 5, 17, 12, 30), utc(2024, 5, 1), utc(2024, 6, 1), id="mid-month"),
+        pytest.param(utc(2024, 12, 31, 23, 59, 59), utc(2024, 12, 1), utc(2025, 1, 1), id="dec"),
+        pytest.param(utc(2025, 1, 1), utc(2025, 1, 1), utc(2025, 2, 1), id="jan-first"),
+        pytest.param(utc(2024, 2, 29, 8), utc(2024, 2, 1), utc(2024, 3, 1), id="leap-feb"),
+        pytest.param(utc(2023, 2, 28, 8), utc(2023, 2, 1), utc(2023, 3, 1), id="plain-feb"),
+        pytest.param(utc(2024, 3, 1), utc(2024, 3, 1), utc(2024, 4, 1), id="midnight-start"),
+        pytest.param(
+            utc(2024, 3, 31, 23, 59, 59, 999_999), utc(2024, 3, 1), utc(2024, 4, 1), id="last-µs"
+        ),
+    ],
+)
+def test_calendar_month(now: datetime, start: datetime, end: datetime) -> None:
+    assert calendar_month(now) == Period(start, end)
+
+
+def test_calendar_month_contains_now_half_open() -> None:
+    now = utc(2024, 3, 1)
+    period = calendar_month(now)
+    assert period.start <= now < period.end
+    assert calendar_month(period.end).start == period.end
+
+
+def test_calendar_month_of_non_utc_time_uses_the_utc_month() -> None:
+    # 23:30 on Jan 31 in UTC-5 is already 04:30 on Feb 1 in UTC.
+    now = datetime(2024, 1, 31, 23, 30, tzinfo=timezone(timedelta(hours=-5)))
+    assert calendar_month(now) == Period(utc(2024, 2, 1), utc(2024, 3, 1))
+
+
+def test_calendar_month_of_time_ahead_of_utc_crosses_the_year_back() -> None:
+    # 05:00 on Jan 1 in UTC+9 is still Dec 31 in UTC.
+    now = datetime(2025, 1, 1, 5, tzinfo=timezone(timedelta(hours=9)))
+    period = calendar_month(now)
+    assert period == Period(utc(2024, 12, 1), utc(2025, 1, 1))
+    assert period.start.tzinfo is UTC
+    assert period.end.tzinfo is UTC
+
+
+def test_period_for_without_anchor_is_the_calendar_month() -> None:
+    now = utc(2024, 12, 15)
+    assert period_for(now) == Period(utc(2024, 12, 1), utc(2025, 1, 1))
+
+
+ANCHOR = Period(utc(2024, 5, 15), utc(2024, 6, 15))
+
+
+@pytest.mark.parametrize(
+    "now",
+    [utc(2024, 5, 15), utc(2024, 6, 1), utc(2024, 6, 14, 23, 59, 59, 999_999)],
+    ids=["at-start", "inside", "last-µs"],
+)
+def test_period_for_inside_anchor_is_the_anchor(now: datetime) -> None:
+    assert period_for(now, ANCHOR) is ANCHOR
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (utc(2024, 6, 15), Period(utc(2024, 6, 1), utc(2024, 7, 1))),
+        (utc(2024, 5, 14, 23), Period(utc(2024, 5, 1), utc(2024, 6, 1))),
+    ],
+    ids=["at-end", "before-start"],
+)
+def test_period_for_outside_anchor_is_the_calendar_month(now: datetime, expected: Period) -> None:
+    assert period_for(now, ANCHOR) == expected
+
+
+def test_period_for_compares_non_utc_time_by_instant() -> None:
+    # 01:00 on Jun 15 in UTC+2 is 23:00 on Jun 14 in UTC: still inside the anchor.
+    now = datetime(2024, 6, 15, 1, tzinfo=timezone(timedelta(hours=2)))
+    assert period_for(now, ANCHOR) is ANCHOR

@@ -1,0 +1,157 @@
+"""The admin API contract, exactly as the data-plane issue fixes it."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.admin import build_admin_app
+from gateway.app import Runtime
+from gateway.settings import Settings
+from gateway.store.memory import MemoryStore
+
+TOKEN = "admin-token-for-tests"
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
+    runtime = Runtime(
+        Settings(data_dir=tmp_path, key_secret="k" * 32, admin_token=TOKEN),
+        store=MemoryStore(),
+        spool_dir=None,
+    )
+    await runtime.start()
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_admin_app(runtime)),
+        base_url="http://admin",
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    yield runtime, client
+    await client.aclose()
+    await runtime.close()
+
+
+async def create_org(client: httpx.AsyncClient, **body: Any) -> dict[str, Any]:
+    r = await client.post("/admin/orgs", json={"name": "acme", **body})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def test_create_org_returns_id_name_and_limits(admin: Any) -> None:
+    _, client = admin
+    org = await create_org(client, limits={"requests": 10, "bytes": 5000}, upstream=None)
+    assert org["id"].startswith("org_")
+    assert org["name"] == "acme"
+    assert org["limits"] == {"requests": 10, "bytes": 5000}
+
+
+async def test_patch_is_partial_and_null_lifts_a_limit(admin: Any) -> None:
+    _, client = admin
+    org = await create_org(client, limits={"requests": 10, "items": 3})
+    r = await client.patch(f"/admin/orgs/{org['id']}", json={"limits": {"items": None, "bytes": 9}})
+    assert r.status_code == 200
+    assert r.json()["limits"] == {"requests": 10, "bytes": 9}
+    assert r.json()["name"] == "acme"
+    r = await client.patch(f"/admin/orgs/{org['id']}", json={"upstream": "http://10.0.0.1:4318/"})
+    assert r.json()["upstream"] == "http://10.0.0.1:4318"
+    assert r.json()["limits"] == {"requests": 10, "bytes": 9}
+
+
+async def test_keys_are_shown_once_and_revocation_takes_effect_at_once(admin: Any) -> None:
+    runtime, client = admin
+    org = await create_org(client)
+    r = await client.post(f"/admin/orgs/{org['id']}/keys")
+    assert r.status_code == 201
+    key_id, key = r.json()["id"], r.json()["key"]
+    assert key_id.startswith("key_") and key.startswith("igk_")
+    assert key not in str(runtime.store.keys)  # only the keyed hash is kept
+    assert (await runtime.routing.lookup(runtime.hasher(key))) is not None
+    assert (await client.delete(f"/admin/keys/{key_id}")).status_code == 204
+    assert (await runtime.routing.lookup(runtime.hasher(key))) is None
+    assert (await client.delete(f"/admin/keys/{key_id}")).status_code == 404
+
+
+async def test_usage_reports_the_period_the_counters_and_the_limits(admin: Any) -> None:
+    _, client = admin
+    org = await create_org(client, limits={"items": 100})
+    r = await client.get(f"/admin/orgs/{org['id']}/usage")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["usage"] == {"requests": 0, "bytes": 0, "items": 0}
+    assert body["limits"] == {"items": 100}
+    assert body["period_start"].endswith("-01T00:00:00Z")
+    assert body["period_start"] < body["period_end"]
+
+
+async def test_suspension_is_set_and_lifted(admin: Any) -> None:
+    runtime, client = admin
+    org = await create_org(client)
+    r = await client.put(
+        f"/admin/orgs/{org['id']}/suspension", json={"suspended": True, "reason": "fraud"}
+    )
+    assert r.status_code == 200
+    assert (r.json()["suspended"], r.json()["suspension_reason"]) == (True, "fraud")
+    stored = await runtime.store.get_org(org["id"])
+    assert stored.suspended
+    r = await client.put(
+        f"/admin/orgs/{org['id']}/suspension", json={"suspended": False, "reason": ""}
+    )
+    assert r.json()["suspended"] is False
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"])
+async def test_every_route_needs_the_admin_token(admin: Any, header: str | None) -> None:
+    _, client = admin
+    headers = {"authorization": header} if header else {}
+    client.headers.pop("authorization")
+    for method, path in [
+        ("GET", "/metrics"),
+        ("POST", "/admin/orgs"),
+        ("GET", "/admin/orgs/x/usage"),
+    ]:
+        r = await client.request(method, path, headers=headers)
+        assert (r.status_code, r.json()) == (401, {"error": "unauthorized"})
+
+
+async def test_metrics_are_prometheus_text(admin: Any) -> None:
+    _, client = admin
+    r = await client.get("/metrics")
+    assert r.status_code == 200
+    assert "gateway_fail_open_admissions_total" in r.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"name": ""},
+        {"name": "a", "limits": {"requests": -1}},
+        {"name": "a", "limits": {"requests": 1.5}},
+        {"name": "a", "limits": {"requests": True}},
+        {"name": "a", "limits": {"cpu": 1}},
+        {"name": "a", "limits": []},
+        {"name": "a", "upstream": "file:///etc/passwd"},
+        {"name": "a", "upstream": 3},
+        {"name": "a", "color": "red"},
+        [],
+    ],
+)
+async def test_bad_org_bodies_get_400_bad_request(admin: Any, body: Any) -> None:
+    _, client = admin
+    r = await client.post("/admin/orgs", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"] == "bad_request"
+
+
+async def test_malformed_json_and_unknown_orgs(admin: Any) -> None:
+    _, client = admin
+    r = await client.post(
+        "/admin/orgs", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert (r.status_code, r.json()["error"]) == (400, "bad_request")
+    assert (await client.get("/admin/orgs/org_missing/usage")).status_code == 404
+    assert (await client.post("/admin/orgs/org_missing/keys")).status_code == 404
+    r = await client.put("/admin/orgs/org_missing/suspension", json={"suspended": True})
+    assert r.status_code == 404

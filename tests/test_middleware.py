@@ -1,0 +1,207 @@
+"""GateMiddleware mounted in process in front of an ingest service's own handlers."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.app import Runtime
+from gateway.responses import decode_status
+from gateway.settings import Settings
+from gateway.store.memory import MemoryStore
+from policies.model import Limits
+from tests.faults import FlakyStore
+
+SECRET = "s" * 32
+
+
+class Service:
+    """A tiny ingest service of its own: records what reached it."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.status = 200
+
+    def app(self) -> Starlette:
+        async def ingest(request: Request) -> Response:
+            self.seen.append(
+                {
+                    "headers": dict(request.headers),
+                    "body": await request.body(),
+                    "org": request.scope["gateway.admission"].routing.org_id,
+                }
+            )
+            return JSONResponse({}, status_code=self.status)
+
+        async def other(_request: Request) -> Response:
+            return Response("not gated")
+
+        return Starlette(
+            routes=[
+                Route("/v1/traces", ingest, methods=["POST"]),
+                Route("/v1/logpush/{source}", ingest, methods=["POST"]),
+                Route("/status", other),
+            ]
+        )
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Any]:
+    flaky = FlakyStore(MemoryStore())
+    runtime = Runtime(
+        Settings(data_dir=tmp_path, key_secret=SECRET, flush_interval=3600, cache_ttl=0.05),
+        store=flaky,  # type: ignore[arg-type]
+        spool_dir=None,
+    )
+    service = Service()
+    await runtime.start()
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=runtime.middleware(service.app())),
+        base_url="http://gw",
+    )
+    yield runtime, service, client, flaky
+    await client.aclose()
+    await runtime.close()
+
+
+async def new_key(runtime: Runtime, **kwargs: Any) -> tuple[str, str]:
+    limits = kwargs.pop("limits", Limits())
+    org = await runtime.store.create_org("acme", limits, None, **kwargs)
+    key = "igk_" + org.id
+    await runtime.store.create_key(org.id, runtime.hasher(key))
+    return org.id, key
+
+
+def otlp_json(key: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    return {"headers": headers | (extra or {}), "content": b'{"resourceSpans":[]}'}
+
+
+async def usage_of(runtime: Runtime, org_id: str) -> dict[str, int]:
+    await runtime.usage.flush()
+    period = runtime.usage.current_period(time.time())
+    return await runtime.store.usage(org_id, period.key)
+
+
+async def test_the_service_sees_the_org_and_never_the_key(env: Any) -> None:
+    runtime, service, client, _ = env
+    org_id, key = await new_key(runtime)
+    response = await client.post("/v1/traces", **otlp_json(key, {"x-gateway-org-id": "org_forged"}))
+    assert response.status_code == 200
+    seen = service.seen[0]
+    assert seen["headers"]["x-gateway-org-id"] == org_id
+    assert seen["org"] == org_id
+    assert "authorization" not in seen["headers"]
+    assert key not in str(seen["headers"])
+    assert seen["body"] == b'{"resourceSpans":[]}'
+
+
+async def test_x_ingest_key_and_logpush_query_key_are_accepted_and_removed(env: Any) -> None:
+    runtime, service, client, _ = env
+    _, key = await new_key(runtime)
+    r = await client.post(
+        "/v1/traces",
+        content=b"{}",
+        headers={"content-type": "application/json", "x-ingest-key": key},
+    )
+    assert r.status_code == 200 and "x-ingest-key" not in service.seen[-1]["headers"]
+    r = await client.post(f"/v1/logpush/app?key={key}", content=b'{"a":1}\n{"a":2}\n')
+    assert r.status_code == 200
+
+
+async def test_other_paths_pass_through_ungated(env: Any) -> None:
+    _, _, client, _ = env
+    assert (await client.get("/status")).text == "not gated"
+
+
+async def test_a_batch_the_service_refuses_is_not_counted(env: Any) -> None:
+    runtime, service, client, _ = env
+    org_id, key = await new_key(runtime)
+    service.status = 500
+    assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 500
+    service.status = 200
+    assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+    assert (await usage_of(runtime, org_id))["requests"] == 1
+
+
+async def test_missing_unknown_and_protobuf_key_errors(env: Any) -> None:
+    _, service, client, _ = env
+    r = await client.post("/v1/traces", content=b"{}", headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (401, {"error": "invalid_ingest_key"})
+    r = await client.post(
+        "/v1/traces",
+        content=b"",
+        headers={"content-type": "application/x-protobuf", "authorization": "Bearer igk_nope"},
+    )
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/x-protobuf"
+    code, reason, _ = decode_status(r.content)
+    assert (code, reason) == (16, "invalid_ingest_key")
+    assert service.seen == []
+
+
+async def test_a_suspended_org_gets_402_billing_suspended(env: Any) -> None:
+    runtime, _, client, _ = env
+    org_id, key = await new_key(runtime)
+    await runtime.store.set_suspension(org_id, True, "test")
+    runtime.invalidate_org(org_id)
+    r = await client.post("/v1/traces", **otlp_json(key))
+    assert (r.status_code, r.json()["error"]) == (402, "billing_suspended")
+    await runtime.store.set_suspension(org_id, False, None)
+    runtime.invalidate_org(org_id)
+    assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+
+
+async def test_usage_limit_refusal_body(env: Any) -> None:
+    runtime, _, client, _ = env
+    _, key = await new_key(runtime, limits=Limits(requests=1))
+    assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+    r = await client.post("/v1/traces", **otlp_json(key))
+    body = r.json()
+    assert r.status_code == 402 and "retry-after" not in r.headers
+    assert body["error"] == "usage_limit_exceeded"
+    assert (body["meter"], body["limit"], body["used"]) == ("requests", 1, 1)
+    assert body["resets_at"].endswith("Z")
+
+
+async def test_rate_limit_answers_429_with_retry_after(env: Any) -> None:
+    runtime, _, client, _ = env
+    _, key = await new_key(runtime, limits=Limits(rate_requests=2))
+    statuses = [(await client.post("/v1/traces", **otlp_json(key))).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    r = await client.post("/v1/traces", **otlp_json(key))
+    assert r.json() == {"error": "rate_limited", "meter": "requests"}
+    assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_shadow_mode_admits_and_counts_what_it_would_refuse(env: Any) -> None:
+    runtime, _service, client, _ = env
+    org_id, key = await new_key(runtime, limits=Limits(requests=1), shadow=True)
+    for _ in range(3):
+        assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+    counters = await usage_of(runtime, org_id)
+    assert counters["requests"] == 3
+    assert counters["shadow_refused:requests"] == 2
+    metric = runtime.metrics.shadow_refusals.labels("usage_limit_exceeded")._value.get()
+    assert metric == 2
+
+
+async def test_store_down_known_key_fails_open_unknown_key_gets_503(env: Any) -> None:
+    runtime, _, client, flaky = env
+    _org_id, key = await new_key(runtime, limits=Limits(requests=10**6))
+    assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+    await asyncio.sleep(0.1)  # the fresh entry expires; the next lookup asks the store
+    flaky.down = True
+    assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+    r = await client.post("/v1/traces", **otlp_json("igk_never_seen"))
+    assert (r.status_code, r.json()["error"]) == (503, "store_unavailable")
+    assert r.headers["retry-after"] == "1"
+    assert runtime.routing.stale_served >= 1

@@ -1,0 +1,205 @@
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.guard import StoreGuard
+from gateway.spool import Spool, read_pending
+from gateway.store.base import Store, UsageBatch
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SQLiteStore
+from gateway.usage import Admission, UsageGate
+from policies.decisions import Refusal
+from policies.model import Limits, Quantities
+from policies.reservations import ChunkPolicy
+from tests.faults import FlakyStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    backend: Store = (
+        MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "gw.db"))
+    )
+    await backend.open()
+    yield backend  # type: ignore[misc]
+    await backend.close()
+
+
+def gate(store: object, tmp_path: Path | None = None, **kwargs: object) -> UsageGate:
+    guard = StoreGuard(timeout=2.0)
+    spool = Spool(tmp_path / "spool" if tmp_path else None, holder="h1")
+    spool.open()
+    return UsageGate(store, guard, spool, holder="h1", **kwargs)  # type: ignore[arg-type]
+
+
+async def org_with(store: Store, **limits: int):  # type: ignore[no-untyped-def]
+    return (await store.create_org("acme", Limits(**limits), None)).routing()
+
+
+async def test_thousand_concurrent_requests_admit_exactly_the_remaining_hundred(
+    store: Store,
+) -> None:
+    routing = await org_with(store, requests=150)
+    usage = gate(store)
+    period = usage.current_period(time.time())
+    await store.commit(
+        UsageBatch("pre", "other", routing.org_id, period.key, used={"requests": 50})
+    )
+    outcomes = await asyncio.gather(
+        *(usage.admit(routing, Quantities(1, 10, 1)) for _ in range(1000))
+    )
+    admitted = [o for o in outcomes if isinstance(o, Admission)]
+    refused = [o for o in outcomes if isinstance(o, Refusal)]
+    assert len(admitted) == 100
+    assert {r.code for r in refused} == {"usage_limit_exceeded"}
+    assert refused[0].detail["meter"] == "requests" and refused[0].detail["limit"] == 150
+    await usage.close()
+    counters = await store.usage(routing.org_id, period.key)
+    assert counters["requests"] == 150
+    assert counters["bytes"] == 1000 and counters["items"] == 100
+
+
+async def test_far_from_the_limit_one_reservation_serves_many_requests(store: Store) -> None:
+    routing = await org_with(store, requests=1_000_000)
+    usage = gate(store)
+    for _ in range(500):
+        assert isinstance(await usage.admit(routing, Quantities()), Admission)
+    assert usage.stats.refills == 1
+
+
+async def test_strict_mode_reserves_per_request(store: Store) -> None:
+    routing = await org_with(store, requests=1_000_000)
+    usage = gate(store, policy=ChunkPolicy(strict=True))
+    for _ in range(5):
+        await usage.admit(routing, Quantities())
+    assert usage.stats.refills == 5
+
+
+async def test_all_meters_fit_or_none_is_counted(store: Store) -> None:
+    routing = await org_with(store, requests=100, bytes=1000)
+    usage = gate(store, policy=ChunkPolicy(strict=True))
+    assert isinstance(await usage.admit(routing, Quantities(1, 900, 0)), Admission)
+    refusal = await usage.admit(routing, Quantities(1, 200, 0))
+    assert isinstance(refusal, Refusal) and refusal.detail["meter"] == "bytes"
+    assert isinstance(await usage.admit(routing, Quantities(1, 100, 0)), Admission)
+    await usage.close()
+    period = usage.current_period(time.time())
+    counters = await store.usage(routing.org_id, period.key)
+    assert (counters["requests"], counters["bytes"], counters.get("items", 0)) == (2, 1000, 0)
+
+
+async def test_refund_returns_quantity_to_the_budget_and_uncounts_it(store: Store) -> None:
+    routing = await org_with(store, requests=3)
+    usage = gate(store)
+    first = await usage.admit(routing, Quantities(1, 5, 2))
+    assert isinstance(first, Admission)
+    usage.refund(first)
+    admitted = [await usage.admit(routing, Quantities()) for _ in range(4)]
+    assert sum(isinstance(a, Admission) for a in admitted) == 3
+    await usage.close()
+    period = usage.current_period(time.time())
+    assert (await store.usage(routing.org_id, period.key))["requests"] == 3
+
+
+async def test_refund_after_flush_still_reaches_the_store(store: Store) -> None:
+    routing = await org_with(store)
+    usage = gate(store)
+    admission = await usage.admit(routing, Quantities(1, 100, 4))
+    assert isinstance(admission, Admission)
+    await usage.flush()
+    usage.refund(admission)
+    await usage.flush()
+    period = usage.current_period(time.time())
+    assert await store.usage(routing.org_id, period.key) == {"requests": 0, "bytes": 0, "items": 0}
+
+
+async def test_close_releases_unspent_reservations(store: Store) -> None:
+    routing = await org_with(store, requests=10)
+    first, second = gate(store), gate(store)
+    second.holder = "h2"
+    assert isinstance(await first.admit(routing, Quantities()), Admission)
+    await first.close()
+    admitted = [await second.admit(routing, Quantities()) for _ in range(10)]
+    assert sum(isinstance(a, Admission) for a in admitted) == 9
+
+
+async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: Path) -> None:
+    flaky = FlakyStore(SQLiteStore(str(tmp_path / "gw.db")))
+    await flaky.open()
+    routing = await org_with(flaky, requests=1_000)  # type: ignore[arg-type]
+    usage = gate(flaky, tmp_path, policy=ChunkPolicy(max_requests=2))
+    for _ in range(3):
+        assert isinstance(await usage.admit(routing, Quantities(1, 10, 1)), Admission)
+    flaky.down = True
+    results = [await usage.admit(routing, Quantities(1, 10, 1)) for _ in range(200)]
+    assert all(isinstance(r, Admission) for r in results)
+    assert usage.stats.fail_open >= 1
+    assert await usage.flush() > 0  # spooled, not lost
+    assert read_pending(tmp_path / "spool" / "h1.jsonl")
+    flaky.down = False
+    await asyncio.sleep(0.6)  # breaker cooldown
+    assert await usage.flush() == 0
+    await usage.close()
+    period = usage.current_period(time.time())
+    assert await flaky.inner.usage(routing.org_id, period.key) == {
+        "requests": 203,
+        "bytes": 2030,
+        "items": 203,
+    }
+    usage._spool.close()
+    await flaky.close()
+
+
+async def test_a_down_store_is_not_asked_again_for_every_request(tmp_path: Path) -> None:
+    flaky = FlakyStore(MemoryStore())
+    routing = await org_with(flaky, requests=10**9)  # type: ignore[arg-type]
+    usage = gate(flaky, policy=ChunkPolicy(strict=True))
+    flaky.down = True
+    for _ in range(100):
+        await usage.admit(routing, Quantities())
+    assert flaky.calls["reserve"] == 1
+
+
+async def test_fail_open_still_refuses_an_org_known_to_be_over_its_limit() -> None:
+    flaky = FlakyStore(MemoryStore())
+    routing = await org_with(flaky, requests=2)  # type: ignore[arg-type]
+    usage = gate(flaky, policy=ChunkPolicy(strict=True), known_ttl=0.0)
+    assert isinstance(await usage.admit(routing, Quantities()), Admission)
+    assert isinstance(await usage.admit(routing, Quantities()), Admission)
+    assert isinstance(await usage.admit(routing, Quantities()), Refusal)
+    flaky.down = True
+    assert isinstance(await usage.admit(routing, Quantities()), Refusal)
+
+
+async def test_spooled_batches_of_a_dead_process_are_adopted_and_committed(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "gw.db"))
+    await store.open()
+    routing = await org_with(store)
+    dead = gate(FlakyStore(store), tmp_path)
+    assert isinstance(await dead.admit(routing, Quantities(1, 7, 1)), Admission)
+    dead._store.down = True  # type: ignore[attr-defined]
+    await dead.flush()  # spooled; the process now "dies" without closing
+    dead._spool._fh.close()  # type: ignore[union-attr]
+    spool = Spool(tmp_path / "spool", holder="h-new")
+    adopted = spool.open()
+    assert len(adopted) == 1
+    heir = UsageGate(store, StoreGuard(), spool, holder="h-new")
+    assert await heir.flush() == 0
+    period = heir.current_period(time.time())
+    assert (await store.usage(routing.org_id, period.key))["bytes"] == 7
+    await heir.flush()
+    assert (await store.usage(routing.org_id, period.key))["bytes"] == 7
+    spool.close()
+    await store.close()
+
+
+async def test_shadow_counters_are_meters_of_their_own(store: Store) -> None:
+    routing = await org_with(store)
+    usage = gate(store)
+    usage.record_shadow(routing, Quantities(1, 30, 3))
+    usage.admit_unmetered(routing, Quantities(1, 30, 3))
+    await usage.flush()
+    period = usage.current_period(time.time())
+    counters = await store.usage(routing.org_id, period.key)
+    assert counters["shadow_refused:bytes"] == 30 and counters["requests"] == 1
