@@ -68,6 +68,7 @@ class Runtime:
             self.usage,
             RateLimiter(),
             self.metrics,
+            self.guard,
             shadow=settings.shadow,
         )
         self.upstream = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.errors import StoreError
+from gateway.guard import StoreGuard
 from gateway.keys import KeyHasher
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
@@ -32,9 +33,11 @@ class Gates:
         usage: UsageGate,
         rates: RateLimiter,
         metrics: Metrics,
+        guard: StoreGuard,
         *,
         shadow: bool = False,
     ) -> None:
+        self._guard = guard
         self._hasher = hasher
         self._routing = routing
         self._usage = usage
@@ -66,7 +69,8 @@ class Gates:
         if refusal is None:
             outcome = await self._usage.admit(routing, q)
             if isinstance(outcome, Admission):
-                if outcome.fail_open:
+                # Admitted while the store is failing: on last-known routing or unreserved quota.
+                if outcome.fail_open or self._guard.is_open:
                     self._metrics.fail_open.inc()
                 return outcome
             refusal = outcome

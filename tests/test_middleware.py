@@ -205,3 +205,37 @@ async def test_store_down_known_key_fails_open_unknown_key_gets_503(env: Any) ->
     assert (r.status_code, r.json()["error"]) == (503, "store_unavailable")
     assert r.headers["retry-after"] == "1"
     assert runtime.routing.stale_served >= 1
+    assert runtime.metrics.fail_open._value.get() == 1
+
+
+async def test_thousand_concurrent_requests_through_the_middleware_admit_exactly_100(
+    env: Any,
+) -> None:
+    runtime, service, client, _ = env
+    org_id, key = await new_key(runtime, limits=Limits(requests=100))
+    responses = await asyncio.gather(
+        *(client.post("/v1/traces", **otlp_json(key)) for _ in range(1000))
+    )
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 100 and statuses.count(402) == 900
+    assert len(service.seen) == 100
+    assert (await usage_of(runtime, org_id))["requests"] == 100
+
+
+async def test_without_an_upstream_batches_land_in_the_local_sink(tmp_path: Path) -> None:
+    runtime = Runtime(Settings(data_dir=tmp_path, key_secret=SECRET), store=MemoryStore())
+    await runtime.start()
+    try:
+        from gateway.app import IngestApp
+
+        org_id, key = await new_key(runtime)
+        transport = httpx.ASGITransport(app=IngestApp(runtime))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            r = await client.post("/v1/traces", **otlp_json(key))
+            assert (r.status_code, r.json()) == (200, {})
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        await runtime.close()
+    landed = list((tmp_path / "sink" / org_id / "traces").iterdir())
+    assert [p.read_bytes() for p in landed] == [b'{"resourceSpans":[]}']
