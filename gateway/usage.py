@@ -25,7 +25,7 @@ from gateway.guard import StoreGuard
 from gateway.spool import Spool
 from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
 from policies.decisions import Refusal, usage_exceeded
-from policies.model import METERS, OrgRouting, Period, Quantities
+from policies.model import METERS, Limits, OrgRouting, Period, Quantities
 from policies.periods import calendar_month
 from policies.reservations import ChunkPolicy
 
@@ -47,6 +47,7 @@ class _Known:
 @dataclass(slots=True)
 class _Budget:
     period: Period
+    limits: Limits | None = None
     generation: int = 0
     remaining: dict[str, int] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)
@@ -126,6 +127,12 @@ class UsageGate:
         now = self._clock()
         period = self.current_period(now)
         budget = self._budget(routing.org_id, period)
+        if budget.limits != routing.limits:
+            stale, budget.limits = budget.limits is not None, routing.limits
+            if stale:
+                # Limits changed: what was reserved under the old ones goes back first.
+                self._forfeit(budget)
+                await self.flush()
         limited = routing.limits.metered()
         while True:
             deficit = {m: q.of(m) - budget.remaining.get(m, 0) for m, _ in limited}
@@ -242,10 +249,15 @@ class UsageGate:
     def forfeit(self) -> None:
         """Give up every local budget (its reservation may have expired in the store)."""
         for budget in self._budgets.values():
-            budget.generation += 1
-            for meter, left in budget.remaining.items():
-                budget.reserved[meter] = budget.reserved.get(meter, 0) - left
-            budget.remaining.clear()
+            self._forfeit(budget)
+
+    @staticmethod
+    def _forfeit(budget: _Budget) -> None:
+        budget.generation += 1
+        for meter, left in budget.remaining.items():
+            budget.reserved[meter] = budget.reserved.get(meter, 0) - left
+        budget.remaining.clear()
+        budget.exhausted.clear()
 
     def _take_batches(self, *, release: bool) -> list[UsageBatch]:
         now = self._clock()

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.guard import StoreGuard
 from gateway.spool import Spool, read_pending
-from gateway.store.base import Store, UsageBatch
+from gateway.store.base import OrgChanges, Store, UsageBatch
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.usage import Admission, UsageGate
@@ -203,3 +203,16 @@ async def test_shadow_counters_are_meters_of_their_own(store: Store) -> None:
     period = usage.current_period(time.time())
     counters = await store.usage(routing.org_id, period.key)
     assert counters["shadow_refused:bytes"] == 30 and counters["requests"] == 1
+
+
+async def test_lowered_limits_seen_in_fresh_routing_return_the_old_reservation(
+    store: Store,
+) -> None:
+    """Regression: an unspent chunk reserved under the old limit kept being spent."""
+    routing = await org_with(store, requests=100)
+    usage = gate(store)
+    assert isinstance(await usage.admit(routing, Quantities()), Admission)
+    org = await store.update_org(routing.org_id, OrgChanges(limits=Limits(requests=2)))
+    assert org is not None
+    outcomes = [await usage.admit(org.routing(), Quantities()) for _ in range(4)]
+    assert [isinstance(o, Admission) for o in outcomes] == [True, False, False, False]
