@@ -10,4 +10,4 @@ ENV GATEWAY_DATA_DIR=/data \
     GATEWAY_ADMIN_HOST=0.0.0.0
 EXPOSE 8080 8081
 VOLUME ["/data"]
-CMD ["ingest-gateway", "serve"]
+CMD ["sh", "-c", "ingest-gateway migrate && exec ingest-gateway serve"]

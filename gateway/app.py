@@ -17,6 +17,7 @@ from typing import Any
 from gateway.errors import StoreError
 from gateway.gates import Gates
 from gateway.guard import StoreGuard
+from gateway.invalidation import Invalidation, open_invalidation
 from gateway.keys import KeyHasher
 from gateway.metrics import Metrics
 from gateway.middleware import GateMiddleware
@@ -29,9 +30,20 @@ from gateway.spool import Spool
 from gateway.store import Store, open_store
 from gateway.upstream import HttpUpstream, LocalSink, Upstream
 from gateway.usage import UsageGate
+from policies.model import Period
 from policies.reservations import ChunkPolicy
 
 log = logging.getLogger("gateway")
+
+
+def build_store(settings: Settings) -> Store:
+    """The store named by the settings; with a Redis URL, Redis counters in front of it."""
+    store = open_store(settings.store_url)
+    if settings.redis_url:
+        from gateway.store.redis_quota import RedisQuotaStore
+
+        return RedisQuotaStore(store, settings.redis_url)
+    return store
 
 
 class Runtime:
@@ -44,9 +56,15 @@ class Runtime:
         store: Store | None = None,
         upstream: Upstream | None = None,
         spool_dir: Path | bool | None = True,
+        invalidation: Invalidation | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store if store is not None else open_store(settings.store_url)
+        self.store = store if store is not None else build_store(settings)
+        self.invalidation = (
+            invalidation
+            if invalidation is not None
+            else open_invalidation(settings.store_url, settings.redis_url)
+        )
         self.metrics = Metrics()
         self.guard = StoreGuard(settings.gate_timeout)
         self.hasher = KeyHasher(settings.key_secret_bytes())
@@ -61,7 +79,9 @@ class Runtime:
             holder=holder,
             policy=ChunkPolicy(strict=settings.strict_limits),
             reservation_ttl=settings.reservation_ttl,
+            on_new_period=self._claim_period,
         )
+        self._tasks: set[asyncio.Task[None]] = set()
         self.gates = Gates(
             self.hasher,
             self.routing,
@@ -80,9 +100,8 @@ class Runtime:
 
     async def start(self) -> None:
         await self.store.open()
-        adopted = await asyncio.to_thread(self.spool.open)
-        if adopted:
-            log.info("adopted %d usage batches spooled by an earlier process", len(adopted))
+        await self.invalidation.start(self._drop_org)
+        self.spool.open()
         await self.upstream.start()
         await self.usage.flush()
         self._flusher = asyncio.create_task(self._flush_forever())
@@ -109,6 +128,9 @@ class Runtime:
             log.warning("%d usage batches stay spooled until the store answers again", left)
         await asyncio.to_thread(self.spool.close)
         await self.upstream.close()
+        await self.invalidation.close()
+        for task in list(self._tasks):
+            task.cancel()
         await self.store.close()
 
     @contextlib.asynccontextmanager
@@ -123,9 +145,32 @@ class Runtime:
         """The gates in front of any ASGI app (the proxy, or an ingest service's own)."""
         return GateMiddleware(app, self.gates, self.metrics, limits=self.limits)
 
-    def invalidate_org(self, org_id: str) -> None:
+    async def invalidate_org(self, org_id: str) -> None:
+        """Drop the org's cached routing here at once, and on every other replica."""
+        await self._drop_org(org_id)
+        try:
+            await self.invalidation.publish(org_id)
+        except StoreError:
+            log.warning("could not tell other replicas; they refresh within the cache TTL")
+
+    async def _drop_org(self, org_id: str) -> None:
         self.routing.invalidate_org(org_id)
         self.usage.invalidate_org(org_id)
+
+    def _claim_period(self, org_id: str, period: Period) -> None:
+        """The first replica to see an org's new period claims its reset; counting never waits."""
+
+        async def claim() -> None:
+            try:
+                if await self.guard.call(lambda: self.store.claim_period(org_id, period.key)):
+                    self.metrics.period_resets.inc()
+                    log.info("claimed the period reset of %s for %s", org_id, period.key)
+            except StoreError:
+                log.warning("period reset claim for %s deferred: store unavailable", org_id)
+
+        task = asyncio.get_running_loop().create_task(claim())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def ready(self) -> bool:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.control import Control, NotFound, org_json
 from gateway.errors import BadRequest, ConfigError, StoreError
+from gateway.invalidation import open_invalidation
 from gateway.keys import KeyHasher
 from gateway.settings import Settings
 from gateway.store import open_store
@@ -23,6 +24,7 @@ from policies.periods import calendar_month
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", dest="store_url", help="store URL (GATEWAY_STORE_URL)")
+    p.add_argument("--redis", dest="redis_url", help="Redis URL for counters (GATEWAY_REDIS_URL)")
     p.add_argument("--data-dir", type=Path, help="data folder (GATEWAY_DATA_DIR)")
 
 
@@ -52,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     _serve_flags(sub.add_parser("serve", help="start the ingest and admin listeners"))
     _serve_flags(sub.add_parser("quickstart", help="demo org and key, then serve"))
+    _common(sub.add_parser("migrate", help="apply the store's schema migrations (idempotent)"))
 
     orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="action", required=True)
     create = orgs.add_parser("create")
@@ -95,11 +98,25 @@ def _limits(args: argparse.Namespace) -> dict[str, int]:
 
 async def _with_control(settings: Settings, work: Callable[[Control], Awaitable[Any]]) -> Any:
     store = open_store(settings.store_url)
+    invalidation = open_invalidation(settings.store_url, settings.redis_url)
     await store.open()
     try:
-        return await work(Control(store, KeyHasher(settings.key_secret_bytes())))
+        control = Control(store, KeyHasher(settings.key_secret_bytes()), invalidation.publish)
+        return await work(control)
     finally:
+        await invalidation.close()
         await store.close()
+
+
+async def _migrate(settings: Settings) -> dict[str, Any]:
+    if settings.store_url.startswith(("postgresql://", "postgres://")):
+        from gateway.store.postgres import migrate
+
+        return {"applied": await migrate(settings.store_url)}
+    store = open_store(settings.store_url)
+    await store.open()  # the embedded stores migrate themselves on open
+    await store.close()
+    return {"applied": []}
 
 
 async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
@@ -218,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "quickstart":
             asyncio.run(_quickstart(settings))
+            return 0
+        if args.command == "migrate":
+            result: Any = asyncio.run(_migrate(settings))
+            print(json.dumps(result))
             return 0
         result = asyncio.run(_admin(args, settings))
     except (ConfigError, BadRequest) as exc:

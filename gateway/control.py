@@ -6,7 +6,7 @@ validated here, so both front ends refuse the same things with the same messages
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -83,11 +83,19 @@ _ORG_FIELDS = {"name", "limits", "upstream", "shadow"}
 
 class Control:
     def __init__(
-        self, store: Store, hasher: KeyHasher, invalidate: Callable[[str], None] = lambda _: None
+        self,
+        store: Store,
+        hasher: KeyHasher,
+        invalidate: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
-        self.invalidate = invalidate
+        self._invalidate = invalidate
+
+    async def invalidate(self, org_id: str) -> None:
+        """Every replica drops the org's cached routing (and this one its local budgets)."""
+        if self._invalidate is not None:
+            await self._invalidate(org_id)
 
     async def create_org(self, raw: object) -> OrgRecord:
         body = _body(raw, _ORG_FIELDS)
@@ -119,7 +127,7 @@ class Control:
         org = await self.store.update_org(org_id, changes)
         if org is None:
             raise NotFound(org_id)
-        self.invalidate(org_id)
+        await self.invalidate(org_id)
         return org
 
     async def _org(self, org_id: str) -> OrgRecord:
@@ -142,7 +150,7 @@ class Control:
         org_id = await self.store.revoke_key(key_id)
         if org_id is None:
             raise NotFound(key_id)
-        self.invalidate(org_id)
+        await self.invalidate(org_id)
 
     async def set_suspension(self, org_id: str, raw: object) -> OrgRecord:
         body = _body(raw, {"suspended", "reason"})
@@ -155,7 +163,7 @@ class Control:
         org = await self.store.set_suspension(org_id, suspended, reason)
         if org is None:
             raise NotFound(org_id)
-        self.invalidate(org_id)
+        await self.invalidate(org_id)
         return org
 
     async def usage(self, org_id: str, period: Period) -> dict[str, Any]:

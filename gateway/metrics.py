@@ -40,6 +40,11 @@ class Metrics:
             "Routing reads that went to the store (cache misses).",
             registry=self.registry,
         )
+        self.period_resets = Counter(
+            "gateway_period_resets",
+            "Period rollovers this replica claimed (exactly one replica claims each).",
+            registry=self.registry,
+        )
         self.upstream_seconds = Histogram(
             "gateway_upstream_seconds",
             "Time to forward a batch upstream and read the answer.",

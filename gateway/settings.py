@@ -20,6 +20,7 @@ class Settings:
     admin_port: int = 8081
     upstream_url: str | None = None
     store_url: str = "sqlite://data/gateway.db"
+    redis_url: str | None = None
     admin_token: str | None = field(default=None, repr=False)
     key_secret: str | None = field(default=None, repr=False)
     data_dir: Path = Path("data")

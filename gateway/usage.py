@@ -92,7 +92,9 @@ class UsageGate:
         known_ttl: float = 1.0,
         flush_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_new_period: Callable[[str, Period], None] | None = None,
     ) -> None:
+        self._on_new_period = on_new_period
         self.holder = holder or uuid.uuid4().hex
         self._store = store
         self._guard = guard
@@ -107,6 +109,7 @@ class UsageGate:
         self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
         self._last_heartbeat = clock()
         self._flush_lock = asyncio.Lock()
+        self._orphans: set[str] = set()
         self.stats = UsageStats()
 
     def current_period(self, now: float) -> Period:
@@ -121,6 +124,8 @@ class UsageGate:
         budget = self._budgets.get(key)
         if budget is None:
             budget = self._budgets[key] = _Budget(period)
+            if self._on_new_period is not None:
+                self._on_new_period(org_id, period)
         return budget
 
     async def admit(self, routing: OrgRouting, q: Quantities) -> Admission | Refusal:
@@ -146,7 +151,7 @@ class UsageGate:
                 await asyncio.shield(budget.refill)
                 continue
             try:
-                refusal = await self._refill(routing.org_id, budget, deficit)
+                refusal = await self._refill(routing, budget, deficit)
             except StoreError:
                 # Fail open, but not for an org the store last said was over its limit.
                 refusal = self._known_refusal(budget, deficit, now=float("-inf"))
@@ -167,7 +172,7 @@ class UsageGate:
         return None
 
     async def _refill(
-        self, org_id: str, budget: _Budget, deficit: dict[str, int]
+        self, routing: OrgRouting, budget: _Budget, deficit: dict[str, int]
     ) -> Refusal | None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         budget.refill = future
@@ -176,12 +181,14 @@ class UsageGate:
             self.stats.refills += 1
             request = ReserveRequest(
                 holder=self.holder,
-                org_id=org_id,
+                org_id=routing.org_id,
                 period_start=budget.period.key,
                 needs=deficit,
                 policy=self._policy,
                 now=self._clock(),
                 ttl=self._ttl,
+                limits=routing.limits,
+                period_end=budget.period.end.timestamp(),
             )
             result = await self._guard.call(lambda: self._store.reserve(request))
             if isinstance(result, Exhausted):
@@ -213,11 +220,16 @@ class UsageGate:
             budget.remaining[meter] -= n
             budget.reserved[meter] = budget.reserved.get(meter, 0) - n
             spent.append((meter, n))
-        for meter in METERS:
-            budget.used[meter] = budget.used.get(meter, 0) + q.of(meter)
+        self._count(routing.org_id, budget, q.as_dict())
         return Admission(
             routing, q, budget.period.key, tuple(spent), budget.generation, fail_open=fail_open
         )
+
+    def _count(self, org_id: str, budget: _Budget, used: dict[str, int]) -> None:
+        """Usage to commit: in memory for the next flush, and in the spool at once."""
+        for meter, delta in used.items():
+            budget.used[meter] = budget.used.get(meter, 0) + delta
+        self._spool.record_spend(org_id, budget.period.key, used)
 
     def admit_unmetered(self, routing: OrgRouting, q: Quantities) -> Admission:
         """Count a request that passes regardless of limits (shadow mode)."""
@@ -228,9 +240,7 @@ class UsageGate:
         """Count what shadow mode would have refused, as meters of their own."""
         self.stats.shadow_refused += 1
         budget = self._budget(routing.org_id, self.current_period(self._clock()))
-        for meter in METERS:
-            name = SHADOW_PREFIX + meter
-            budget.used[name] = budget.used.get(name, 0) + q.of(meter)
+        self._count(routing.org_id, budget, {SHADOW_PREFIX + m: q.of(m) for m in METERS})
 
     def refund(self, admission: Admission) -> None:
         """The upstream did not accept the batch: the org pays nothing for it."""
@@ -238,8 +248,9 @@ class UsageGate:
         if budget is None:
             budget = _Budget(self.current_period(self._clock()), generation=-1)
             self._budgets[(admission.routing.org_id, admission.period_key)] = budget
-        for meter in METERS:
-            budget.used[meter] = budget.used.get(meter, 0) - admission.quantities.of(meter)
+        self._count(
+            admission.routing.org_id, budget, {m: -admission.quantities.of(m) for m in METERS}
+        )
         if admission.generation != budget.generation:
             return  # its reservation was forfeited: the quantity is no longer ours to reuse
         for meter, n in admission.from_budget:
@@ -286,11 +297,17 @@ class UsageGate:
         return batches
 
     async def flush(self, *, release: bool = False) -> int:
-        """Spool what was spent, then commit everything pending; returns batches left pending."""
+        """Spool what was spent, adopt dead holders' spools, commit everything pending.
+
+        Returns how many batches are still pending.
+        """
         async with self._flush_lock:
             batches = self._take_batches(release=release)
-            if batches:
-                await asyncio.to_thread(self._spool.append, batches)
+            self._spool.append(batches)
+            for orphan in self._spool.adopt():
+                log.info("adopted the spool of dead holder %s", orphan.holder)
+                self._orphans.add(orphan.holder)
+            await asyncio.to_thread(self._spool.sync)
             done: list[str] = []
             try:
                 for batch in self._spool.pending():
@@ -302,6 +319,12 @@ class UsageGate:
                     budget=self._flush_timeout,
                 )
                 self._last_heartbeat = self._clock()
+                # A dead holder's usage is committed: its reservations can go back now.
+                for holder in list(self._orphans):
+                    await self._guard.call(
+                        partial(self._store.release, holder), budget=self._flush_timeout
+                    )
+                    self._orphans.discard(holder)
             except StoreError:
                 self.stats.flush_failures += 1
                 if self._clock() - self._last_heartbeat > self._ttl / 2:

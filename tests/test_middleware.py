@@ -152,11 +152,11 @@ async def test_a_suspended_org_gets_402_billing_suspended(env: Any) -> None:
     runtime, _, client, _ = env
     org_id, key = await new_key(runtime)
     await runtime.store.set_suspension(org_id, True, "test")
-    runtime.invalidate_org(org_id)
+    await runtime.invalidate_org(org_id)
     r = await client.post("/v1/traces", **otlp_json(key))
     assert (r.status_code, r.json()["error"]) == (402, "billing_suspended")
     await runtime.store.set_suspension(org_id, False, None)
-    runtime.invalidate_org(org_id)
+    await runtime.invalidate_org(org_id)
     assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
 
 

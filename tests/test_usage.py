@@ -1,11 +1,12 @@
 import asyncio
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from gateway.guard import StoreGuard
-from gateway.spool import Spool, read_pending
+from gateway.spool import Spool, read_orphan
 from gateway.store.base import OrgChanges, Store, UsageBatch
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
@@ -136,7 +137,7 @@ async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: P
     assert all(isinstance(r, Admission) for r in results)
     assert usage.stats.fail_open >= 1
     assert await usage.flush() > 0  # spooled, not lost
-    assert read_pending(tmp_path / "spool" / "h1.jsonl")
+    assert read_orphan(tmp_path / "spool" / "h1.jsonl").batches
     flaky.down = False
     await asyncio.sleep(0.6)  # breaker cooldown
     assert await usage.flush() == 0
@@ -172,6 +173,12 @@ async def test_fail_open_still_refuses_an_org_known_to_be_over_its_limit() -> No
     assert isinstance(await usage.admit(routing, Quantities()), Refusal)
 
 
+def die(usage: UsageGate) -> None:
+    """What SIGKILL leaves behind: the file as written, its lock released, no flush."""
+    os.close(usage._spool._fd)  # type: ignore[arg-type]
+    usage._spool._fd = None
+
+
 async def test_spooled_batches_of_a_dead_process_are_adopted_and_committed(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "gw.db"))
     await store.open()
@@ -179,17 +186,43 @@ async def test_spooled_batches_of_a_dead_process_are_adopted_and_committed(tmp_p
     dead = gate(FlakyStore(store), tmp_path)
     assert isinstance(await dead.admit(routing, Quantities(1, 7, 1)), Admission)
     dead._store.down = True  # type: ignore[attr-defined]
-    await dead.flush()  # spooled; the process now "dies" without closing
-    dead._spool._fh.close()  # type: ignore[union-attr]
+    await dead.flush()  # spooled as a batch; the store never confirmed it
+    die(dead)
     spool = Spool(tmp_path / "spool", holder="h-new")
-    adopted = spool.open()
-    assert len(adopted) == 1
+    spool.open()
     heir = UsageGate(store, StoreGuard(), spool, holder="h-new")
     assert await heir.flush() == 0
     period = heir.current_period(time.time())
     assert (await store.usage(routing.org_id, period.key))["bytes"] == 7
     await heir.flush()
     assert (await store.usage(routing.org_id, period.key))["bytes"] == 7
+    spool.close()
+    await store.close()
+
+
+async def test_a_killed_process_loses_no_admitted_usage_and_its_quota_comes_back(
+    tmp_path: Path,
+) -> None:
+    """Regression: spends after the last flush were lost and the quota freed twice."""
+    store = SQLiteStore(str(tmp_path / "gw.db"))
+    await store.open()
+    routing = await org_with(store, requests=10)
+    dead = gate(store, tmp_path)
+    await dead.flush()
+    admitted = [await dead.admit(routing, Quantities(1, 3, 1)) for _ in range(4)]
+    assert all(isinstance(a, Admission) for a in admitted)
+    await asyncio.sleep(0)  # the spends reach the file, then the process is killed
+    die(dead)
+    spool = Spool(tmp_path / "spool", holder="h2")
+    spool.open()
+    heir = UsageGate(store, StoreGuard(), spool, holder="h2")
+    assert await heir.flush() == 0
+    period = heir.current_period(time.time())
+    assert await store.usage(routing.org_id, period.key) == {"requests": 4, "bytes": 12, "items": 4}
+    # The dead holder's reservation was released: exactly the rest of the limit is left.
+    outcomes = [await heir.admit(routing, Quantities()) for _ in range(10)]
+    assert sum(isinstance(o, Admission) for o in outcomes) == 6
+    await heir.close()
     spool.close()
     await store.close()
 

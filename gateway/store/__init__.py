@@ -15,6 +15,7 @@ from gateway.store.base import (
     UsageBatch,
 )
 from gateway.store.memory import MemoryStore
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "KeyRecord",
     "OrgChanges",
     "OrgRecord",
+    "PostgresStore",
     "ReserveRequest",
     "ReserveResult",
     "Store",
@@ -31,7 +33,10 @@ __all__ = [
 ]
 
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-_EXPECTED = "memory://, sqlite:///abs/path.db, sqlite://rel/path.db or a path ending in .db"
+_EXPECTED = (
+    "memory://, sqlite:///abs/path.db, sqlite://rel/path.db, a path ending in .db "
+    "or postgresql://user@host/db"
+)
 
 
 def open_store(url: str) -> Store:
@@ -40,7 +45,8 @@ def open_store(url: str) -> Store:
     if not sep:
         if url.endswith(_SQLITE_SUFFIXES):
             return SQLiteStore(url)
-        raise ConfigError(f"GATEWAY_STORE_URL must be one of {_EXPECTED}; got {url!r}")
+        # Not echoed: a URL whose scheme was mistyped may still hold a password.
+        raise ConfigError(f"GATEWAY_STORE_URL must be one of {_EXPECTED}")
     scheme = scheme.lower()
     if scheme == "memory":
         return MemoryStore()
@@ -49,7 +55,6 @@ def open_store(url: str) -> Store:
             raise ConfigError("GATEWAY_STORE_URL: sqlite:// needs a file path, e.g. sqlite:///x.db")
         return SQLiteStore(rest)
     if scheme in ("postgresql", "postgres"):
-        # The asyncpg backend goes here.
-        raise ConfigError("GATEWAY_STORE_URL: the PostgreSQL store is not built yet")
+        return PostgresStore(url)
     # Only the scheme is echoed: the rest of a URL may hold a password.
     raise ConfigError(f"GATEWAY_STORE_URL: unknown store scheme {scheme!r}; expected {_EXPECTED}")

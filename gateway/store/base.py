@@ -64,7 +64,12 @@ class OrgChanges:
 
 @dataclass(frozen=True, slots=True)
 class ReserveRequest:
-    """Ask for quota: for each meter at least ``needs[meter]``, more as ``policy`` allows."""
+    """Ask for quota: for each meter at least ``needs[meter]``, more as ``policy`` allows.
+
+    ``limits`` are the caller's routing (at most a cache TTL old): backends that hold the
+    org tables read their own instead; a counter-only backend (Redis) uses these.
+    ``period_end`` (epoch seconds) lets counters expire after the period.
+    """
 
     holder: str
     org_id: str
@@ -73,6 +78,18 @@ class ReserveRequest:
     policy: ChunkPolicy
     now: float
     ttl: float
+    limits: Limits = field(default_factory=Limits)
+    period_end: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRow:
+    """One holder's live reservation on one meter."""
+
+    holder: str
+    meter: str
+    amount: int
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +144,22 @@ class Store(Protocol):
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None: ...
     async def release(self, holder: str) -> None: ...
     async def usage(self, org_id: str, period_start: str) -> dict[str, int]: ...
+    async def live_reservations(
+        self, org_id: str, period_start: str, now: float
+    ) -> list[ReservationRow]: ...
+    async def add_reservation(
+        self,
+        holder: str,
+        org_id: str,
+        period_start: str,
+        amounts: Mapping[str, int],
+        now: float,
+        ttl: float,
+    ) -> None:
+        """Record a grant decided elsewhere (by the Redis counters), without a limit check."""
+
+    async def claim_period(self, org_id: str, period_start: str) -> bool:
+        """True for exactly one caller per (org, period) newer than the org's last one."""
 
     # control plane
     async def create_org(

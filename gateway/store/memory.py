@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from gateway.store.base import (
     KeyRecord,
     OrgChanges,
     OrgRecord,
+    ReservationRow,
     ReserveRequest,
     ReserveResult,
     UsageBatch,
@@ -37,6 +39,7 @@ class MemoryStore:
         self.counters: dict[tuple[str, str, str], int] = {}
         self.reservations: dict[tuple[str, str, str, str], _Reservation] = {}
         self.applied: set[str] = set()
+        self.periods: dict[str, str] = {}
 
     async def open(self) -> None:
         return None
@@ -116,6 +119,37 @@ class MemoryStore:
             for (o, p, meter), value in self.counters.items()
             if o == org_id and p == period_start
         }
+
+    async def live_reservations(
+        self, org_id: str, period_start: str, now: float
+    ) -> list[ReservationRow]:
+        return [
+            ReservationRow(h, m, r.amount, r.expires_at)
+            for (h, o, p, m), r in self.reservations.items()
+            if o == org_id and p == period_start and r.expires_at > now and r.amount > 0
+        ]
+
+    async def add_reservation(
+        self,
+        holder: str,
+        org_id: str,
+        period_start: str,
+        amounts: Mapping[str, int],
+        now: float,
+        ttl: float,
+    ) -> None:
+        for meter, amount in amounts.items():
+            key = (holder, org_id, period_start, meter)
+            current = self.reservations.get(key)
+            live = current.amount if current and current.expires_at > now else 0
+            self.reservations[key] = _Reservation(live + amount, now + ttl)
+
+    async def claim_period(self, org_id: str, period_start: str) -> bool:
+        last = self.periods.get(org_id)
+        if last is not None and last >= period_start:
+            return False
+        self.periods[org_id] = period_start
+        return True
 
     async def create_org(
         self, name: str, limits: Limits, upstream: str | None, shadow: bool = False

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from gateway.store.base import (
     KeyRecord,
     OrgChanges,
     OrgRecord,
+    ReservationRow,
     ReserveRequest,
     ReserveResult,
     UsageBatch,
@@ -35,7 +36,7 @@ from policies.model import METERS, Limits, OrgRouting, PaymentStatus
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -93,6 +94,17 @@ _SCHEMA: tuple[str, ...] = (
     )""",
 )
 
+# Statements that bring a database from version N - 1 to N; _SCHEMA above is version 1.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        # The newest period claimed per org (claim_period).
+        """CREATE TABLE IF NOT EXISTS org_periods (
+            org_id TEXT PRIMARY KEY,
+            period_start TEXT NOT NULL
+        )""",
+    ),
+}
+
 # One statement reads an org with its limits (one row per limit, or one row of NULLs).
 _SELECT_ORG = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
         o.payment_status, o.shadow, o.created_at, l.name, l.value
@@ -121,6 +133,12 @@ _UPSERT_RESERVATION = """INSERT INTO quota_reservations
             THEN quota_reservations.amount + excluded.amount
             ELSE excluded.amount END,
         expires_at = excluded.expires_at"""
+
+# A row comes back only when the period is new or newer than the org's last one.
+_CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES (?, ?)
+    ON CONFLICT (org_id) DO UPDATE SET period_start = excluded.period_start
+        WHERE org_periods.period_start < excluded.period_start
+    RETURNING org_id"""
 
 _ADD_USED = """INSERT INTO usage_counters (org_id, period_start, meter, used)
     VALUES (?, ?, ?, ?)
@@ -203,13 +221,18 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     version = row[0] if row else None
-    if version is None:
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif version > SCHEMA_VERSION:
+    if version is not None and version > SCHEMA_VERSION:
         raise StoreError(
             f"SQLite schema version {version} is newer than this gateway supports "
             f"({SCHEMA_VERSION})"
         )
+    for step in range((version or 1) + 1, SCHEMA_VERSION + 1):
+        for statement in _MIGRATIONS[step]:
+            conn.execute(statement)
+    if version is None:
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    elif version < SCHEMA_VERSION:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
 class SQLiteStore:
@@ -380,6 +403,49 @@ class SQLiteStore:
             return dict(rows)
 
         return await self._run(work)
+
+    async def live_reservations(
+        self, org_id: str, period_start: str, now: float
+    ) -> list[ReservationRow]:
+        def work(conn: sqlite3.Connection) -> list[ReservationRow]:
+            rows = conn.execute(
+                """SELECT holder, meter, amount, expires_at FROM quota_reservations
+                WHERE org_id = ? AND period_start = ? AND expires_at > ? AND amount > 0
+                ORDER BY holder, meter""",
+                (org_id, period_start, now),
+            ).fetchall()
+            return [ReservationRow(*row) for row in rows]
+
+        return await self._run(work)
+
+    async def add_reservation(
+        self,
+        holder: str,
+        org_id: str,
+        period_start: str,
+        amounts: Mapping[str, int],
+        now: float,
+        ttl: float,
+    ) -> None:
+        rows = [
+            {
+                "holder": holder,
+                "org": org_id,
+                "period": period_start,
+                "meter": meter,
+                "amount": amount,
+                "expires_at": now + ttl,
+                "now": now,
+            }
+            for meter, amount in amounts.items()
+        ]
+        await self._write(lambda conn: conn.executemany(_UPSERT_RESERVATION, rows))
+
+    async def claim_period(self, org_id: str, period_start: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(_CLAIM_PERIOD, (org_id, period_start)).fetchall())
+
+        return await self._write(work)
 
     # control plane
 

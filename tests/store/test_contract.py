@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from gateway.store import (
     UsageBatch,
     open_store,
 )
+from gateway.store.base import ReservationRow
 from gateway.store.memory import MemoryStore
+from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from policies.model import Limits
 from policies.reservations import ChunkPolicy
@@ -304,6 +308,96 @@ async def test_limit_lowered_below_used_is_exhausted(store: Store) -> None:
     assert await store.reserve(ask(org, requests=1)) == Exhausted("requests", 5, 8)
 
 
+async def test_reserving_alone_records_no_usage(store: Store) -> None:
+    org = await org_with(store, requests=5)
+    await store.reserve(ask(org, requests=2, bytes=7))
+    await store.reserve(ask(org, requests=9))
+    assert await store.usage(org.id, PERIOD) == {}
+
+
+# reservations recorded elsewhere
+
+
+def by_holder_and_meter(rows: list[ReservationRow]) -> list[ReservationRow]:
+    return sorted(rows, key=lambda row: (row.holder, row.meter))
+
+
+async def test_live_reservations_lists_live_rows_that_hold_something(store: Store) -> None:
+    org = await org_with(store, requests=10, bytes=1_000)
+    await store.reserve(ask(org, holder="a", now=1_000, ttl=60, requests=2, bytes=100))
+    # items is unlimited: granted, not recorded.
+    await store.reserve(ask(org, holder="b", now=1_000, ttl=10, requests=3, items=5))
+    await store.reserve(ask(org, holder="c", period=NEXT_PERIOD, requests=1))
+    # a's bytes are all spent: a row holding nothing is not listed.
+    await store.commit(UsageBatch("batch-1", "a", org.id, PERIOD, {"bytes": 100}, {"bytes": -100}))
+
+    rows = await store.live_reservations(org.id, PERIOD, now=1_005)
+    assert by_holder_and_meter(rows) == [
+        ReservationRow("a", "requests", 2, 1_060.0),
+        ReservationRow("b", "requests", 3, 1_010.0),
+    ]
+    assert await store.live_reservations(org.id, PERIOD, now=1_010) == [
+        ReservationRow("a", "requests", 2, 1_060.0)
+    ]
+    assert await store.live_reservations(org.id, NEXT_PERIOD, now=1_005) == [
+        ReservationRow("c", "requests", 1, 1_060.0)
+    ]
+    assert await store.live_reservations("org_missing", PERIOD, now=1_005) == []
+
+
+async def test_add_reservation_is_recorded_without_a_limit_check(store: Store) -> None:
+    org = await org_with(store, requests=5)
+    await store.add_reservation("a", org.id, PERIOD, {"requests": 3}, now=1_000, ttl=60)
+    # A live row grows and its expiry restarts, past the limit if told so.
+    await store.add_reservation("a", org.id, PERIOD, {"requests": 4}, now=1_010, ttl=60)
+    assert await store.live_reservations(org.id, PERIOD, now=1_010) == [
+        ReservationRow("a", "requests", 7, 1_070.0)
+    ]
+    assert await store.reserve(ask(org, holder="b", now=1_010, requests=1)) == Exhausted(
+        "requests", 5, 7
+    )
+
+    # An expired row is replaced, not grown.
+    await store.add_reservation("a", org.id, PERIOD, {"requests": 2}, now=2_000, ttl=60)
+    assert await store.live_reservations(org.id, PERIOD, now=2_000) == [
+        ReservationRow("a", "requests", 2, 2_060.0)
+    ]
+    assert await store.reserve(ask(org, holder="b", now=2_000, requests=3)) == Granted(
+        {"requests": 3}
+    )
+
+
+async def test_added_reservations_are_committed_like_granted_ones(store: Store) -> None:
+    org = await org_with(store, requests=10, bytes=100)
+    amounts = {"requests": 4, "bytes": 40}
+    await store.add_reservation("a", org.id, PERIOD, amounts, now=1_000, ttl=60)
+    spent = UsageBatch("batch-1", "a", org.id, PERIOD, {"requests": 4}, {"requests": -4})
+    assert await store.commit(spent) is True
+    assert await store.live_reservations(org.id, PERIOD, now=1_000) == [
+        ReservationRow("a", "bytes", 40, 1_060.0)
+    ]
+    await store.release("a")
+    assert await store.live_reservations(org.id, PERIOD, now=1_000) == []
+    assert await store.usage(org.id, PERIOD) == {"requests": 4}
+
+
+# periods
+
+
+async def test_claim_period_once_per_newer_period(store: Store) -> None:
+    assert await store.claim_period("org_a", PERIOD) is True
+    assert await store.claim_period("org_a", PERIOD) is False
+    assert await store.claim_period("org_b", PERIOD) is True
+    assert await store.claim_period("org_a", "2024-04-01T00:00:00+00:00") is False
+    assert await store.claim_period("org_a", NEXT_PERIOD) is True
+    assert await store.claim_period("org_a", PERIOD) is False
+
+
+async def test_concurrent_claims_of_a_period_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim_period("org_a", PERIOD) for _ in range(20)))
+    assert results.count(True) == 1
+
+
 async def test_ping(store: Store) -> None:
     await store.ping()
 
@@ -334,6 +428,24 @@ async def test_data_survives_close_and_reopen(durable_url: str) -> None:
             await second.commit(UsageBatch("batch-1", "replica-a", org.id, PERIOD, {"requests": 1}))
             is False
         )
+    finally:
+        await second.close()
+
+
+async def test_reservations_and_periods_survive_close_and_reopen(durable_url: str) -> None:
+    first = open_store(durable_url)
+    await first.open()
+    await first.add_reservation("a", "org_a", PERIOD, {"requests": 3}, now=1_000, ttl=60)
+    await first.claim_period("org_a", PERIOD)
+    await first.close()
+
+    second = open_store(durable_url)
+    await second.open()
+    try:
+        assert await second.live_reservations("org_a", PERIOD, now=1_000) == [
+            ReservationRow("a", "requests", 3, 1_060.0)
+        ]
+        assert await second.claim_period("org_a", PERIOD) is False
     finally:
         await second.close()
 
@@ -378,7 +490,20 @@ def test_open_store_memory() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["postgresql://u:secret@db/gw", "redis://db", "gateway", "sqlite://"]
+    ("url", "schema"),
+    [
+        ("postgresql://u:secret@db/gw", None),
+        ("postgres://u:secret@db:5433/gw?schema=tenant_1&sslmode=disable", "tenant_1"),
+    ],
+)
+def test_open_store_postgres_urls(url: str, schema: str | None) -> None:
+    store = open_store(url)
+    assert isinstance(store, PostgresStore) and store.schema == schema
+    assert "secret" not in repr(store)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://db", "gateway", "sqlite://", "u:secret@db/gw", "mysql://u:secret@db/gw"]
 )
 def test_open_store_refuses_other_urls(url: str) -> None:
     with pytest.raises(ConfigError, match="GATEWAY_STORE_URL") as info:
@@ -392,3 +517,22 @@ async def test_sqlite_creates_the_parent_folder(tmp_path: Path) -> None:
     await store.ping()
     await store.close()
     assert (tmp_path / "a" / "b" / "gateway.db").exists()
+
+
+async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    store = SQLiteStore(str(path))
+    await store.open()
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP TABLE org_periods")
+        conn.execute("UPDATE schema_version SET version = 1")
+
+    upgraded = SQLiteStore(str(path))
+    await upgraded.open()
+    try:
+        assert await upgraded.claim_period("org_a", PERIOD) is True
+    finally:
+        await upgraded.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]

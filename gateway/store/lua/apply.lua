@@ -1,0 +1,37 @@
+-- apply.lua: apply one usage batch to an org's quota hash, once.
+--
+-- KEYS[1]  the org's quota hash for one period (see reserve.lua for its fields)
+-- KEYS[2]  the batch marker {prefix}:{org}:b:{batch_id}
+-- ARGV[1]  holder
+-- ARGV[2]  seconds the marker lives
+-- ARGV[3]  n, the number of used deltas
+-- ARGV[4..3+2n]  meter, delta pairs added to used:<meter>
+-- ARGV[4+2n..]   meter, delta pairs added to res:<holder>:<meter>, clamped at 0;
+--                a missing field stays missing (the reservation expired or was released)
+--
+-- Returns 1 when applied, 0 when the marker existed or the hash is not loaded (the next
+-- load reads the truth, which already holds this batch). Either way the marker is set.
+
+local quota, marker = KEYS[1], KEYS[2]
+if redis.call('EXISTS', marker) == 1 then
+  return 0
+end
+redis.call('SET', marker, '1', 'EX', ARGV[2])
+if redis.call('HEXISTS', quota, 'ready') == 0 then
+  return 0
+end
+
+local holder = ARGV[1]
+local last_used = 3 + 2 * tonumber(ARGV[3])
+for i = 4, last_used, 2 do
+  redis.call('HINCRBY', quota, 'used:' .. ARGV[i], ARGV[i + 1])
+end
+for i = last_used + 1, #ARGV, 2 do
+  local field = 'res:' .. holder .. ':' .. ARGV[i]
+  local current = redis.call('HGET', quota, field)
+  if current then
+    local amount = math.max(0, tonumber(current) + tonumber(ARGV[i + 1]))
+    redis.call('HSET', quota, field, string.format('%d', amount))
+  end
+end
+return 1

@@ -1,0 +1,506 @@
+"""The durable store for many replicas: PostgreSQL through asyncpg.
+
+URL: ``postgresql://user:password@host:5432/db`` (or ``postgres://``), with an optional
+``?schema=NAME`` that puts every table in that schema (created if missing; tests use it
+to isolate themselves). Migrations are the SQL files in ``migrations/``, applied in name
+order by ``migrate()`` under an advisory lock, each in its own transaction; ``open()``
+runs it too, so starting a store on an up-to-date database changes nothing.
+
+Every atomic step is one statement or one transaction, decided in SQL: ``reserve`` is one
+call to ``reserve_quota()`` (``0002_reserve_quota.sql``). Rows are locked in one global
+order so that concurrent calls never deadlock: counter rows before reservation rows,
+and within an (org, period) by meter in the order of ``policies.model.METERS``.
+Semantics mirror ``MemoryStore``; asyncpg and socket errors become ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway.errors import ConfigError, StoreError
+from gateway.store.base import (
+    Exhausted,
+    Granted,
+    KeyRecord,
+    OrgChanges,
+    OrgRecord,
+    ReservationRow,
+    ReserveRequest,
+    ReserveResult,
+    UsageBatch,
+)
+from gateway.store.memory import new_id
+from policies.model import METERS, Limits, OrgRouting, PaymentStatus
+
+#: Held while migrating, so that concurrent ``migrate()`` calls take turns ("gateway\0").
+MIGRATION_LOCK = 0x6761_7465_7761_7900
+COMMAND_TIMEOUT = 5.0
+LOCK_TIMEOUT = 60.0
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_METERS = list(METERS)
+
+_SELECT_ORG = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
+        o.payment_status, o.shadow, o.created_at, l.name AS limit_name, l.value
+    FROM orgs o LEFT JOIN org_limits l ON l.org_id = o.id
+    WHERE o.id = $1"""
+_SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
+        o.payment_status, o.shadow, o.created_at, l.name AS limit_name, l.value
+    FROM ingest_keys k JOIN orgs o ON o.id = k.org_id
+    LEFT JOIN org_limits l ON l.org_id = o.id
+    WHERE k.key_hash = $1 AND k.revoked_at IS NULL"""
+
+_RESERVE = """SELECT meter_name, granted, meter_limit, taken
+    FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
+
+_CLAIM_BATCH = """INSERT INTO applied_batches (batch_id) VALUES ($1)
+    ON CONFLICT DO NOTHING RETURNING batch_id"""
+
+# Meters arrive sorted (lock order); rows are upserted in that order.
+_ADD_USED = """INSERT INTO usage_counters AS c (org_id, period_start, meter, used)
+    SELECT $1::text, $2::text, d.meter, d.delta
+    FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS d (meter, delta, i)
+    ORDER BY d.i
+    ON CONFLICT (org_id, period_start, meter)
+        DO UPDATE SET used = COALESCE(c.used, 0) + excluded.used"""
+
+# Only the holder's existing rows change, locked in lock order.
+_ADD_RESERVED = """UPDATE quota_reservations q SET amount = GREATEST(0, q.amount + r.delta)
+    FROM (
+        SELECT s.meter, d.delta FROM quota_reservations s
+        JOIN unnest($4::text[], $5::bigint[]) WITH ORDINALITY AS d (meter, delta, i)
+            ON d.meter = s.meter
+        WHERE s.holder = $1 AND s.org_id = $2 AND s.period_start = $3
+        ORDER BY d.i
+        FOR UPDATE OF s
+    ) r
+    WHERE q.holder = $1 AND q.org_id = $2 AND q.period_start = $3 AND q.meter = r.meter"""
+
+# An expired row of the holder is replaced, a live one grows; either way the expiry restarts.
+_ADD_RESERVATION = """INSERT INTO quota_reservations AS x
+        (holder, org_id, period_start, meter, amount, expires_at)
+    SELECT $1::text, $2::text, $3::text, a.meter, a.amount, $6::float8 + $7::float8
+    FROM unnest($4::text[], $5::bigint[]) WITH ORDINALITY AS a (meter, amount, i)
+    ORDER BY a.i
+    ON CONFLICT (holder, org_id, period_start, meter) DO UPDATE SET
+        amount = CASE WHEN x.expires_at > $6 THEN x.amount + excluded.amount
+            ELSE excluded.amount END,
+        expires_at = excluded.expires_at"""
+
+# A holder's rows are locked in the global order (org, period, meter rank) first.
+_HEARTBEAT = """UPDATE quota_reservations q SET expires_at = $3::float8 + $4::float8
+    FROM (
+        SELECT s.org_id, s.period_start, s.meter FROM quota_reservations s
+        WHERE s.holder = $1 AND s.expires_at > $3
+        ORDER BY s.org_id, s.period_start,
+            COALESCE(array_position($2::text[], s.meter), 2147483647), s.meter
+        FOR UPDATE
+    ) s
+    WHERE q.holder = $1 AND q.org_id = s.org_id AND q.period_start = s.period_start
+        AND q.meter = s.meter"""
+_RELEASE = """DELETE FROM quota_reservations q
+    USING (
+        SELECT s.org_id, s.period_start, s.meter FROM quota_reservations s
+        WHERE s.holder = $1
+        ORDER BY s.org_id, s.period_start,
+            COALESCE(array_position($2::text[], s.meter), 2147483647), s.meter
+        FOR UPDATE
+    ) s
+    WHERE q.holder = $1 AND q.org_id = s.org_id AND q.period_start = s.period_start
+        AND q.meter = s.meter"""
+
+_LIVE_RESERVATIONS = """SELECT holder, meter, amount, expires_at FROM quota_reservations
+    WHERE org_id = $1 AND period_start = $2 AND expires_at > $3 AND amount > 0
+    ORDER BY holder, COALESCE(array_position($4::text[], meter), 2147483647), meter"""
+
+# A row comes back only when the period is new or newer than the org's last one.
+_CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES ($1, $2)
+    ON CONFLICT (org_id) DO UPDATE SET period_start = excluded.period_start
+        WHERE org_periods.period_start < excluded.period_start
+    RETURNING org_id"""
+
+_UPDATE_ORG = """UPDATE orgs SET
+        name = COALESCE($2, name),
+        upstream = CASE WHEN $3 THEN $4 ELSE upstream END,
+        shadow = COALESCE($5, shadow),
+        updated_at = now()
+    WHERE id = $1
+    RETURNING id"""
+
+_CREATE_KEY = """INSERT INTO ingest_keys (id, org_id, key_hash, created_at)
+    SELECT $1::text, $2::text, $3::bytea, $4::timestamptz
+    WHERE EXISTS (SELECT 1 FROM orgs WHERE id = $2)
+    RETURNING id"""
+
+_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The DSN for asyncpg (without ``schema``) and the schema named by the URL, if any."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError("GATEWAY_STORE_URL: a PostgreSQL URL starts with postgresql://")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schemas = [value for name, value in query if name == "schema"]
+    schema = schemas[-1] if schemas else None
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise ConfigError(
+            "GATEWAY_STORE_URL: schema= takes lowercase letters, digits and underscores"
+        )
+    rest = urlencode([(name, value) for name, value in query if name != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _store_error(exc: BaseException, doing: str) -> StoreError:
+    # asyncpg's client-side errors can quote bound values (key hashes) and the DSN: only
+    # server messages (they name tables and constraints) and socket errors are passed on.
+    if isinstance(exc, asyncpg.PostgresError):
+        name = exc.__class__.__name__
+        return StoreError(f"PostgreSQL {doing} failed: {exc.sqlstate} {name}: {exc}")
+    if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+        return StoreError(f"PostgreSQL {doing} failed: {exc.__class__.__name__}: {exc}")
+    return StoreError(f"PostgreSQL {doing} failed: {exc.__class__.__name__}")
+
+
+def _server_settings(schema: str | None) -> dict[str, str]:
+    return {"search_path": schema} if schema else {}
+
+
+def migrations() -> list[tuple[str, str]]:
+    """(version, SQL) of every migration shipped with the gateway, in order."""
+    folder = resources.files("gateway.store").joinpath("migrations")
+    files = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".sql")),
+        key=lambda entry: entry.name,
+    )
+    return [(entry.name.removesuffix(".sql"), entry.read_text("utf-8")) for entry in files]
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the migrations a database lacks; returns the versions applied, in order.
+
+    Safe to run twice or from several processes at once: one runs while the others wait
+    on an advisory lock, then find nothing left to do.
+    """
+    dsn, schema = split_url(url)
+    try:
+        conn = await asyncpg.connect(
+            dsn, timeout=COMMAND_TIMEOUT, server_settings=_server_settings(schema)
+        )
+    except (*_ERRORS, ValueError) as exc:
+        raise _store_error(exc, "connect") from exc
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK, timeout=LOCK_TIMEOUT)
+        try:
+            return await _apply_migrations(conn, schema)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    except _ERRORS as exc:
+        raise _store_error(exc, "migration") from exc
+    finally:
+        try:
+            await conn.close(timeout=COMMAND_TIMEOUT)
+        except _ERRORS:
+            conn.terminate()
+
+
+async def _apply_migrations(conn: Any, schema: str | None) -> list[str]:
+    exists = "SELECT 1 FROM pg_namespace WHERE nspname = $1"
+    if schema and await conn.fetchval(exists, schema) is None:
+        # Checked first: CREATE SCHEMA needs a privilege even when the schema exists.
+        # The name was validated by split_url, so it is safe to quote into the statement.
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+            version TEXT PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )"""
+    )
+    done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+    applied: list[str] = []
+    for version, sql in migrations():
+        if version in done:
+            continue
+        async with conn.transaction():
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+        applied.append(version)
+    return applied
+
+
+def _meter_order(meter: str) -> tuple[int, str]:
+    """Lock order of counters and reservations: METERS first, then any other name."""
+    return (METERS.index(meter) if meter in METERS else len(METERS), meter)
+
+
+def _sorted_deltas(deltas: Mapping[str, int]) -> tuple[list[str], list[int]]:
+    meters = sorted(deltas, key=_meter_order)
+    return meters, [deltas[meter] for meter in meters]
+
+
+def _org_from_rows(rows: Iterable[Any]) -> OrgRecord | None:
+    rows = list(rows)
+    if not rows:
+        return None
+    first = rows[0]
+    limits = Limits(
+        **{row["limit_name"]: row["value"] for row in rows if row["limit_name"] is not None}
+    )
+    return OrgRecord(
+        id=first["id"],
+        name=first["name"],
+        limits=limits,
+        upstream=first["upstream"],
+        suspended=first["suspended"],
+        suspension_reason=first["suspension_reason"],
+        payment_status=cast(PaymentStatus, first["payment_status"]),
+        shadow=first["shadow"],
+        created_at=first["created_at"],
+    )
+
+
+async def _write_limits(conn: Any, org_id: str, limits: Limits) -> None:
+    await conn.execute("DELETE FROM org_limits WHERE org_id = $1", org_id)
+    values = limits.as_dict()
+    await conn.execute(
+        """INSERT INTO org_limits (org_id, name, value)
+        SELECT $1, l.name, l.value FROM unnest($2::text[], $3::bigint[]) AS l (name, value)""",
+        org_id,
+        list(values),
+        list(values.values()),
+    )
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._dsn, self.schema = split_url(url)
+        self._pool: Any = None
+
+    def __repr__(self) -> str:
+        # The URL may hold a password.
+        return f"PostgresStore(schema={self.schema!r})"
+
+    @asynccontextmanager
+    async def _connection(self, doing: str) -> AsyncIterator[Any]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("PostgreSQL store is not open")
+        try:
+            async with pool.acquire(timeout=COMMAND_TIMEOUT) as conn:
+                yield conn
+        except _ERRORS as exc:
+            raise _store_error(exc, doing) from exc
+
+    @asynccontextmanager
+    async def _transaction(self, doing: str) -> AsyncIterator[Any]:
+        async with self._connection(doing) as conn, conn.transaction():
+            yield conn
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        await migrate(self._url)
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=10,
+                timeout=COMMAND_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+                server_settings=_server_settings(self.schema),
+            )
+        except (*_ERRORS, ValueError) as exc:
+            raise _store_error(exc, "connect") from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await pool.close()
+        except _ERRORS as exc:
+            raise _store_error(exc, "close") from exc
+
+    async def ping(self) -> None:
+        async with self._connection("ping") as conn:
+            await conn.fetchval("SELECT 1")
+
+    # data plane
+
+    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
+        async with self._connection("routing") as conn:
+            org = _org_from_rows(await conn.fetch(_SELECT_ROUTING, key_hash))
+        return org.routing() if org else None
+
+    async def reserve(self, request: ReserveRequest) -> ReserveResult:
+        meters = [meter for meter in METERS if meter in request.needs]
+        if not meters:
+            return Granted({})
+        policy = request.policy
+        async with self._connection("reserve") as conn:
+            rows = await conn.fetch(
+                _RESERVE,
+                request.holder,
+                request.org_id,
+                request.period_start,
+                meters,
+                [request.needs[meter] for meter in meters],
+                [policy.max_chunk(meter) for meter in meters],
+                policy.strict,
+                policy.replicas,
+                request.now,
+                request.ttl,
+            )
+        for row in rows:
+            if row["granted"] is None:
+                return Exhausted(row["meter_name"], row["meter_limit"], row["taken"])
+        return Granted({row["meter_name"]: row["granted"] for row in rows})
+
+    async def commit(self, batch: UsageBatch) -> bool:
+        key = (batch.org_id, batch.period_start)
+        async with self._transaction("commit") as conn:
+            if await conn.fetchval(_CLAIM_BATCH, batch.batch_id) is None:
+                return False
+            if batch.used:
+                await conn.execute(_ADD_USED, *key, *_sorted_deltas(batch.used))
+            if batch.reserved:
+                await conn.execute(
+                    _ADD_RESERVED, batch.holder, *key, *_sorted_deltas(batch.reserved)
+                )
+        return True
+
+    async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
+        async with self._connection("heartbeat") as conn:
+            await conn.execute(_HEARTBEAT, holder, _METERS, now, ttl)
+
+    async def release(self, holder: str) -> None:
+        async with self._connection("release") as conn:
+            await conn.execute(_RELEASE, holder, _METERS)
+
+    async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
+        async with self._connection("usage") as conn:
+            rows = await conn.fetch(
+                """SELECT meter, used FROM usage_counters
+                WHERE org_id = $1 AND period_start = $2 AND used IS NOT NULL""",
+                org_id,
+                period_start,
+            )
+        return {row["meter"]: row["used"] for row in rows}
+
+    async def live_reservations(
+        self, org_id: str, period_start: str, now: float
+    ) -> list[ReservationRow]:
+        async with self._connection("live reservations") as conn:
+            rows = await conn.fetch(_LIVE_RESERVATIONS, org_id, period_start, now, _METERS)
+        return [ReservationRow(*row) for row in rows]
+
+    async def add_reservation(
+        self,
+        holder: str,
+        org_id: str,
+        period_start: str,
+        amounts: Mapping[str, int],
+        now: float,
+        ttl: float,
+    ) -> None:
+        if not amounts:
+            return
+        meters, values = _sorted_deltas(amounts)
+        async with self._connection("add reservation") as conn:
+            await conn.execute(
+                _ADD_RESERVATION, holder, org_id, period_start, meters, values, now, ttl
+            )
+
+    async def claim_period(self, org_id: str, period_start: str) -> bool:
+        async with self._connection("claim period") as conn:
+            return await conn.fetchval(_CLAIM_PERIOD, org_id, period_start) is not None
+
+    # control plane
+
+    async def create_org(
+        self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
+    ) -> OrgRecord:
+        org = OrgRecord(
+            id=new_id("org"),
+            name=name,
+            limits=limits,
+            upstream=upstream,
+            suspended=False,
+            suspension_reason=None,
+            payment_status="ok",
+            shadow=shadow,
+            created_at=datetime.now(UTC),
+        )
+        async with self._transaction("create org") as conn:
+            await conn.execute(
+                """INSERT INTO orgs (id, name, upstream, shadow, created_at, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $5)""",
+                org.id,
+                name,
+                upstream,
+                shadow,
+                org.created_at,
+            )
+            await _write_limits(conn, org.id, limits)
+        return org
+
+    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None:
+        async with self._transaction("update org") as conn:
+            updated = await conn.fetchval(
+                _UPDATE_ORG,
+                org_id,
+                changes.name,
+                changes.set_upstream,
+                changes.upstream,
+                changes.shadow,
+            )
+            if updated is None:
+                return None
+            if changes.limits is not None:
+                await _write_limits(conn, org_id, changes.limits)
+            return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+
+    async def get_org(self, org_id: str) -> OrgRecord | None:
+        async with self._connection("get org") as conn:
+            return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+
+    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None:
+        record = KeyRecord(id=new_id("key"), org_id=org_id, created_at=datetime.now(UTC))
+        async with self._connection("create key") as conn:
+            created = await conn.fetchval(
+                _CREATE_KEY, record.id, org_id, key_hash, record.created_at
+            )
+        return record if created is not None else None
+
+    async def revoke_key(self, key_id: str) -> str | None:
+        async with self._connection("revoke key") as conn:
+            org_id = await conn.fetchval(
+                """UPDATE ingest_keys SET revoked_at = now()
+                WHERE id = $1 AND revoked_at IS NULL RETURNING org_id""",
+                key_id,
+            )
+        return str(org_id) if org_id is not None else None
+
+    async def set_suspension(
+        self, org_id: str, suspended: bool, reason: str | None
+    ) -> OrgRecord | None:
+        async with self._transaction("set suspension") as conn:
+            updated = await conn.fetchval(
+                """UPDATE orgs SET suspended = $2, suspension_reason = $3, updated_at = now()
+                WHERE id = $1 RETURNING id""",
+                org_id,
+                suspended,
+                reason if suspended else None,
+            )
+            if updated is None:
+                return None
+            return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))

@@ -1,0 +1,372 @@
+"""Quota counters and reservations in Redis, in front of a durable store that stays the truth.
+
+``RedisQuotaStore`` wraps any ``Store`` (PostgreSQL in production): everything that is
+not quota goes straight to it. Quota lives in one Redis hash per (org, period)::
+
+    {prefix}:{<org_id>}:q:<period_start>   ready, used:<meter>, res:<holder>:<meter>, exp:<holder>
+    {prefix}:{<org_id>}:b:<batch_id>       marker of a usage batch applied to that hash
+
+The org id in braces is the Redis Cluster hash tag: every key of one org hashes to one
+slot, so the scripts that read a hash and write a batch marker next to it may touch both
+keys in one atomic call, and one org's quota never spans two nodes.
+
+Redis is never the only copy of usage. Each grant is written through to the truth
+(``add_reservation``) before it is returned, and each batch is committed to the truth
+before Redis sees it, so the truth's used + reserved always covers what was handed out.
+A hash without ``ready`` (Redis restarted, flushed or evicted it) is rebuilt from the
+truth's usage and live reservations on the next reserve; a load only happens while
+``ready`` is still absent, so replicas rebuilding at once count the truth once.
+
+Each atomic step is one Lua script in ``gateway/store/lua`` (package data), registered
+once at ``open``; their KEYS/ARGV are documented at their tops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreError
+from gateway.store.base import (
+    Exhausted,
+    Granted,
+    KeyRecord,
+    OrgChanges,
+    OrgRecord,
+    ReservationRow,
+    ReserveRequest,
+    ReserveResult,
+    Store,
+    UsageBatch,
+)
+from policies.model import METERS, Limits, OrgRouting
+
+log = logging.getLogger("gateway.store.redis")
+
+# What a script takes in ARGV.
+Arg = str | int | float
+
+_SCRIPTS = ("reserve", "load", "apply", "give_back", "heartbeat", "release")
+_MISSING, _EXHAUSTED, _GRANTED = 0, 1, 2
+# A flush can race a rebuild; a few rounds settle it, more means Redis keeps losing the hash.
+_REBUILD_ATTEMPTS = 3
+
+
+@contextlib.contextmanager
+def _redis_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise StoreError(f"redis {what} failed: {type(exc).__name__}") from exc
+
+
+def _flatten(pairs: Mapping[str, Arg]) -> list[Arg]:
+    return [part for pair in pairs.items() for part in pair]
+
+
+class RedisQuotaStore:
+    """Quota in Redis (exact, one script per step), everything else and durability in ``truth``."""
+
+    def __init__(
+        self,
+        truth: Store,
+        redis_url: str,
+        *,
+        prefix: str = "gw",
+        grace_seconds: int = 7 * 86400,
+        marker_seconds: int = 14 * 86400,
+        timeout: float = 1.0,
+    ) -> None:
+        self.truth = truth
+        self._url = redis_url
+        self._prefix = prefix
+        self._grace = grace_seconds
+        self._marker_seconds = marker_seconds
+        self._timeout = timeout
+        self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        # Which hashes each holder reserved in, with their EXPIREAT: heartbeat and
+        # release must find them, and a holder is one process.
+        self._touched: dict[str, dict[str, int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisQuotaStore(truth={self.truth!r}, prefix={self._prefix!r})"
+
+    # keys
+
+    def quota_key(self, org_id: str, period_start: str) -> str:
+        return f"{self._prefix}:{{{org_id}}}:q:{period_start}"
+
+    def batch_key(self, org_id: str, batch_id: str) -> str:
+        return f"{self._prefix}:{{{org_id}}}:b:{batch_id}"
+
+    def _expire_at(self, period_end: float) -> int:
+        # Wall clock as a floor: a request without a period end (or a test's fake clock)
+        # must not make Redis drop the hash at once.
+        return int(max(period_end, time.time()) + self._grace)
+
+    # lifecycle
+
+    async def open(self) -> None:
+        await self.truth.open()
+        self._redis = aioredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            # One quick retry replaces a pooled connection a Redis restart closed.
+            retry=Retry(NoBackoff(), 1),
+        )
+        for name in _SCRIPTS:
+            source = resources.files("gateway.store").joinpath("lua", f"{name}.lua")
+            self._scripts[name] = self._redis.register_script(source.read_text("utf-8"))
+        try:
+            for script in self._scripts.values():
+                await self._redis.script_load(script.script)
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Scripts load themselves on first use (NOSCRIPT); quota fails until Redis answers.
+            log.warning("redis not reachable at open (%s); quota calls fail until it is", exc)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        await self.truth.close()
+
+    async def ping(self) -> None:
+        await self.truth.ping()
+        with _redis_errors("ping"):
+            await self._client().ping()
+
+    def _client(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise StoreError("RedisQuotaStore is not open")
+        return self._redis
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        self._client()
+        with _redis_errors(name):
+            return await self._scripts[name](keys=keys, args=args)
+
+    # quota
+
+    async def reserve(self, request: ReserveRequest) -> ReserveResult:
+        grants: dict[str, int] = {}
+        limited: list[str] = []
+        expire_at = self._expire_at(request.period_end)
+        args: list[Arg] = [
+            request.holder,
+            repr(request.now),
+            repr(request.now + request.ttl),
+            expire_at,
+            int(request.policy.strict),
+            request.policy.replicas,
+        ]
+        for meter in METERS:
+            need = request.needs.get(meter)
+            if need is None:
+                continue
+            limit = request.limits.usage_limit(meter)
+            if limit is None:
+                grants[meter] = need
+                continue
+            limited.append(meter)
+            args += (meter, need, limit, request.policy.max_chunk(meter))
+        if not limited:
+            return Granted(grants)
+
+        key = self.quota_key(request.org_id, request.period_start)
+        for _ in range(_REBUILD_ATTEMPTS):
+            reply = await self._run("reserve", [key], args)
+            if reply[0] != _MISSING:
+                break
+            await self._rebuild(key, request)
+        else:
+            raise StoreError(f"redis lost the quota hash {key} during {_REBUILD_ATTEMPTS} rebuilds")
+        if reply[0] == _EXHAUSTED:
+            return Exhausted(str(reply[1]), int(reply[2]), int(reply[3]))
+
+        token = str(reply[1])
+        amounts = dict(zip(limited, (int(n) for n in reply[2:]), strict=True))
+        self._touched.setdefault(request.holder, {})[key] = expire_at
+        recorded = {meter: n for meter, n in amounts.items() if n > 0}
+        if recorded:
+            await self._write_through(key, token, request, recorded)
+        grants.update(amounts)
+        return Granted({meter: grants[meter] for meter in METERS if meter in grants})
+
+    async def _write_through(
+        self, key: str, token: str, request: ReserveRequest, recorded: dict[str, int]
+    ) -> None:
+        """The truth must hold every grant before anyone spends it; else Redis gives it back."""
+        give_back = [request.holder, token, *_flatten(recorded)]
+        try:
+            await self.truth.add_reservation(
+                request.holder,
+                request.org_id,
+                request.period_start,
+                recorded,
+                request.now,
+                request.ttl,
+            )
+        except asyncio.CancelledError:
+            # The caller gave up (time budget): nobody will spend this grant.
+            task = asyncio.get_running_loop().create_task(self._give_back(key, give_back))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise
+        except Exception as exc:
+            await self._give_back(key, give_back)
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"truth could not record a reservation: {type(exc).__name__}") from exc
+
+    async def _give_back(self, key: str, args: list[Arg]) -> None:
+        try:
+            await self._run("give_back", [key], args)
+        except StoreError:
+            log.warning("could not give back a grant in %s; it counts until released", key)
+
+    async def _rebuild(self, key: str, request: ReserveRequest) -> None:
+        """Load the truth's view of one (org, period) into its empty hash."""
+        # Reservations before usage: a commit landing in between then counts twice
+        # (refuses a little early) rather than not at all (admits too much).
+        rows = await self.truth.live_reservations(request.org_id, request.period_start, request.now)
+        usage = await self.truth.usage(request.org_id, request.period_start)
+        fields: dict[str, Arg] = {
+            f"used:{meter}": usage[meter] for meter in METERS if usage.get(meter)
+        }
+        reserved: dict[str, int] = {}
+        expiry: dict[str, float] = {}
+        for row in rows:
+            if row.meter in METERS and row.amount > 0:
+                name = f"res:{row.holder}:{row.meter}"
+                reserved[name] = reserved.get(name, 0) + row.amount
+                # One expiry per holder in Redis: its latest, so nothing live is dropped.
+                expiry[row.holder] = max(expiry.get(row.holder, 0.0), row.expires_at)
+        fields.update(reserved)
+        fields.update({f"exp:{holder}": repr(at) for holder, at in expiry.items()})
+        token = secrets.token_hex(8)
+        expire_at = self._expire_at(request.period_end)
+        if await self._run("load", [key], [token, expire_at, *_flatten(fields)]):
+            log.info("rebuilt %s from the truth", key)
+
+    async def commit(self, batch: UsageBatch) -> bool:
+        applied = await self.truth.commit(batch)
+        used = {m: n for m, n in batch.used.items() if n}
+        reserved = {m: n for m, n in batch.reserved.items() if n}
+        if used or reserved:
+            await self._run(
+                "apply",
+                [
+                    self.quota_key(batch.org_id, batch.period_start),
+                    self.batch_key(batch.org_id, batch.batch_id),
+                ],
+                [
+                    batch.holder,
+                    self._marker_seconds,
+                    len(used),
+                    *_flatten(used),
+                    *_flatten(reserved),
+                ],
+            )
+        return applied
+
+    async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
+        await self.truth.heartbeat(holder, now, ttl)
+        keys = self._live_keys(holder)
+        if not keys:
+            return
+        client = self._client()
+        with _redis_errors("heartbeat"):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    await self._scripts["heartbeat"](
+                        keys=[key], args=[holder, repr(now), repr(now + ttl)], client=pipe
+                    )
+                await pipe.execute()
+
+    async def release(self, holder: str) -> None:
+        await self.truth.release(holder)
+        keys = self._live_keys(holder)
+        if not keys:
+            return
+        client = self._client()
+        with _redis_errors("release"):
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    await self._scripts["release"](keys=[key], args=[holder], client=pipe)
+                await pipe.execute()
+        self._touched.pop(holder, None)
+
+    def _live_keys(self, holder: str) -> list[str]:
+        """The hashes the holder reserved in that Redis has not expired yet."""
+        touched = self._touched.get(holder, {})
+        wall = time.time()
+        for key in [k for k, expire_at in touched.items() if expire_at <= wall]:
+            del touched[key]
+        return list(touched)
+
+    # everything else is the truth's
+
+    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
+        return await self.truth.routing_for_key(key_hash)
+
+    async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
+        return await self.truth.usage(org_id, period_start)
+
+    async def live_reservations(
+        self, org_id: str, period_start: str, now: float
+    ) -> list[ReservationRow]:
+        return await self.truth.live_reservations(org_id, period_start, now)
+
+    async def add_reservation(
+        self,
+        holder: str,
+        org_id: str,
+        period_start: str,
+        amounts: Mapping[str, int],
+        now: float,
+        ttl: float,
+    ) -> None:
+        await self.truth.add_reservation(holder, org_id, period_start, amounts, now, ttl)
+
+    async def claim_period(self, org_id: str, period_start: str) -> bool:
+        return await self.truth.claim_period(org_id, period_start)
+
+    async def create_org(
+        self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
+    ) -> OrgRecord:
+        return await self.truth.create_org(name, limits, upstream, shadow)
+
+    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None:
+        return await self.truth.update_org(org_id, changes)
+
+    async def get_org(self, org_id: str) -> OrgRecord | None:
+        return await self.truth.get_org(org_id)
+
+    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None:
+        return await self.truth.create_key(org_id, key_hash)
+
+    async def revoke_key(self, key_id: str) -> str | None:
+        return await self.truth.revoke_key(key_id)
+
+    async def set_suspension(
+        self, org_id: str, suspended: bool, reason: str | None
+    ) -> OrgRecord | None:
+        return await self.truth.set_suspension(org_id, suspended, reason)
