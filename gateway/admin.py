@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from gateway.app import Runtime
 from gateway.control import Control, NotFound, org_json
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, StoreError
 
 
 def _error(status: int, code: str, message: str | None = None) -> JSONResponse:
@@ -72,7 +72,7 @@ def build_admin_app(runtime: Runtime) -> Any:
         return Response(status_code=204)
 
     async def usage(request: Request) -> Response:
-        await runtime.usage.flush()
+        await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
         period = runtime.usage.current_period(time.time())
         return JSONResponse(await control.usage(request.path_params["org_id"], period))
 
@@ -89,6 +89,11 @@ def build_admin_app(runtime: Runtime) -> Any:
     async def not_found(_request: Request, _exc: Exception) -> Response:
         return _error(404, "not_found")
 
+    async def store_down(_request: Request, _exc: Exception) -> Response:
+        response = _error(503, "store_unavailable")
+        response.headers["retry-after"] = "1"
+        return response
+
     app = Starlette(
         routes=[
             Route("/metrics", metrics, methods=["GET"]),
@@ -100,6 +105,6 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/orgs/{org_id}/usage", usage, methods=["GET"]),
             Route("/admin/orgs/{org_id}/suspension", suspension, methods=["PUT"]),
         ],
-        exception_handlers={BadRequest: bad_request, NotFound: not_found},
+        exception_handlers={BadRequest: bad_request, NotFound: not_found, StoreError: store_down},
     )
     return AdminAuth(app, runtime.settings.admin_token)

@@ -217,9 +217,10 @@ class UsageGate:
         spent = []
         for meter, _ in limited:
             n = q.of(meter)
-            budget.remaining[meter] -= n
-            budget.reserved[meter] = budget.reserved.get(meter, 0) - n
-            spent.append((meter, n))
+            if n:
+                budget.remaining[meter] -= n
+                budget.reserved[meter] = budget.reserved.get(meter, 0) - n
+                spent.append((meter, n))
         self._count(routing.org_id, budget, q.as_dict())
         return Admission(
             routing, q, budget.period.key, tuple(spent), budget.generation, fail_open=fail_open

@@ -249,3 +249,13 @@ async def test_lowered_limits_seen_in_fresh_routing_return_the_old_reservation(
     assert org is not None
     outcomes = [await usage.admit(org.routing(), Quantities()) for _ in range(4)]
     assert [isinstance(o, Admission) for o in outcomes] == [True, False, False, False]
+
+
+async def test_a_request_with_nothing_on_a_limited_meter_is_admitted(store: Store) -> None:
+    """Regression: an empty batch for an org with an items limit raised KeyError (a 500)."""
+    routing = await org_with(store, requests=10, items=5)
+    usage = gate(store)
+    assert isinstance(await usage.admit(routing, Quantities(1, 20, 0)), Admission)
+    assert isinstance(await usage.admit(routing, Quantities(1, 20, 5)), Admission)
+    assert isinstance(await usage.admit(routing, Quantities(1, 20, 0)), Admission)
+    assert isinstance(await usage.admit(routing, Quantities(1, 20, 1)), Refusal)

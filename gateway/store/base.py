@@ -93,6 +93,20 @@ class ReservationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class QuotaSnapshot:
+    """One consistent read of an (org, period): what a Redis rebuild loads.
+
+    ``used`` per meter of ``METERS``; the live reservations holding something; and the
+    ids of the batches already counted in ``used``, so that a batch applied again on top
+    of this snapshot is recognised as counted.
+    """
+
+    used: dict[str, int]
+    reservations: list[ReservationRow]
+    batch_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Granted:
     """All meters fit: how much each was granted (each at least what was needed)."""
 
@@ -147,6 +161,9 @@ class Store(Protocol):
     async def live_reservations(
         self, org_id: str, period_start: str, now: float
     ) -> list[ReservationRow]: ...
+    async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
+        """Usage, live reservations and applied batch ids of one (org, period), read at once."""
+
     async def add_reservation(
         self,
         holder: str,

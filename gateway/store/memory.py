@@ -13,6 +13,7 @@ from gateway.store.base import (
     KeyRecord,
     OrgChanges,
     OrgRecord,
+    QuotaSnapshot,
     ReservationRow,
     ReserveRequest,
     ReserveResult,
@@ -38,7 +39,8 @@ class MemoryStore:
         self.key_ids: dict[str, bytes] = {}
         self.counters: dict[tuple[str, str, str], int] = {}
         self.reservations: dict[tuple[str, str, str, str], _Reservation] = {}
-        self.applied: set[str] = set()
+        # batch id -> the (org, period) it was applied to
+        self.applied: dict[str, tuple[str, str]] = {}
         self.periods: dict[str, str] = {}
 
     async def open(self) -> None:
@@ -94,7 +96,7 @@ class MemoryStore:
     async def commit(self, batch: UsageBatch) -> bool:
         if batch.batch_id in self.applied:
             return False
-        self.applied.add(batch.batch_id)
+        self.applied[batch.batch_id] = (batch.org_id, batch.period_start)
         for meter, delta in batch.used.items():
             key = (batch.org_id, batch.period_start, meter)
             self.counters[key] = self.counters.get(key, 0) + delta
@@ -128,6 +130,18 @@ class MemoryStore:
             for (h, o, p, m), r in self.reservations.items()
             if o == org_id and p == period_start and r.expires_at > now and r.amount > 0
         ]
+
+    async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
+        usage = await self.usage(org_id, period_start)
+        return QuotaSnapshot(
+            used={meter: usage[meter] for meter in METERS if meter in usage},
+            reservations=await self.live_reservations(org_id, period_start, now),
+            batch_ids=[
+                batch_id
+                for batch_id, counter in self.applied.items()
+                if counter == (org_id, period_start)
+            ],
+        )
 
     async def add_reservation(
         self,

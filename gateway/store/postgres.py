@@ -15,7 +15,9 @@ Semantics mirror ``MemoryStore``; asyncpg and socket errors become ``StoreError`
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from gateway.store.base import (
     KeyRecord,
     OrgChanges,
     OrgRecord,
+    QuotaSnapshot,
     ReservationRow,
     ReserveRequest,
     ReserveResult,
@@ -40,10 +43,18 @@ from gateway.store.base import (
 from gateway.store.memory import new_id
 from policies.model import METERS, Limits, OrgRouting, PaymentStatus
 
+log = logging.getLogger("gateway.store.postgres")
+
 #: Held while migrating, so that concurrent ``migrate()`` calls take turns ("gateway\0").
 MIGRATION_LOCK = 0x6761_7465_7761_7900
 COMMAND_TIMEOUT = 5.0
 LOCK_TIMEOUT = 60.0
+# Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
+# as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
+BATCH_RETENTION_SECONDS = 14 * 86400
+PRUNE_INTERVAL_SECONDS = 3600.0
+# Rows deleted per prune, so that a heartbeat stays short; a full prune runs again soon.
+PRUNE_LIMIT = 10_000
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _METERS = list(METERS)
@@ -61,8 +72,14 @@ _SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_
 _RESERVE = """SELECT meter_name, granted, meter_limit, taken
     FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
 
-_CLAIM_BATCH = """INSERT INTO applied_batches (batch_id) VALUES ($1)
+_CLAIM_BATCH = """INSERT INTO applied_batches (batch_id, org_id, period_start)
+    VALUES ($1, $2, $3)
     ON CONFLICT DO NOTHING RETURNING batch_id"""
+
+_PRUNE_BATCHES = """DELETE FROM applied_batches WHERE batch_id IN (
+    SELECT batch_id FROM applied_batches
+    WHERE applied_at < now() - make_interval(secs => $1)
+    LIMIT $2)"""
 
 # Meters arrive sorted (lock order); rows are upserted in that order.
 _ADD_USED = """INSERT INTO usage_counters AS c (org_id, period_start, meter, used)
@@ -120,6 +137,14 @@ _RELEASE = """DELETE FROM quota_reservations q
 _LIVE_RESERVATIONS = """SELECT holder, meter, amount, expires_at FROM quota_reservations
     WHERE org_id = $1 AND period_start = $2 AND expires_at > $3 AND amount > 0
     ORDER BY holder, COALESCE(array_position($4::text[], meter), 2147483647), meter"""
+
+_USAGE = """SELECT meter, used FROM usage_counters
+    WHERE org_id = $1 AND period_start = $2 AND used IS NOT NULL"""
+
+# Only recent batches: the race they guard (a commit crossing a rebuild) lasts seconds; a
+# spool replay older than this may count twice in Redis (refusing early, never over).
+_BATCH_IDS = """SELECT batch_id FROM applied_batches
+    WHERE org_id = $1 AND period_start = $2 AND applied_at > now() - interval '1 hour'"""
 
 # A row comes back only when the period is new or newer than the org's last one.
 _CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES ($1, $2)
@@ -284,6 +309,7 @@ class PostgresStore:
         self._url = url
         self._dsn, self.schema = split_url(url)
         self._pool: Any = None
+        self._next_prune = 0.0  # time.monotonic() of the next prune of applied_batches
 
     def __repr__(self) -> str:
         # The URL may hold a password.
@@ -368,7 +394,7 @@ class PostgresStore:
     async def commit(self, batch: UsageBatch) -> bool:
         key = (batch.org_id, batch.period_start)
         async with self._transaction("commit") as conn:
-            if await conn.fetchval(_CLAIM_BATCH, batch.batch_id) is None:
+            if await conn.fetchval(_CLAIM_BATCH, batch.batch_id, *key) is None:
                 return False
             if batch.used:
                 await conn.execute(_ADD_USED, *key, *_sorted_deltas(batch.used))
@@ -381,6 +407,21 @@ class PostgresStore:
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
         async with self._connection("heartbeat") as conn:
             await conn.execute(_HEARTBEAT, holder, _METERS, now, ttl)
+        if time.monotonic() >= self._next_prune:
+            await self._prune_batches()
+
+    async def _prune_batches(self) -> None:
+        """Forget applied batches older than the retention, a bounded number at a time."""
+        try:
+            async with self._connection("prune batches") as conn:
+                status = await conn.execute(_PRUNE_BATCHES, BATCH_RETENTION_SECONDS, PRUNE_LIMIT)
+            deleted = int(status.split()[-1])
+        except StoreError as exc:
+            log.warning("could not prune applied batches: %s", exc)
+            deleted = 0
+        # A prune cut short at the limit goes on at the next heartbeat.
+        pause = 0.0 if deleted >= PRUNE_LIMIT else PRUNE_INTERVAL_SECONDS
+        self._next_prune = time.monotonic() + pause
 
     async def release(self, holder: str) -> None:
         async with self._connection("release") as conn:
@@ -388,12 +429,7 @@ class PostgresStore:
 
     async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
         async with self._connection("usage") as conn:
-            rows = await conn.fetch(
-                """SELECT meter, used FROM usage_counters
-                WHERE org_id = $1 AND period_start = $2 AND used IS NOT NULL""",
-                org_id,
-                period_start,
-            )
+            rows = await conn.fetch(_USAGE, org_id, period_start)
         return {row["meter"]: row["used"] for row in rows}
 
     async def live_reservations(
@@ -402,6 +438,23 @@ class PostgresStore:
         async with self._connection("live reservations") as conn:
             rows = await conn.fetch(_LIVE_RESERVATIONS, org_id, period_start, now, _METERS)
         return [ReservationRow(*row) for row in rows]
+
+    async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
+        # REPEATABLE READ: the three reads see one snapshot, so a batch is either in
+        # both used and batch_ids or in neither.
+        async with (
+            self._connection("quota snapshot") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            used = await conn.fetch(_USAGE, org_id, period_start)
+            rows = await conn.fetch(_LIVE_RESERVATIONS, org_id, period_start, now, _METERS)
+            batches = await conn.fetch(_BATCH_IDS, org_id, period_start)
+        counted = {row["meter"]: row["used"] for row in used}
+        return QuotaSnapshot(
+            used={meter: counted[meter] for meter in METERS if meter in counted},
+            reservations=[ReservationRow(*row) for row in rows],
+            batch_ids=[row["batch_id"] for row in batches],
+        )
 
     async def add_reservation(
         self,

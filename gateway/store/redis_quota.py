@@ -4,7 +4,7 @@
 not quota goes straight to it. Quota lives in one Redis hash per (org, period)::
 
     {prefix}:{<org_id>}:q:<period_start>   ready, used:<meter>, res:<holder>:<meter>, exp:<holder>
-    {prefix}:{<org_id>}:b:<batch_id>       marker of a usage batch applied to that hash
+    {prefix}:{<org_id>}:b:<batch_id>       marker of a usage batch counted in that hash
 
 The org id in braces is the Redis Cluster hash tag: every key of one org hashes to one
 slot, so the scripts that read a hash and write a batch marker next to it may touch both
@@ -13,9 +13,14 @@ keys in one atomic call, and one org's quota never spans two nodes.
 Redis is never the only copy of usage. Each grant is written through to the truth
 (``add_reservation``) before it is returned, and each batch is committed to the truth
 before Redis sees it, so the truth's used + reserved always covers what was handed out.
-A hash without ``ready`` (Redis restarted, flushed or evicted it) is rebuilt from the
-truth's usage and live reservations on the next reserve; a load only happens while
-``ready`` is still absent, so replicas rebuilding at once count the truth once.
+A hash without ``ready`` (Redis restarted, flushed or evicted it) is rebuilt on the next
+reserve from one consistent ``quota_snapshot`` of the truth: usage, live reservations and
+the ids of the batches that usage counts, whose markers the load sets so that a replay
+does not count them again. A load only happens while ``ready`` is still absent, so
+replicas rebuilding at once count the truth once, and only under the fence put up before
+the snapshot was read (``fence.lua``), so it never installs a snapshot older than a write
+Redis has already seen. A grant whose hash was rebuilt while it was written through is
+put back into the new hash (``keep_grant.lua``).
 
 Each atomic step is one Lua script in ``gateway/store/lua`` (package data), registered
 once at ``open``; their KEYS/ARGV are documented at their tops.
@@ -45,6 +50,7 @@ from gateway.store.base import (
     KeyRecord,
     OrgChanges,
     OrgRecord,
+    QuotaSnapshot,
     ReservationRow,
     ReserveRequest,
     ReserveResult,
@@ -58,9 +64,11 @@ log = logging.getLogger("gateway.store.redis")
 # What a script takes in ARGV.
 Arg = str | int | float
 
-_SCRIPTS = ("reserve", "load", "apply", "give_back", "heartbeat", "release")
+_SCRIPTS = ("reserve", "fence", "load", "keep_grant", "apply", "give_back", "heartbeat", "release")
 _MISSING, _EXHAUSTED, _GRANTED = 0, 1, 2
-# A flush can race a rebuild; a few rounds settle it, more means Redis keeps losing the hash.
+_STALE = -1
+# A flush or a commit can race a rebuild; a few rounds settle it, more means Redis keeps
+# losing the hash.
 _REBUILD_ATTEMPTS = 3
 
 
@@ -74,6 +82,24 @@ def _redis_errors(what: str) -> Iterator[None]:
 
 def _flatten(pairs: Mapping[str, Arg]) -> list[Arg]:
     return [part for pair in pairs.items() for part in pair]
+
+
+def _hash_fields(snapshot: QuotaSnapshot) -> dict[str, Arg]:
+    """The quota hash fields (see reserve.lua) that hold a snapshot of the truth."""
+    fields: dict[str, Arg] = {
+        f"used:{meter}": snapshot.used[meter] for meter in METERS if snapshot.used.get(meter)
+    }
+    reserved: dict[str, int] = {}
+    expiry: dict[str, float] = {}
+    for row in snapshot.reservations:
+        if row.meter in METERS and row.amount > 0:
+            name = f"res:{row.holder}:{row.meter}"
+            reserved[name] = reserved.get(name, 0) + row.amount
+            # One expiry per holder in Redis: its latest, so nothing live is dropped.
+            expiry[row.holder] = max(expiry.get(row.holder, 0.0), row.expires_at)
+    fields.update(reserved)
+    fields.update({f"exp:{holder}": repr(at) for holder, at in expiry.items()})
+    return fields
 
 
 class RedisQuotaStore:
@@ -197,12 +223,14 @@ class RedisQuotaStore:
                 break
             await self._rebuild(key, request)
         else:
-            raise StoreError(f"redis lost the quota hash {key} during {_REBUILD_ATTEMPTS} rebuilds")
+            raise StoreError(f"could not load the quota hash {key} in {_REBUILD_ATTEMPTS} rebuilds")
         if reply[0] == _EXHAUSTED:
             return Exhausted(str(reply[1]), int(reply[2]), int(reply[3]))
 
         token = str(reply[1])
         amounts = dict(zip(limited, (int(n) for n in reply[2:]), strict=True))
+        if request.holder not in self._touched or key not in self._touched[request.holder]:
+            await self._index(request.holder, key, expire_at)
         self._touched.setdefault(request.holder, {})[key] = expire_at
         recorded = {meter: n for meter, n in amounts.items() if n > 0}
         if recorded:
@@ -213,7 +241,11 @@ class RedisQuotaStore:
     async def _write_through(
         self, key: str, token: str, request: ReserveRequest, recorded: dict[str, int]
     ) -> None:
-        """The truth must hold every grant before anyone spends it; else Redis gives it back."""
+        """The truth must hold every grant before anyone spends it; else Redis gives it back.
+
+        Then Redis must still count it: if the hash was rebuilt meanwhile from a truth
+        that did not hold the grant yet, ``keep_grant`` adds it to the new hash.
+        """
         give_back = [request.holder, token, *_flatten(recorded)]
         try:
             await self.truth.add_reservation(
@@ -224,6 +256,19 @@ class RedisQuotaStore:
                 request.now,
                 request.ttl,
             )
+            kept = await self._run(
+                "keep_grant",
+                [key],
+                [
+                    request.holder,
+                    token,
+                    repr(request.now),
+                    repr(request.now + request.ttl),
+                    *_flatten(recorded),
+                ],
+            )
+            if kept:
+                log.info("kept a grant in %s across a rebuild", key)
         except asyncio.CancelledError:
             # The caller gave up (time budget): nobody will spend this grant.
             task = asyncio.get_running_loop().create_task(self._give_back(key, give_back))
@@ -243,27 +288,21 @@ class RedisQuotaStore:
             log.warning("could not give back a grant in %s; it counts until released", key)
 
     async def _rebuild(self, key: str, request: ReserveRequest) -> None:
-        """Load the truth's view of one (org, period) into its empty hash."""
-        # Reservations before usage: a commit landing in between then counts twice
-        # (refuses a little early) rather than not at all (admits too much).
-        rows = await self.truth.live_reservations(request.org_id, request.period_start, request.now)
-        usage = await self.truth.usage(request.org_id, request.period_start)
-        fields: dict[str, Arg] = {
-            f"used:{meter}": usage[meter] for meter in METERS if usage.get(meter)
-        }
-        reserved: dict[str, int] = {}
-        expiry: dict[str, float] = {}
-        for row in rows:
-            if row.meter in METERS and row.amount > 0:
-                name = f"res:{row.holder}:{row.meter}"
-                reserved[name] = reserved.get(name, 0) + row.amount
-                # One expiry per holder in Redis: its latest, so nothing live is dropped.
-                expiry[row.holder] = max(expiry.get(row.holder, 0.0), row.expires_at)
-        fields.update(reserved)
-        fields.update({f"exp:{holder}": repr(at) for holder, at in expiry.items()})
-        token = secrets.token_hex(8)
+        """Load a snapshot of the truth for one (org, period) into its empty hash."""
         expire_at = self._expire_at(request.period_end)
-        if await self._run("load", [key], [token, expire_at, *_flatten(fields)]):
+        fence = await self._run("fence", [key], [secrets.token_hex(8), expire_at])
+        if fence is None:
+            return  # loaded by someone else meanwhile
+        snapshot = await self.truth.quota_snapshot(
+            request.org_id, request.period_start, request.now
+        )
+        markers = [self.batch_key(request.org_id, batch_id) for batch_id in snapshot.batch_ids]
+        fields = _hash_fields(snapshot)
+        args: list[Arg] = [str(fence), secrets.token_hex(8), expire_at, self._marker_seconds]
+        loaded = await self._run("load", [key, *markers], [*args, *_flatten(fields)])
+        if loaded == _STALE:
+            log.info("a rebuild of %s raced a write; reading the truth again", key)
+        elif loaded:
             log.info("rebuilt %s from the truth", key)
 
     async def commit(self, batch: UsageBatch) -> bool:
@@ -301,16 +340,33 @@ class RedisQuotaStore:
                     )
                 await pipe.execute()
 
+    def _holder_key(self, holder: str) -> str:
+        return f"{self._prefix}:holder:{holder}"
+
+    async def _index(self, holder: str, key: str, expire_at: int) -> None:
+        """Remember which hashes a holder reserved in, for whoever releases it (even another
+        process adopting a dead holder's spool). A key of its own slot: it is never used in a
+        script together with the quota hashes."""
+        index = self._holder_key(holder)
+        with _redis_errors("reserve"):
+            async with self._client().pipeline(transaction=False) as pipe:
+                pipe.sadd(index, key)
+                pipe.expireat(index, expire_at)
+                await pipe.execute()
+
     async def release(self, holder: str) -> None:
         await self.truth.release(holder)
-        keys = self._live_keys(holder)
-        if not keys:
-            return
         client = self._client()
+        index = self._holder_key(holder)
         with _redis_errors("release"):
+            indexed = await client.smembers(index)
+            keys = set(self._live_keys(holder)) | {
+                k.decode() if isinstance(k, bytes) else str(k) for k in indexed
+            }
             async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key in sorted(keys):
                     await self._scripts["release"](keys=[key], args=[holder], client=pipe)
+                pipe.delete(index)
                 await pipe.execute()
         self._touched.pop(holder, None)
 
@@ -334,6 +390,9 @@ class RedisQuotaStore:
         self, org_id: str, period_start: str, now: float
     ) -> list[ReservationRow]:
         return await self.truth.live_reservations(org_id, period_start, now)
+
+    async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
+        return await self.truth.quota_snapshot(org_id, period_start, now)
 
     async def add_reservation(
         self,

@@ -11,6 +11,7 @@ Semantics mirror ``MemoryStore`` exactly; ``sqlite3.Error`` becomes ``StoreError
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from gateway.store.base import (
     KeyRecord,
     OrgChanges,
     OrgRecord,
+    QuotaSnapshot,
     ReservationRow,
     ReserveRequest,
     ReserveResult,
@@ -36,7 +38,16 @@ from policies.model import METERS, Limits, OrgRouting, PaymentStatus
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+log = logging.getLogger("gateway.store.sqlite")
+
+SCHEMA_VERSION = 3
+
+# Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
+# as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
+BATCH_RETENTION_SECONDS = 14 * 86400
+PRUNE_INTERVAL_SECONDS = 3600.0
+# Rows deleted per prune, so that a heartbeat stays short; a full prune runs again soon.
+PRUNE_LIMIT = 10_000
 
 _SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -103,6 +114,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             period_start TEXT NOT NULL
         )""",
     ),
+    3: (
+        # The (org, period) of each batch, for quota_snapshot(); older rows stay NULL.
+        "ALTER TABLE applied_batches ADD COLUMN org_id TEXT",
+        "ALTER TABLE applied_batches ADD COLUMN period_start TEXT",
+        """CREATE INDEX IF NOT EXISTS applied_batches_counter
+            ON applied_batches (org_id, period_start)""",
+        "CREATE INDEX IF NOT EXISTS applied_batches_applied_at ON applied_batches (applied_at)",
+    ),
 }
 
 # One statement reads an org with its limits (one row per limit, or one row of NULLs).
@@ -146,6 +165,17 @@ _ADD_USED = """INSERT INTO usage_counters (org_id, period_start, meter, used)
 
 _ADD_RESERVED = """UPDATE quota_reservations SET amount = MAX(0, amount + ?)
     WHERE holder = ? AND org_id = ? AND period_start = ? AND meter = ?"""
+
+_CLAIM_BATCH = """INSERT OR IGNORE INTO applied_batches
+        (batch_id, applied_at, org_id, period_start)
+    VALUES (?, ?, ?, ?)"""
+
+_LIVE_RESERVATIONS = """SELECT holder, meter, amount, expires_at FROM quota_reservations
+    WHERE org_id = ? AND period_start = ? AND expires_at > ? AND amount > 0
+    ORDER BY holder, meter"""
+
+_PRUNE_BATCHES = """DELETE FROM applied_batches WHERE rowid IN (
+    SELECT rowid FROM applied_batches WHERE applied_at < ? LIMIT ?)"""
 
 
 def _now_iso() -> str:
@@ -196,6 +226,23 @@ def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], 
     return result
 
 
+def _read(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``work`` in one read transaction: every statement sees the same snapshot."""
+    conn.execute("BEGIN")
+    try:
+        return work(conn)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _live_reservations(
+    conn: sqlite3.Connection, org_id: str, period_start: str, now: float
+) -> list[ReservationRow]:
+    rows = conn.execute(_LIVE_RESERVATIONS, (org_id, period_start, now)).fetchall()
+    return [ReservationRow(*row) for row in rows]
+
+
 def _connect(path: str) -> sqlite3.Connection:
     if path != ":memory:":
         try:
@@ -240,6 +287,7 @@ class SQLiteStore:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._next_prune = 0.0  # time.monotonic() of the next prune of applied_batches
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={self.path!r})"
@@ -259,6 +307,8 @@ class SQLiteStore:
         return await self._call(lambda: work(self._connection()))
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        # ``work`` must not return a cursor: one freed on the loop's thread resets its
+        # statement while the worker uses the connection (SQLITE_MISUSE, "API misuse").
         return await self._call(lambda: _transaction(self._connection(), work))
 
     def _connection(self) -> sqlite3.Connection:
@@ -358,8 +408,7 @@ class SQLiteStore:
     async def commit(self, batch: UsageBatch) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             claimed = conn.execute(
-                "INSERT OR IGNORE INTO applied_batches (batch_id, applied_at) VALUES (?, ?)",
-                (batch.batch_id, time.time()),
+                _CLAIM_BATCH, (batch.batch_id, time.time(), batch.org_id, batch.period_start)
             )
             if claimed.rowcount == 0:
                 return False
@@ -382,17 +431,35 @@ class SQLiteStore:
         return await self._write(work)
 
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
-        await self._write(
-            lambda conn: conn.execute(
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE quota_reservations SET expires_at = ? WHERE holder = ? AND expires_at > ?",
                 (now + ttl, holder, now),
             )
-        )
+
+        await self._write(work)
+        if time.monotonic() >= self._next_prune:
+            await self._prune_batches()
+
+    async def _prune_batches(self) -> None:
+        """Forget applied batches older than the retention, a bounded number at a time."""
+        cutoff = time.time() - BATCH_RETENTION_SECONDS
+        try:
+            deleted = await self._write(
+                lambda conn: conn.execute(_PRUNE_BATCHES, (cutoff, PRUNE_LIMIT)).rowcount
+            )
+        except StoreError as exc:
+            log.warning("could not prune applied batches: %s", exc)
+            deleted = 0
+        # A prune cut short at the limit goes on at the next heartbeat.
+        pause = 0.0 if deleted >= PRUNE_LIMIT else PRUNE_INTERVAL_SECONDS
+        self._next_prune = time.monotonic() + pause
 
     async def release(self, holder: str) -> None:
-        await self._write(
-            lambda conn: conn.execute("DELETE FROM quota_reservations WHERE holder = ?", (holder,))
-        )
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM quota_reservations WHERE holder = ?", (holder,))
+
+        await self._write(work)
 
     async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
         def work(conn: sqlite3.Connection) -> dict[str, int]:
@@ -407,16 +474,30 @@ class SQLiteStore:
     async def live_reservations(
         self, org_id: str, period_start: str, now: float
     ) -> list[ReservationRow]:
-        def work(conn: sqlite3.Connection) -> list[ReservationRow]:
-            rows = conn.execute(
-                """SELECT holder, meter, amount, expires_at FROM quota_reservations
-                WHERE org_id = ? AND period_start = ? AND expires_at > ? AND amount > 0
-                ORDER BY holder, meter""",
-                (org_id, period_start, now),
-            ).fetchall()
-            return [ReservationRow(*row) for row in rows]
+        return await self._run(lambda conn: _live_reservations(conn, org_id, period_start, now))
 
-        return await self._run(work)
+    async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
+        def work(conn: sqlite3.Connection) -> QuotaSnapshot:
+            counter = (org_id, period_start)
+            used = dict(
+                conn.execute(
+                    "SELECT meter, used FROM usage_counters WHERE org_id = ? AND period_start = ?",
+                    counter,
+                ).fetchall()
+            )
+            # Only recent batches, as in PostgreSQL: the race they guard lasts seconds.
+            batch_ids = conn.execute(
+                "SELECT batch_id FROM applied_batches"
+                " WHERE org_id = ? AND period_start = ? AND applied_at > ?",
+                (*counter, time.time() - 3600),
+            ).fetchall()
+            return QuotaSnapshot(
+                used={meter: used[meter] for meter in METERS if meter in used},
+                reservations=_live_reservations(conn, org_id, period_start, now),
+                batch_ids=[row[0] for row in batch_ids],
+            )
+
+        return await self._call(lambda: _read(self._connection(), work))
 
     async def add_reservation(
         self,
@@ -439,7 +520,11 @@ class SQLiteStore:
             }
             for meter, amount in amounts.items()
         ]
-        await self._write(lambda conn: conn.executemany(_UPSERT_RESERVATION, rows))
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(_UPSERT_RESERVATION, rows)
+
+        await self._write(work)
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:

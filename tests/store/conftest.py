@@ -1,27 +1,42 @@
 """One ``store`` fixture runs the contract suite against every backend.
 
-A backend is a param: its id and how to build a store URL in a test's tmp_path.
+A backend is a param: its id and how to set up a place for data in a test's tmp_path,
+from which any number of store instances (like processes) can be opened.
 PostgreSQL tests each get a schema of their own on ``tests.services.postgres_url()``,
-dropped afterwards; without a server they skip, and under CI they fail.
+dropped afterwards; ``postgresql+redis`` is RedisQuotaStore over such a schema, with a
+Redis key prefix of its own, deleted afterwards. Without a server they skip, and under
+CI they fail.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.store import Store, open_store
-from gateway.store.postgres import split_url
-from tests.services import postgres_url, unique_name
+from gateway.store.memory import MemoryStore
+from gateway.store.postgres import PostgresStore, split_url
+from gateway.store.redis_quota import RedisQuotaStore
+from tests.services import postgres_url, redis_url, unique_name
 
-StoreURL = Callable[[Path], str]
+NewStore = Callable[[], Store]
 
 
-def _sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'gateway.db'}"
+@dataclass(frozen=True)
+class Backend:
+    """Where one test's data lives: ``new()`` opens another instance on it."""
+
+    new: NewStore
+    cleanup: Callable[[], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
 
 
 def new_schema_url() -> str:
@@ -41,43 +56,132 @@ async def drop_schema(url: str) -> None:
         await conn.close()
 
 
-def _postgres_url(_: Path) -> str:
-    return new_schema_url()
+async def delete_redis_keys(prefix: str) -> None:
+    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def _memory(_: Path) -> Backend:
+    shared = MemoryStore()
+    return Backend(lambda: shared, _nothing)
+
+
+def _sqlite(tmp_path: Path) -> Backend:
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    return Backend(lambda: open_store(url), _nothing)
+
+
+def _postgresql(_: Path) -> Backend:
+    url = new_schema_url()
+    return Backend(lambda: PostgresStore(url), lambda: drop_schema(url))
+
+
+def _postgresql_redis(_: Path) -> Backend:
+    url, prefix = new_schema_url(), unique_name("gwc")
+    redis = redis_url()
+
+    async def cleanup() -> None:
+        await delete_redis_keys(prefix)
+        await drop_schema(url)
+
+    return Backend(lambda: RedisQuotaStore(PostgresStore(url), redis, prefix=prefix), cleanup)
 
 
 # Backends that keep data in a database other store instances can share.
 DURABLE_BACKENDS = [
-    pytest.param(_sqlite_url, id="sqlite"),
-    pytest.param(_postgres_url, id="postgresql"),
+    pytest.param(_sqlite, id="sqlite"),
+    pytest.param(_postgresql, id="postgresql"),
+    pytest.param(_postgresql_redis, id="postgresql+redis"),
 ]
-BACKENDS = [
-    pytest.param(lambda _: "memory://", id="memory"),
-    *DURABLE_BACKENDS,
-]
-
-
-async def _cleanup(url: str) -> None:
-    if url.startswith(("postgresql://", "postgres://")):
-        await drop_schema(url)
+BACKENDS = [pytest.param(_memory, id="memory"), *DURABLE_BACKENDS]
 
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    make_url: StoreURL = request.param
-    url = make_url(tmp_path)
-    backend = open_store(url)
+    backend: Backend = request.param(tmp_path)
     try:
-        await backend.open()
-        yield backend
-        await backend.close()
+        instance = backend.new()
+        await instance.open()
+        yield instance
+        await instance.close()
     finally:
-        await _cleanup(url)
+        await backend.cleanup()
 
 
 @pytest.fixture(params=DURABLE_BACKENDS)
-async def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A URL that several store instances (like several processes) can open at once."""
-    make_url: StoreURL = request.param
-    url = make_url(tmp_path)
-    yield url
-    await _cleanup(url)
+async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NewStore]:
+    """Opens store instances on one database, as several processes would (not yet opened)."""
+    backend: Backend = request.param(tmp_path)
+    try:
+        yield backend.new
+    finally:
+        await backend.cleanup()
+
+
+# RedisQuotaStore: Redis counters in front of a truth
+
+MakeStore = Callable[..., Awaitable[RedisQuotaStore]]
+TRUTHS = [
+    pytest.param(_memory, id="memory"),
+    pytest.param(_sqlite, id="sqlite"),
+    pytest.param(_postgresql, id="postgresql"),
+]
+
+
+@pytest.fixture(params=TRUTHS)
+async def new_truth(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[NewStore]:
+    """Handles on one truth: the same MemoryStore, or new connections to one database."""
+    backend: Backend = request.param(tmp_path)
+    try:
+        yield backend.new
+    finally:
+        await backend.cleanup()
+
+
+@pytest.fixture
+async def truth(new_truth: NewStore) -> AsyncIterator[Store]:
+    handle = new_truth()
+    await handle.open()
+    yield handle
+    await handle.close()
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    name = unique_name("gwtest")
+    yield name
+    await delete_redis_keys(name)
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_store(new_truth: NewStore, prefix: str) -> AsyncIterator[MakeStore]:
+    """Opens RedisQuotaStores on one Redis prefix, over ``truth`` or a new handle on it."""
+    opened: list[RedisQuotaStore] = []
+
+    async def make(url: str | None = None, truth: Store | None = None) -> RedisQuotaStore:
+        store = RedisQuotaStore(truth or new_truth(), url or redis_url(), prefix=prefix)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+def org() -> str:
+    return unique_name("org")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,15 @@ from gateway.store import (
     UsageBatch,
     open_store,
 )
-from gateway.store.base import ReservationRow
+from gateway.store.base import QuotaSnapshot, ReservationRow
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import _SCHEMA as sqlite_schema_v1
+from gateway.store.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from gateway.store.sqlite import SQLiteStore
 from policies.model import Limits
 from policies.reservations import ChunkPolicy
+from tests.store.conftest import NewStore
 
 STRICT = ChunkPolicy(strict=True)
 PERIOD = "2024-05-01T00:00:00+00:00"
@@ -42,11 +46,18 @@ def ask(
     period: str = PERIOD,
     **needs: int,
 ) -> ReserveRequest:
-    return ReserveRequest(holder, org.id, period, needs, policy, now, ttl)
+    # The org's limits as the caller's routing: Redis counters take them from the request.
+    return ReserveRequest(holder, org.id, period, needs, policy, now, ttl, limits=org.limits)
 
 
 async def org_with(store: Store, **limits: int) -> OrgRecord:
     return await store.create_org("acme", Limits(**limits), "http://upstream:4318")
+
+
+async def relimit(store: Store, org: OrgRecord, **limits: int) -> OrgRecord:
+    updated = await store.update_org(org.id, OrgChanges(limits=Limits(**limits)))
+    assert updated is not None
+    return updated
 
 
 # orgs
@@ -177,7 +188,7 @@ async def test_unlimited_meters_are_granted_the_need_and_not_recorded(store: Sto
     result = await store.reserve(ask(org, policy=ChunkPolicy(), requests=1, bytes=500))
     assert result == Granted({"requests": 1, "bytes": 500})
     # bytes becomes limited: nothing of it was held, so all of it is left.
-    await store.update_org(org.id, OrgChanges(limits=Limits(requests=2, bytes=500)))
+    org = await relimit(store, org, requests=2, bytes=500)
     assert await store.reserve(ask(org, bytes=500)) == Granted({"bytes": 500})
 
 
@@ -304,7 +315,7 @@ async def test_limit_lowered_below_used_is_exhausted(store: Store) -> None:
     await store.commit(
         UsageBatch("batch-1", "replica-a", org.id, PERIOD, {"requests": 8}, {"requests": -8})
     )
-    await store.update_org(org.id, OrgChanges(limits=Limits(requests=5)))
+    org = await relimit(store, org, requests=5)
     assert await store.reserve(ask(org, requests=1)) == Exhausted("requests", 5, 8)
 
 
@@ -381,6 +392,58 @@ async def test_added_reservations_are_committed_like_granted_ones(store: Store) 
     assert await store.usage(org.id, PERIOD) == {"requests": 4}
 
 
+# snapshots (what a Redis rebuild loads)
+
+
+async def test_quota_snapshot_reads_usage_reservations_and_batches_of_one_counter(
+    store: Store,
+) -> None:
+    org = await org_with(store, requests=10, bytes=1_000)
+    other = await org_with(store, requests=10)
+    await store.reserve(ask(org, holder="a", now=1_000, ttl=60, requests=4, bytes=100))
+    await store.reserve(ask(org, holder="b", now=1_000, ttl=10, requests=1))
+    spent = UsageBatch(
+        "batch-1", "a", org.id, PERIOD, {"requests": 2, "shadow:requests": 5}, {"requests": -2}
+    )
+    assert await store.commit(spent) is True
+    assert await store.commit(spent) is False
+    await store.commit(UsageBatch("batch-2", "a", org.id, PERIOD, {"bytes": 30}))
+    await store.commit(UsageBatch("batch-3", "a", org.id, NEXT_PERIOD, {"requests": 1}))
+    await store.commit(UsageBatch("batch-4", "a", other.id, PERIOD, {"requests": 1}))
+
+    snapshot = await store.quota_snapshot(org.id, PERIOD, now=1_005)
+    # Only the meters quota counts: shadow counters stay out.
+    assert snapshot.used == {"requests": 2, "bytes": 30}
+    assert by_holder_and_meter(snapshot.reservations) == [
+        ReservationRow("a", "bytes", 100, 1_060.0),
+        ReservationRow("a", "requests", 2, 1_060.0),
+        ReservationRow("b", "requests", 1, 1_010.0),
+    ]
+    assert sorted(snapshot.batch_ids) == ["batch-1", "batch-2"]
+
+    later = await store.quota_snapshot(org.id, PERIOD, now=1_010)
+    assert [row.holder for row in later.reservations] == ["a", "a"]
+    assert await store.quota_snapshot("org_missing", PERIOD, now=1_005) == QuotaSnapshot(
+        used={}, reservations=[], batch_ids=[]
+    )
+
+
+async def test_quota_snapshot_is_consistent_while_commits_land(store: Store) -> None:
+    org = await org_with(store, requests=10_000)
+    batches = [UsageBatch(f"batch-{n}", "a", org.id, PERIOD, {"requests": 1}) for n in range(40)]
+
+    async def snapshot_used_and_batches() -> tuple[int, int]:
+        snapshot = await store.quota_snapshot(org.id, PERIOD, now=1_000)
+        return snapshot.used.get("requests", 0), len(snapshot.batch_ids)
+
+    _, seen = await asyncio.gather(
+        asyncio.gather(*(store.commit(batch) for batch in batches)),
+        asyncio.gather(*(snapshot_used_and_batches() for _ in range(40))),
+    )
+    # Every batch adds 1: a snapshot that counts n of them lists exactly n ids.
+    assert all(used == listed for used, listed in seen), seen
+
+
 # periods
 
 
@@ -405,8 +468,8 @@ async def test_ping(store: Store) -> None:
 # durable backends: several instances on one database
 
 
-async def test_data_survives_close_and_reopen(durable_url: str) -> None:
-    first = open_store(durable_url)
+async def test_data_survives_close_and_reopen(durable: NewStore) -> None:
+    first = durable()
     await first.open()
     org = await first.create_org("acme", Limits(requests=10), "http://upstream")
     await first.create_key(org.id, b"hash-1")
@@ -414,7 +477,7 @@ async def test_data_survives_close_and_reopen(durable_url: str) -> None:
     await first.commit(UsageBatch("batch-1", "replica-a", org.id, PERIOD, {"requests": 1}))
     await first.close()
 
-    second = open_store(durable_url)
+    second = durable()
     await second.open()
     try:
         assert await second.get_org(org.id) == org
@@ -432,14 +495,14 @@ async def test_data_survives_close_and_reopen(durable_url: str) -> None:
         await second.close()
 
 
-async def test_reservations_and_periods_survive_close_and_reopen(durable_url: str) -> None:
-    first = open_store(durable_url)
+async def test_reservations_and_periods_survive_close_and_reopen(durable: NewStore) -> None:
+    first = durable()
     await first.open()
     await first.add_reservation("a", "org_a", PERIOD, {"requests": 3}, now=1_000, ttl=60)
     await first.claim_period("org_a", PERIOD)
     await first.close()
 
-    second = open_store(durable_url)
+    second = durable()
     await second.open()
     try:
         assert await second.live_reservations("org_a", PERIOD, now=1_000) == [
@@ -450,8 +513,8 @@ async def test_reservations_and_periods_survive_close_and_reopen(durable_url: st
         await second.close()
 
 
-async def test_two_instances_grant_exactly_the_limit(durable_url: str) -> None:
-    stores = [open_store(durable_url), open_store(durable_url)]
+async def test_two_instances_grant_exactly_the_limit(durable: NewStore) -> None:
+    stores = [durable(), durable()]
     for store in stores:
         await store.open()
     try:
@@ -521,18 +584,25 @@ async def test_sqlite_creates_the_parent_folder(tmp_path: Path) -> None:
 
 async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
-    store = SQLiteStore(str(path))
-    await store.open()
-    await store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("DROP TABLE org_periods")
-        conn.execute("UPDATE schema_version SET version = 1")
+        for statement in sqlite_schema_v1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+        conn.execute("INSERT INTO applied_batches (batch_id, applied_at) VALUES ('old', 1.0)")
 
     upgraded = SQLiteStore(str(path))
     await upgraded.open()
     try:
         assert await upgraded.claim_period("org_a", PERIOD) is True
+        old = UsageBatch("old", "a", "org_a", PERIOD, {"requests": 1})
+        assert await upgraded.commit(old) is False
+        assert await upgraded.commit(replace(old, batch_id="new")) is True
+        snapshot = await upgraded.quota_snapshot("org_a", PERIOD, now=1_000)
+        # A batch from before the upgrade has no (org, period): it is never listed.
+        assert snapshot.batch_ids == ["new"]
     finally:
         await upgraded.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (SQLITE_SCHEMA_VERSION,)
+        ]

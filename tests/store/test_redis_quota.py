@@ -1,11 +1,10 @@
-"""RedisQuotaStore against a real Redis, with MemoryStore or SQLite as the truth behind it."""
+"""RedisQuotaStore against a real Redis, with MemoryStore, SQLite or PostgreSQL as the truth."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,71 +21,14 @@ from gateway.store.base import (
 )
 from gateway.store.memory import MemoryStore
 from gateway.store.redis_quota import RedisQuotaStore
-from gateway.store.sqlite import SQLiteStore
 from policies.model import Limits
 from policies.reservations import ChunkPolicy
-from tests.services import ThrowawayRedis, redis_url, unavailable, unique_name
+from tests.services import ThrowawayRedis, unavailable
+from tests.store.conftest import MakeStore
 
 PERIOD = "2024-05-01T00:00:00+00:00"
 STRICT = ChunkPolicy(strict=True)
 NOW = time.time()
-
-MakeStore = Callable[..., Awaitable[RedisQuotaStore]]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def new_truth(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
-    """A handle on one truth: the same MemoryStore, or a new connection to one SQLite file."""
-    if request.param == "memory":
-        shared = MemoryStore()
-        return lambda: shared
-    return lambda: SQLiteStore(str(tmp_path / "truth.db"))
-
-
-@pytest.fixture
-async def truth(new_truth: Callable[[], Store]) -> AsyncIterator[Store]:
-    handle = new_truth()
-    await handle.open()
-    yield handle
-    await handle.close()
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = unique_name("gwtest")
-    yield name
-    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
-    keys = [key async for key in client.scan_iter(match=f"{name}:*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-@pytest.fixture
-async def raw() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url(), decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def make_store(new_truth: Callable[[], Store], prefix: str) -> AsyncIterator[MakeStore]:
-    opened: list[RedisQuotaStore] = []
-
-    async def make(url: str | None = None, truth: Store | None = None) -> RedisQuotaStore:
-        store = RedisQuotaStore(truth or new_truth(), url or redis_url(), prefix=prefix)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-def org() -> str:
-    return unique_name("org")
 
 
 def ask(

@@ -11,6 +11,8 @@
 --
 -- Returns 1 when applied, 0 when the marker existed or the hash is not loaded (the next
 -- load reads the truth, which already holds this batch). Either way the marker is set.
+-- While a rebuild is under way (a fence, see fence.lua) the batch is noted in the hash
+-- as applied:<marker>: load.lua refuses a snapshot that does not count it.
 
 local quota, marker = KEYS[1], KEYS[2]
 if redis.call('EXISTS', marker) == 1 then
@@ -18,6 +20,9 @@ if redis.call('EXISTS', marker) == 1 then
 end
 redis.call('SET', marker, '1', 'EX', ARGV[2])
 if redis.call('HEXISTS', quota, 'ready') == 0 then
+  if redis.call('HEXISTS', quota, 'loading') == 1 then
+    redis.call('HSET', quota, 'applied:' .. marker, '1')
+  end
   return 0
 end
 

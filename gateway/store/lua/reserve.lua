@@ -1,7 +1,8 @@
 -- reserve.lua: grant quota to one holder on every limited meter of an org, or on none.
 --
 -- KEYS[1]  the org's quota hash for one period: {prefix}:{org}:q:{period_start}
---          fields: ready, used:<meter>, res:<holder>:<meter>, exp:<holder>
+--          fields: ready, used:<meter>, res:<holder>:<meter>, exp:<holder>; before the
+--          first load only loading and applied:<marker> (see fence.lua)
 -- ARGV[1]  holder
 -- ARGV[2]  now, epoch seconds (a holder whose exp:<holder> is not above it is dead)
 -- ARGV[3]  the holder's new expiry (now + ttl), stored as given

@@ -1,0 +1,250 @@
+"""Several gateway processes sharing PostgreSQL (the truth) and Redis (the counters)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.harness import Gateway, Upstream, start_gateway
+from tests.services import ThrowawayPostgres, ThrowawayRedis, postgres_url, redis_url, unique_name
+
+KEY_SECRET = "replicas-share-this-key-secret"
+BODY = b'{"resourceSpans":[]}'
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[Upstream]:
+    server = Upstream()
+    server.start()
+    yield server
+    server.stop()
+
+
+class Cluster:
+    """Replicas that share a store URL, a Redis, a key secret and one spool folder."""
+
+    def __init__(self, root: Path, upstream: Upstream, store_url: str, redis: str | None) -> None:
+        self.root = root
+        self.upstream = upstream
+        self.store_url = store_url
+        self.redis = redis
+        self.spool = root / "shared-spool"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.replicas: list[Gateway] = []
+
+    def start(self, **env: str) -> Gateway:
+        folder = self.root / f"replica-{len(self.replicas)}"
+        folder.mkdir()
+        (folder / "spool").symlink_to(self.spool)
+        environment = {"GATEWAY_KEY_SECRET": KEY_SECRET, "GATEWAY_FLUSH_INTERVAL": "0.2", **env}
+        extra = ("--redis", self.redis) if self.redis else ()
+        replica = start_gateway(
+            folder, self.upstream.url, environment, store_url=self.store_url, extra=extra
+        )
+        self.replicas.append(replica)
+        return replica
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.terminate(timeout=10)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, upstream: Upstream) -> Iterator[Cluster]:
+    url = f"{postgres_url()}?schema={unique_name('mp')}"
+    group = Cluster(tmp_path, upstream, url, redis_url())
+    yield group
+    group.stop()
+
+
+def post(key: str) -> dict[str, object]:
+    return {
+        "content": BODY,
+        "headers": {"content-type": "application/json", "authorization": f"Bearer {key}"},
+    }
+
+
+async def fire(urls: list[str], key: str, count: int, concurrency: int = 100) -> list[int]:
+    """``count`` concurrent requests spread over the replicas; their status codes (0: no answer).
+
+    aiohttp drives the load: httpx's pool slows down sharply with many waiting requests.
+    """
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(i: int) -> int:
+            try:
+                url = f"{urls[i % len(urls)]}/v1/traces"
+                async with session.post(url, data=BODY, headers=headers) as response:
+                    await response.read()
+                    return response.status
+            except (aiohttp.ClientError, TimeoutError):
+                return 0
+
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+def settled_usage(replica: Gateway, org_id: str, expect: int, seconds: float = 10) -> int:
+    """Requests counted once the replicas' flushes have landed (polls up to ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        used = replica.usage(org_id)["requests"]
+        if used == expect or time.monotonic() > deadline:
+            return used
+        time.sleep(0.1)
+
+
+async def test_two_replicas_admit_exactly_the_remaining_budget(cluster: Cluster) -> None:
+    a, b = cluster.start(), cluster.start()
+    org_id, key = a.new_tenant("acme", limits={"requests": 100})
+    statuses = await fire([a.url, b.url], key, 1000)
+    assert statuses.count(200) == 100
+    assert statuses.count(402) == 900
+    assert settled_usage(b, org_id, 100) == 100
+    assert len(cluster.upstream.received(org_id)) == 100
+
+
+async def test_a_killed_replica_admits_nobody_over_and_its_quota_comes_back(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.start(), cluster.start()
+    org_id, key = a.new_tenant("acme", limits={"requests": 300})
+    load = asyncio.create_task(fire([a.url, b.url], key, 400, concurrency=20))
+    await asyncio.sleep(0.3)
+    a.process.send_signal(signal.SIGKILL)  # mid-run: some of its requests are in flight
+    statuses = await load
+    await asyncio.sleep(1.0)  # b adopts a's spool within a flush interval
+    # Everything a held comes back: b can use the limit up to exactly 300, never beyond.
+    more = await fire([b.url], key, 400, concurrency=20)
+    received = len(cluster.upstream.received(org_id))
+    assert received <= 300
+    assert settled_usage(b, org_id, 300) == 300
+    assert statuses.count(200) + more.count(200) <= 300
+    assert more.count(402) > 0
+
+
+async def test_revocation_and_suspension_reach_every_replica_at_once(cluster: Cluster) -> None:
+    # A 30 s cache: only the invalidation message can explain a change within a second.
+    a, b = cluster.start(GATEWAY_CACHE_TTL="30"), cluster.start(GATEWAY_CACHE_TTL="30")
+    org_id = a.create_org("acme")
+    key_id, key = a.create_key(org_id)
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(f"{b.url}/v1/traces", **post(key))).status_code == 200
+        a.admin("PUT", f"/admin/orgs/{org_id}/suspension", {"suspended": True, "reason": "t"})
+        await asyncio.sleep(0.5)
+        r = await client.post(f"{b.url}/v1/traces", **post(key))
+        assert (r.status_code, r.json()["error"]) == (402, "billing_suspended")
+        a.admin("PUT", f"/admin/orgs/{org_id}/suspension", {"suspended": False, "reason": ""})
+        await asyncio.sleep(0.5)
+        assert (await client.post(f"{b.url}/v1/traces", **post(key))).status_code == 200
+        assert a.admin("DELETE", f"/admin/keys/{key_id}").status_code == 204
+        await asyncio.sleep(0.5)
+        r = await client.post(f"{b.url}/v1/traces", **post(key))
+        assert r.status_code == 401
+
+
+async def test_a_lowered_limit_reaches_every_replica_at_once(cluster: Cluster) -> None:
+    a, b = cluster.start(GATEWAY_CACHE_TTL="30"), cluster.start(GATEWAY_CACHE_TTL="30")
+    org_id, key = a.new_tenant("acme", limits={"requests": 1000})
+    assert (await fire([b.url], key, 5)).count(200) == 5
+    a.admin("PATCH", f"/admin/orgs/{org_id}", {"limits": {"requests": 8}})
+    await asyncio.sleep(0.5)
+    statuses = await fire([b.url], key, 10, concurrency=1)
+    assert statuses.count(200) == 3
+
+
+async def test_a_flushed_redis_never_resets_usage(tmp_path: Path, upstream: Upstream) -> None:
+    redis = ThrowawayRedis.create()
+    group = Cluster(tmp_path, upstream, f"{postgres_url()}?schema={unique_name('mp')}", redis.url)
+    try:
+        a = group.start()
+        org_id, key = a.new_tenant("acme", limits={"requests": 10})
+        assert (await fire([a.url], key, 6, concurrency=1)).count(200) == 6
+        assert settled_usage(a, org_id, 6) == 6
+        subprocess.run(["redis-cli", "-p", str(redis.port), "FLUSHALL"], check=True)
+        statuses = await fire([a.url], key, 10, concurrency=1)
+        assert statuses.count(200) == 4
+        assert settled_usage(a, org_id, 10) == 10
+    finally:
+        group.stop()
+        redis.destroy()
+
+
+async def test_postgres_stopped_mid_load_fails_open_and_replays_usage_exactly(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    pg = ThrowawayPostgres.create()
+    group = Cluster(tmp_path, upstream, pg.url, None)
+    try:
+        a = group.start()
+        org_id, key = a.new_tenant("acme", limits={"requests": 1_000_000})
+        statuses: list[int] = []
+
+        async def load() -> None:
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                statuses.extend(await fire([a.url], key, 20, concurrency=20))
+
+        running = asyncio.create_task(load())
+        await asyncio.sleep(0.7)
+        await asyncio.to_thread(pg.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(pg.start)
+        await running
+        admitted = statuses.count(200)
+        assert admitted > 0
+        assert set(statuses) == {200}, "a store outage must not reach clients"
+        assert settled_usage(a, org_id, admitted, seconds=20) == admitted
+        metrics = a.admin("GET", "/metrics").text
+        fail_open = next(
+            float(line.split()[1])
+            for line in metrics.splitlines()
+            if line.startswith("gateway_fail_open_admissions_total ")
+        )
+        assert fail_open > 0
+    finally:
+        group.stop()
+        pg.destroy()
+    assert os.path.exists(tmp_path / "shared-spool")
+
+
+async def test_redis_stopped_mid_load_fails_open_and_usage_stays_exact(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    redis = ThrowawayRedis.create()
+    group = Cluster(tmp_path, upstream, f"{postgres_url()}?schema={unique_name('mp')}", redis.url)
+    try:
+        a, b = group.start(), group.start()
+        # Small chunks: the replicas must go back to Redis while it is down.
+        org_id, key = a.new_tenant("acme", limits={"requests": 1_000_000, "items": 40})
+        statuses: list[int] = []
+
+        async def load() -> None:
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                statuses.extend(await fire([a.url, b.url], key, 20, concurrency=20))
+
+        running = asyncio.create_task(load())
+        await asyncio.sleep(0.7)
+        await asyncio.to_thread(redis.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(redis.start)
+        await running
+        admitted = statuses.count(200)
+        assert admitted > 0
+        assert not [s for s in statuses if s >= 500 or s == 0], "no 5xx caused by the store"
+        assert settled_usage(a, org_id, admitted, seconds=20) == admitted
+    finally:
+        group.stop()
+        redis.destroy()
