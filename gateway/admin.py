@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
-import time
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import Runtime
-from gateway.control import Control, NotFound, org_json
+from gateway.control import Conflict, Control, NotFound, org_json
 from gateway.errors import BadRequest, StoreError
 
 
@@ -49,6 +49,13 @@ async def _json(request: Request) -> Any:
         raise BadRequest("the body is not valid JSON") from exc
 
 
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise BadRequest("limit must be a whole number from 1 to 1000")
+    return int(raw)
+
+
 def build_admin_app(runtime: Runtime) -> Any:
     control = Control(runtime.store, runtime.hasher, runtime.invalidate_org)
 
@@ -73,8 +80,21 @@ def build_admin_app(runtime: Runtime) -> Any:
 
     async def usage(request: Request) -> Response:
         await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
-        period = runtime.usage.current_period(time.time())
-        return JSONResponse(await control.usage(request.path_params["org_id"], period))
+        org_id = request.path_params["org_id"]
+        period = await control.period(org_id, datetime.now(UTC))
+        return JSONResponse(await control.usage(org_id, period))
+
+    async def billing(request: Request) -> Response:
+        await runtime.usage.flush()  # the balance counts this replica's spending so far
+        return JSONResponse(await control.billing(request.path_params["org_id"]))
+
+    async def webhook_events(request: Request) -> Response:
+        return JSONResponse({"events": await runtime.store.webhook_events(_limit(request))})
+
+    async def audit(request: Request) -> Response:
+        org_id = request.query_params.get("org_id")
+        entries = await runtime.store.audit_log(org_id, _limit(request))
+        return JSONResponse({"entries": entries})
 
     async def suspension(request: Request) -> Response:
         org = await control.set_suspension(request.path_params["org_id"], await _json(request))
@@ -88,6 +108,9 @@ def build_admin_app(runtime: Runtime) -> Any:
 
     async def not_found(_request: Request, _exc: Exception) -> Response:
         return _error(404, "not_found")
+
+    async def conflict(_request: Request, exc: Exception) -> Response:
+        return _error(409, "conflict", str(exc))
 
     async def store_down(_request: Request, _exc: Exception) -> Response:
         response = _error(503, "store_unavailable")
@@ -104,7 +127,15 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
             Route("/admin/orgs/{org_id}/usage", usage, methods=["GET"]),
             Route("/admin/orgs/{org_id}/suspension", suspension, methods=["PUT"]),
+            Route("/admin/orgs/{org_id}/billing", billing, methods=["GET"]),
+            Route("/admin/webhooks/events", webhook_events, methods=["GET"]),
+            Route("/admin/audit", audit, methods=["GET"]),
         ],
-        exception_handlers={BadRequest: bad_request, NotFound: not_found, StoreError: store_down},
+        exception_handlers={
+            BadRequest: bad_request,
+            NotFound: not_found,
+            Conflict: conflict,
+            StoreError: store_down,
+        },
     )
     return AdminAuth(app, runtime.settings.admin_token)

@@ -10,11 +10,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway import reconciler
 from gateway.errors import StoreError
+from gateway.export import UsageExporter
 from gateway.gates import Gates
 from gateway.guard import StoreGuard
 from gateway.invalidation import Invalidation, open_invalidation
@@ -82,6 +85,7 @@ class Runtime:
             on_new_period=self._claim_period,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self.exporter: UsageExporter | None = None
         self.gates = Gates(
             self.hasher,
             self.routing,
@@ -105,6 +109,23 @@ class Runtime:
         await self.upstream.start()
         await self.usage.flush()
         self._flusher = asyncio.create_task(self._flush_forever())
+        self._background(
+            reconciler.run_forever(
+                self.store,
+                self.usage.holder,
+                self.settings.reconcile_interval,
+                timedelta(seconds=self.settings.suspension_grace),
+                self.invalidate_org,
+            )
+        )
+        self.exporter = UsageExporter(self.store, self.settings, holder=self.usage.holder)
+        if self.exporter.enabled:
+            self._background(self.exporter.run_forever())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -131,6 +152,9 @@ class Runtime:
         await self.invalidation.close()
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.exporter is not None:
+            await self.exporter.close()
         await self.store.close()
 
     @contextlib.asynccontextmanager
@@ -168,9 +192,7 @@ class Runtime:
             except StoreError:
                 log.warning("period reset claim for %s deferred: store unavailable", org_id)
 
-        task = asyncio.get_running_loop().create_task(claim())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(claim())
 
     async def ready(self) -> bool:
         try:
@@ -187,6 +209,9 @@ class IngestApp:
         self.runtime = runtime
         proxy = ReverseProxy(runtime.upstream, runtime.settings.upstream_url, runtime.sink)
         self.gated = runtime.middleware(proxy)
+        from gateway.webhooks.endpoint import WebhookEndpoint
+
+        self.webhooks = WebhookEndpoint(runtime)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -200,6 +225,8 @@ class IngestApp:
             await _text(send, 200 if ok else 503, b"ready" if ok else b"store unreachable")
         elif path.startswith("/v1/"):
             await self.gated(scope, receive, send)
+        elif path.startswith("/webhooks/"):
+            await self.webhooks(scope, receive, send)
         else:
             await _text(send, 404, b'{"error":"not_found"}', b"application/json")
 

@@ -10,6 +10,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.control import Control, NotFound, org_json
 from gateway.errors import BadRequest, ConfigError, StoreError
 from gateway.invalidation import open_invalidation
 from gateway.keys import KeyHasher
+from gateway.reconciler import reconcile
 from gateway.settings import Settings
 from gateway.store import open_store
 from policies.periods import calendar_month
@@ -55,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     _serve_flags(sub.add_parser("serve", help="start the ingest and admin listeners"))
     _serve_flags(sub.add_parser("quickstart", help="demo org and key, then serve"))
     _common(sub.add_parser("migrate", help="apply the store's schema migrations (idempotent)"))
+    rec = sub.add_parser("reconcile", help="apply the billing suspension policy once")
+    _common(rec)
+    rec.add_argument("--now", help="the clock, ISO 8601 (default: now), to test or replay a day")
 
     orgs = sub.add_parser("orgs", help="manage orgs").add_subparsers(dest="action", required=True)
     create = orgs.add_parser("create")
@@ -108,6 +113,27 @@ async def _with_control(settings: Settings, work: Callable[[Control], Awaitable[
         await store.close()
 
 
+async def _reconcile(settings: Settings, now_text: str | None) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    if now_text:
+        try:
+            now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest("--now must be an ISO 8601 date and time") from None
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+    store = open_store(settings.store_url)
+    invalidation = open_invalidation(settings.store_url, settings.redis_url)
+    await store.open()
+    try:
+        grace = timedelta(seconds=settings.suspension_grace)
+        changed = await reconcile(store, now, grace, invalidation.publish)
+    finally:
+        await invalidation.close()
+        await store.close()
+    return {"now": now.isoformat(), "changed": changed}
+
+
 async def _migrate(settings: Settings) -> dict[str, Any]:
     if settings.store_url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import migrate
@@ -156,8 +182,6 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def calendar_month_now() -> Any:
-    from datetime import UTC, datetime
-
     return calendar_month(datetime.fromtimestamp(time.time(), UTC))
 
 
@@ -235,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "quickstart":
             asyncio.run(_quickstart(settings))
+            return 0
+        if args.command == "reconcile":
+            print(json.dumps(asyncio.run(_reconcile(settings, args.now)), indent=2))
             return 0
         if args.command == "migrate":
             result: Any = asyncio.run(_migrate(settings))

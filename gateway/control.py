@@ -8,18 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.errors import BadRequest
 from gateway.keys import KeyHasher, generate_key
-from gateway.store.base import KeyRecord, OrgChanges, OrgRecord, Store
-from policies.model import Limits, Period
+from gateway.store.base import CustomerTaken, KeyRecord, OrgChanges, OrgRecord, Store
+from gateway.usage import CREDIT_PERIOD
+from policies.billing import BillingState
+from policies.model import MICROS_PER_MINOR, SENT_METERS, Limits, Period, Prices
+from policies.periods import period_for
+from policies.suspension import manual_unsuspend
 
 LIMIT_NAMES = ("requests", "bytes", "items", "rate_requests", "rate_bytes")
 
 
 class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
     pass
 
 
@@ -33,6 +42,25 @@ def org_json(org: OrgRecord) -> dict[str, Any]:
         "suspension_reason": org.suspension_reason,
         "payment_status": org.payment_status,
         "shadow": org.shadow,
+        "prices": org.prices.as_dict(),
+        "block_over_balance": org.prices.block_over_balance,
+        "billing_customers": dict(org.billing_customers),
+    }
+
+
+def billing_json(state: BillingState, balance_minor: int) -> dict[str, Any]:
+    period = state.period
+    return {
+        "payment_status": state.payment_status,
+        "plan": state.plan,
+        "period_start": _iso(period.start) if period else None,
+        "period_end": _iso(period.end) if period else None,
+        "cancel_at_period_end": state.cancel_at_period_end,
+        "overdue_since": _iso(state.overdue_since) if state.overdue_since else None,
+        "suspended_at": _iso(state.suspended_at) if state.suspended_at else None,
+        "suspension_reason": state.suspension_reason,
+        "never_paid": state.never_paid,
+        "balance_minor": balance_minor,
     }
 
 
@@ -79,6 +107,41 @@ def _body(raw: object, allowed: set[str]) -> Mapping[str, Any]:
 
 
 _ORG_FIELDS = {"name", "limits", "upstream", "shadow"}
+_PATCH_FIELDS = _ORG_FIELDS | {"prices", "block_over_balance", "billing_customers"}
+PROVIDERS = ("stripe", "autumn", "paddle")
+
+
+def _prices(raw: Mapping[str, Any], base: Prices) -> Prices:
+    prices = raw.get("prices", {})
+    if not isinstance(prices, Mapping):
+        raise BadRequest("prices must be an object")
+    unknown = set(prices) - set(SENT_METERS)
+    if unknown:
+        raise BadRequest(f"unknown prices: {', '.join(sorted(map(str, unknown)))}")
+    changes: dict[str, Any] = {}
+    for name, value in prices.items():
+        if value is not None and (type(value) is not int or value < 0):
+            raise BadRequest(
+                f"prices.{name} must be a non-negative integer (minor units per million)"
+            )
+        changes[name] = value
+    if "block_over_balance" in raw:
+        if not isinstance(raw["block_over_balance"], bool):
+            raise BadRequest("block_over_balance must be a boolean")
+        changes["block_over_balance"] = raw["block_over_balance"]
+    return replace(base, **changes)
+
+
+def _customers(raw: object) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise BadRequest("billing_customers must be an object")
+    unknown = set(raw) - set(PROVIDERS)
+    if unknown:
+        raise BadRequest(f"unknown billing providers: {', '.join(sorted(map(str, unknown)))}")
+    for provider, customer in raw.items():
+        if not isinstance(customer, str) or not customer.strip() or len(customer) > 200:
+            raise BadRequest(f"billing_customers.{provider} must be a non-empty string")
+    return {str(k): str(v).strip() for k, v in raw.items()}
 
 
 class Control:
@@ -112,8 +175,10 @@ class Control:
         )
 
     async def update_org(self, org_id: str, raw: object) -> OrgRecord:
-        body = _body(raw, _ORG_FIELDS)
+        body = _body(raw, _PATCH_FIELDS)
         current = await self._org(org_id)
+        customers = _customers(body["billing_customers"]) if "billing_customers" in body else None
+        priced = "prices" in body or "block_over_balance" in body
         shadow = body.get("shadow")
         if shadow is not None and not isinstance(shadow, bool):
             raise BadRequest("shadow must be a boolean")
@@ -123,10 +188,18 @@ class Control:
             upstream=_upstream(body.get("upstream")),
             set_upstream="upstream" in body,
             shadow=shadow,
+            prices=_prices(body, current.prices) if priced else None,
         )
         org = await self.store.update_org(org_id, changes)
         if org is None:
             raise NotFound(org_id)
+        if customers:
+            try:
+                org = await self.store.set_billing_customers(org_id, customers)
+            except CustomerTaken as exc:
+                raise Conflict("a billing customer id is already linked to another org") from exc
+            if org is None:
+                raise NotFound(org_id)
         await self.invalidate(org_id)
         return org
 
@@ -163,8 +236,28 @@ class Control:
         org = await self.store.set_suspension(org_id, suspended, reason)
         if org is None:
             raise NotFound(org_id)
+        if not suspended:
+            # Lifting also ends a billing suspension; its overdue clock starts again.
+            moment = datetime.now(UTC)
+            why = reason or "manual unsuspend"
+            await self.store.update_billing(
+                org_id, lambda s: manual_unsuspend(s, moment, why), actor="admin", now=moment
+            )
+            org = await self._org(org_id)
         await self.invalidate(org_id)
         return org
+
+    async def billing(self, org_id: str) -> dict[str, Any]:
+        await self._org(org_id)
+        state = await self.store.billing_state(org_id) or BillingState()
+        credited = await self.store.balance(org_id)
+        spent = (await self.store.usage(org_id, CREDIT_PERIOD.key)).get("credit", 0)
+        # Spending is counted in millionths of a minor unit; the customer's balance rounds up.
+        return billing_json(state, credited - -(-spent // MICROS_PER_MINOR))
+
+    async def period(self, org_id: str, now: datetime) -> Period:
+        state = await self.store.billing_state(org_id)
+        return period_for(now, state.period if state else None)
 
     async def usage(self, org_id: str, period: Period) -> dict[str, Any]:
         org = await self._org(org_id)

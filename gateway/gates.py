@@ -65,6 +65,8 @@ class Gates:
     async def admit(self, auth: Authorized, q: Quantities) -> Admission | Refusal:
         """Rate and usage for one request's quantities: admitted and counted, or refused."""
         routing = auth.routing
+        if routing.prices.priced:
+            q = q.priced(routing.prices)
         refusal = auth.shadowed or self._rates.check(routing, q)
         if refusal is None:
             outcome = await self._usage.admit(routing, q)

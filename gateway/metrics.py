@@ -45,6 +45,12 @@ class Metrics:
             "Period rollovers this replica claimed (exactly one replica claims each).",
             registry=self.registry,
         )
+        self.webhooks = Counter(
+            "gateway_webhooks",
+            "Provider webhooks by provider and outcome (applied, duplicate, invalid_signature...).",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
         self.upstream_seconds = Histogram(
             "gateway_upstream_seconds",
             "Time to forward a batch upstream and read the answer.",

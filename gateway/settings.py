@@ -34,6 +34,34 @@ class Settings:
     shadow: bool = False
     strict_limits: bool = False
     log_level: str = "info"
+    # billing control plane
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    autumn_webhook_secret: str | None = field(default=None, repr=False)
+    paddle_webhook_secret: str | None = field(default=None, repr=False)
+    plans: str = "free"
+    free_plan: str = "free"
+    plan_grants: str = ""
+    suspension_grace: float = 3 * 86400.0
+    reconcile_interval: float = 60.0
+    # usage export to the billing provider
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_url: str = "https://api.stripe.com"
+    stripe_meters: str = ""
+    autumn_api_key: str | None = field(default=None, repr=False)
+    autumn_api_url: str = "https://api.useautumn.com"
+    autumn_features: str = ""
+    export_interval: float = 60.0
+
+    def plan_names(self) -> frozenset[str]:
+        return frozenset({p.strip() for p in self.plans.split(",") if p.strip()} | {self.free_plan})
+
+    def grants(self) -> dict[str, int]:
+        """``GATEWAY_PLAN_GRANTS=pro=1000,team=5000``: minor units credited each new period."""
+        return {name: int(value) for name, value in _pairs("GATEWAY_PLAN_GRANTS", self.plan_grants)}
+
+    def meter_names(self, raw: str, variable: str) -> dict[str, str]:
+        """``items=otel_items,bytes=otel_bytes``: our meter -> the provider's meter or feature."""
+        return dict(_pairs(variable, raw))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -63,6 +91,22 @@ class Settings:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32))
         return path.read_text().strip().encode()
+
+
+def _pairs(variable: str, raw: str) -> list[tuple[str, str]]:
+    pairs = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"{variable}: expected name=value pairs separated by commas")
+        pairs.append((name.strip(), value.strip()))
+    if variable == "GATEWAY_PLAN_GRANTS":
+        for name, value in pairs:
+            if not value.isdigit():
+                raise ConfigError(f"{variable}: the grant of {name} must be a whole number")
+    return pairs
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:

@@ -25,13 +25,16 @@ from gateway.guard import StoreGuard
 from gateway.spool import Spool
 from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
 from policies.decisions import Refusal, usage_exceeded
-from policies.model import METERS, Limits, OrgRouting, Period, Quantities
+from policies.model import SENT_METERS, OrgRouting, Period, Quantities
 from policies.periods import calendar_month
 from policies.reservations import ChunkPolicy
 
 log = logging.getLogger("gateway.usage")
 
 SHADOW_PREFIX = "shadow_refused:"
+
+#: The credit meter is counted over an org's whole life: its limit is the prepaid balance.
+CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
 
 
 @dataclass(slots=True)
@@ -47,7 +50,7 @@ class _Known:
 @dataclass(slots=True)
 class _Budget:
     period: Period
-    limits: Limits | None = None
+    limits: tuple[tuple[str, int], ...] | None = None  # what the reservation was taken under
     generation: int = 0
     remaining: dict[str, int] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)
@@ -60,15 +63,28 @@ class _Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class Spent:
+    """What one admission did to one budget: usage counted and quota taken from the reservation."""
+
+    period_key: str
+    generation: int
+    counted: tuple[tuple[str, int], ...]
+    reserved: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
-    """A request let through: what it spent, so it can be refunded exactly."""
+    """A request let through, and what it spent, so that it can be refunded exactly."""
 
     routing: OrgRouting
     quantities: Quantities
-    period_key: str
-    from_budget: tuple[tuple[str, int], ...]
-    generation: int
+    parts: tuple[Spent, ...]
     fail_open: bool = False
+
+
+# A request spends from its billing period's budget (requests, bytes, items) and, when the org
+# is priced, from its lifetime credit budget: the balance is everything credited, ever.
+_Account = tuple["_Budget", tuple[tuple[str, int], ...], dict[str, int]]
 
 
 @dataclass(slots=True)
@@ -112,6 +128,13 @@ class UsageGate:
         self._orphans: set[str] = set()
         self.stats = UsageStats()
 
+    def period_of(self, routing: OrgRouting, now: float) -> Period:
+        """The org's billing period while ``now`` is inside it, else the calendar month."""
+        period = routing.period
+        if period is not None and period.start.timestamp() <= now < period.end.timestamp():
+            return period
+        return self.current_period(now)
+
     def current_period(self, now: float) -> Period:
         start, end = self._period_bounds
         if not start <= now < end:
@@ -124,26 +147,39 @@ class UsageGate:
         budget = self._budgets.get(key)
         if budget is None:
             budget = self._budgets[key] = _Budget(period)
-            if self._on_new_period is not None:
+            if self._on_new_period is not None and period is not CREDIT_PERIOD:
                 self._on_new_period(org_id, period)
         return budget
 
+    def _accounts(self, routing: OrgRouting, q: Quantities, now: float) -> list[_Account]:
+        limits = routing.limits
+        main = self._budget(routing.org_id, self.period_of(routing, now))
+        limited = tuple((m, lim) for m, lim in limits.metered() if m != "credit")
+        accounts: list[_Account] = [(main, limited, {m: q.of(m) for m in SENT_METERS})]
+        if q.credit or limits.credit is not None:
+            credit = self._budget(routing.org_id, CREDIT_PERIOD)
+            capped = (("credit", limits.credit),) if limits.credit is not None else ()
+            accounts.append((credit, capped, {"credit": q.credit}))
+        return accounts
+
     async def admit(self, routing: OrgRouting, q: Quantities) -> Admission | Refusal:
         now = self._clock()
-        period = self.current_period(now)
-        budget = self._budget(routing.org_id, period)
-        if budget.limits != routing.limits:
-            stale, budget.limits = budget.limits is not None, routing.limits
-            if stale:
-                # Limits changed: what was reserved under the old ones goes back first.
-                self._forfeit(budget)
-                await self.flush()
-        limited = routing.limits.metered()
+        accounts = self._accounts(routing, q, now)
+        for budget, limited, _ in accounts:
+            if budget.limits != limited:
+                stale, budget.limits = budget.limits is not None, limited
+                if stale:
+                    # Limits changed: what was reserved under the old ones goes back first.
+                    self._forfeit(budget)
+                    await self.flush()
         while True:
-            deficit = {m: q.of(m) - budget.remaining.get(m, 0) for m, _ in limited}
-            deficit = {m: d for m, d in deficit.items() if d > 0}
-            if not deficit:
-                return self._spend(routing, q, budget, limited)
+            for budget, limited, _ in accounts:
+                deficit = {m: q.of(m) - budget.remaining.get(m, 0) for m, _ in limited}
+                deficit = {m: d for m, d in deficit.items() if d > 0}
+                if deficit:
+                    break
+            else:
+                return self._spend(routing, q, accounts)
             refusal = self._known_refusal(budget, deficit, now)
             if refusal is not None:
                 return refusal
@@ -158,7 +194,7 @@ class UsageGate:
                 if refusal is not None:
                     return refusal
                 self.stats.fail_open += 1
-                return self._spend(routing, q, budget, (), fail_open=True)
+                return self._spend(routing, q, accounts, reserved=False, fail_open=True)
             if refusal is not None:
                 return refusal
 
@@ -210,21 +246,27 @@ class UsageGate:
         self,
         routing: OrgRouting,
         q: Quantities,
-        budget: _Budget,
-        limited: tuple[tuple[str, int], ...],
+        accounts: list[_Account],
+        *,
+        reserved: bool = True,
         fail_open: bool = False,
     ) -> Admission:
-        spent = []
-        for meter, _ in limited:
-            n = q.of(meter)
-            if n:
-                budget.remaining[meter] -= n
-                budget.reserved[meter] = budget.reserved.get(meter, 0) - n
-                spent.append((meter, n))
-        self._count(routing.org_id, budget, q.as_dict())
-        return Admission(
-            routing, q, budget.period.key, tuple(spent), budget.generation, fail_open=fail_open
-        )
+        parts = []
+        for budget, limited, counted in accounts:
+            taken = []
+            if reserved:
+                for meter, _ in limited:
+                    n = q.of(meter)
+                    if n:
+                        budget.remaining[meter] -= n
+                        budget.reserved[meter] = budget.reserved.get(meter, 0) - n
+                        taken.append((meter, n))
+            usage = {m: n for m, n in counted.items() if n}
+            self._count(routing.org_id, budget, usage)
+            parts.append(
+                Spent(budget.period.key, budget.generation, tuple(usage.items()), tuple(taken))
+            )
+        return Admission(routing, q, tuple(parts), fail_open=fail_open)
 
     def _count(self, org_id: str, budget: _Budget, used: dict[str, int]) -> None:
         """Usage to commit: in memory for the next flush, and in the spool at once."""
@@ -234,29 +276,28 @@ class UsageGate:
 
     def admit_unmetered(self, routing: OrgRouting, q: Quantities) -> Admission:
         """Count a request that passes regardless of limits (shadow mode)."""
-        budget = self._budget(routing.org_id, self.current_period(self._clock()))
-        return self._spend(routing, q, budget, ())
+        return self._spend(routing, q, self._accounts(routing, q, self._clock()), reserved=False)
 
     def record_shadow(self, routing: OrgRouting, q: Quantities) -> None:
         """Count what shadow mode would have refused, as meters of their own."""
         self.stats.shadow_refused += 1
-        budget = self._budget(routing.org_id, self.current_period(self._clock()))
-        self._count(routing.org_id, budget, {SHADOW_PREFIX + m: q.of(m) for m in METERS})
+        budget = self._budget(routing.org_id, self.period_of(routing, self._clock()))
+        self._count(routing.org_id, budget, {SHADOW_PREFIX + m: q.of(m) for m in SENT_METERS})
 
     def refund(self, admission: Admission) -> None:
         """The upstream did not accept the batch: the org pays nothing for it."""
-        budget = self._budgets.get((admission.routing.org_id, admission.period_key))
-        if budget is None:
-            budget = _Budget(self.current_period(self._clock()), generation=-1)
-            self._budgets[(admission.routing.org_id, admission.period_key)] = budget
-        self._count(
-            admission.routing.org_id, budget, {m: -admission.quantities.of(m) for m in METERS}
-        )
-        if admission.generation != budget.generation:
-            return  # its reservation was forfeited: the quantity is no longer ours to reuse
-        for meter, n in admission.from_budget:
-            budget.remaining[meter] = budget.remaining.get(meter, 0) + n
-            budget.reserved[meter] = budget.reserved.get(meter, 0) + n
+        org_id = admission.routing.org_id
+        for part in admission.parts:
+            budget = self._budgets.get((org_id, part.period_key))
+            if budget is None:
+                budget = _Budget(self.current_period(self._clock()), generation=-1)
+                self._budgets[(org_id, part.period_key)] = budget
+            self._count(org_id, budget, {m: -n for m, n in part.counted})
+            if part.generation != budget.generation:
+                continue  # its reservation was forfeited: no longer ours to reuse
+            for meter, n in part.reserved:
+                budget.remaining[meter] = budget.remaining.get(meter, 0) + n
+                budget.reserved[meter] = budget.reserved.get(meter, 0) + n
 
     def forfeit(self) -> None:
         """Give up every local budget (its reservation may have expired in the store)."""

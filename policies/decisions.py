@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from policies.model import OrgRouting
+from policies.model import MICROS_PER_MINOR, OrgRouting
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +46,16 @@ def suspension_gate(routing: OrgRouting) -> Refusal | None:
 
 
 def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Refusal:
+    if meter == "credit":
+        # The credit meter counts millionths of a minor unit; clients see minor units.
+        return Refusal(
+            402,
+            "prepaid_credit_exhausted",
+            detail={
+                "balance_minor": limit // MICROS_PER_MINOR,
+                "used_minor": -(-used // MICROS_PER_MINOR),
+            },
+        )
     return Refusal(
         402,
         "usage_limit_exceeded",

@@ -9,8 +9,16 @@ from typing import Literal
 PaymentStatus = Literal["ok", "past_due", "blocked"]
 PAYMENT_STATUSES: frozenset[str] = frozenset({"ok", "past_due", "blocked"})
 
-#: Usage meters, in the fixed order every store locks and checks them.
-METERS: tuple[str, ...] = ("requests", "bytes", "items")
+#: Usage meters, in the fixed order every store locks and checks them. ``credit`` is the
+#: cost of what was sent at the org's prices, in millionths of a minor unit; its limit is
+#: the prepaid balance (see ``Prices``).
+METERS: tuple[str, ...] = ("requests", "bytes", "items", "credit")
+
+#: The meters a client sends; ``credit`` is derived from them.
+SENT_METERS: tuple[str, ...] = ("requests", "bytes", "items")
+
+#: Money is integers in minor units; the credit meter counts millionths of one.
+MICROS_PER_MINOR = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +30,7 @@ class Limits:
     items: int | None = None
     rate_requests: int | None = None
     rate_bytes: int | None = None
+    credit: int | None = None
 
     def usage_limit(self, meter: str) -> int | None:
         value: int | None = getattr(self, meter)
@@ -32,8 +41,35 @@ class Limits:
         return tuple((m, lim) for m in METERS if (lim := self.usage_limit(m)) is not None)
 
     def as_dict(self) -> dict[str, int]:
-        names = (*METERS, "rate_requests", "rate_bytes")
+        """The configured limits (``credit`` is derived from the balance, not configured)."""
+        names = (*SENT_METERS, "rate_requests", "rate_bytes")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """An org's prices in minor units per million units of a meter (``None``: free).
+
+    With ``block_over_balance`` the prepaid balance is a limit: the ``credit`` meter.
+    """
+
+    requests: int | None = None
+    bytes: int | None = None
+    items: int | None = None
+    block_over_balance: bool = False
+
+    def cost_micros(self, requests: int, bytes_: int, items: int) -> int:
+        """Cost in millionths of a minor unit: exact integer arithmetic, no floats."""
+        return (
+            requests * (self.requests or 0) + bytes_ * (self.bytes or 0) + items * (self.items or 0)
+        )
+
+    @property
+    def priced(self) -> bool:
+        return any(p for p in (self.requests, self.bytes, self.items))
+
+    def as_dict(self) -> dict[str, int]:
+        return {n: v for n in SENT_METERS if (v := getattr(self, n)) is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +94,9 @@ class OrgRouting:
     suspended: bool = False
     payment_status: PaymentStatus = "ok"
     shadow: bool = False
+    prices: Prices = field(default_factory=Prices)
+    #: The billing period from the provider, if any; else calendar months.
+    period: Period | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +106,16 @@ class Quantities:
     requests: int = 1
     bytes: int = 0
     items: int = 0
+    credit: int = 0
 
     def of(self, meter: str) -> int:
         value: int = getattr(self, meter)
         return value
 
     def as_dict(self) -> dict[str, int]:
-        return {"requests": self.requests, "bytes": self.bytes, "items": self.items}
+        return {m: self.of(m) for m in METERS}
+
+    def priced(self, prices: Prices) -> Quantities:
+        """The same quantities with their cost on the credit meter."""
+        cost = prices.cost_micros(self.requests, self.bytes, self.items)
+        return Quantities(self.requests, self.bytes, self.items, cost)

@@ -16,6 +16,7 @@ class ChunkPolicy:
     max_requests: int = 1_000
     max_bytes: int = 256 * 1024 * 1024
     max_items: int = 1_000_000
+    max_credit: int = 10**12  # millionths of a minor unit: 1,000,000 minor units
     replicas: int = 1
     strict: bool = False
 

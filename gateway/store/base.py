@@ -4,18 +4,37 @@ A backend only counts and remembers; what to ask for is decided by the caller an
 ``policies``. Reservations: each (org, period, meter) has ``used`` plus the live
 reservations of every holder (one holder per gateway process); a reservation is
 granted only while ``used + reserved + grant <= limit``, so what is admitted from
-reservations never exceeds a limit. Expired reservations count for nothing.
+reservations never exceeds a limit. Expired reservations count for nothing. The
+``credit`` meter's limit is not stored: it is the prepaid balance, which the caller's
+routing carries (``ReserveRequest.limits.credit``).
+
+Billing: a webhook event is claimed, its org's ``BillingState`` locked, a pure ``decide``
+called on it and the resulting ``BillingChange`` written, all in one transaction
+(``apply_billing_event``); any exception undoes everything, the claim included. The
+helpers at the bottom are shared by every backend so that they store and report the
+same values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Literal, Protocol
 
-from policies.model import Limits, OrgRouting, PaymentStatus
+from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.model import MICROS_PER_MINOR, Limits, OrgRouting, PaymentStatus, Period, Prices
 from policies.reservations import ChunkPolicy
+
+
+class CustomerTaken(Exception):
+    """A billing customer id is already linked to another org."""
+
+    def __init__(self, provider: str, customer_id: str) -> None:
+        super().__init__(f"{provider} customer {customer_id} belongs to another org")
+        self.provider = provider
+        self.customer_id = customer_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +48,31 @@ class OrgRecord:
     payment_status: PaymentStatus
     shadow: bool
     created_at: datetime
+    prices: Prices = field(default_factory=Prices)
+    billing_customers: dict[str, str] = field(default_factory=dict)  # provider -> customer id
+    # From the billing state: ``suspended`` above is the admin's suspension alone.
+    billing_suspended: bool = False
+    period: Period | None = None
+    balance_minor: int = 0
 
     def routing(self) -> OrgRouting:
         return OrgRouting(
             org_id=self.id,
             upstream=self.upstream,
-            limits=self.limits,
-            suspended=self.suspended,
+            limits=replace(self.limits, credit=self.credit_limit()),
+            suspended=self.suspended or self.billing_suspended,
             payment_status=self.payment_status,
             shadow=self.shadow,
+            prices=self.prices,
+            period=self.period,
         )
+
+    def credit_limit(self) -> int | None:
+        """The credit meter's limit: the balance, when it blocks priced usage."""
+        if not (self.prices.block_over_balance and self.prices.priced):
+            return None
+        # A negative balance (a refund after spending) blocks like an empty one.
+        return max(0, self.balance_minor) * MICROS_PER_MINOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +94,7 @@ class OrgChanges:
     upstream: str | None = None
     set_upstream: bool = False
     shadow: bool | None = None
+    prices: Prices | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +102,8 @@ class ReserveRequest:
     """Ask for quota: for each meter at least ``needs[meter]``, more as ``policy`` allows.
 
     ``limits`` are the caller's routing (at most a cache TTL old): backends that hold the
-    org tables read their own instead; a counter-only backend (Redis) uses these.
+    org tables read their own instead, except ``credit`` (the balance, never stored as a
+    limit), which every backend takes from here; a counter-only backend (Redis) uses all.
     ``period_end`` (epoch seconds) lets counters expire after the period.
     """
 
@@ -144,6 +180,21 @@ class UsageBatch:
         return not any(self.used.values()) and not any(self.reserved.values())
 
 
+WebhookStatus = Literal["applied", "duplicate", "unknown_customer", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    """What ``apply_billing_event`` did; ``change`` is the change as written (see there)."""
+
+    status: WebhookStatus
+    org_id: str | None
+    change: BillingChange | None
+
+
+Decide = Callable[[BillingState], BillingChange]
+
+
 class Store(Protocol):
     """One storage backend. Every method is atomic on its own."""
 
@@ -182,10 +233,172 @@ class Store(Protocol):
     async def create_org(
         self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
     ) -> OrgRecord: ...
-    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None: ...
+    async def update_org(
+        self,
+        org_id: str,
+        changes: OrgChanges,
+        *,
+        actor: str = "admin",
+        reason: str | None = None,
+    ) -> OrgRecord | None:
+        """Apply ``changes``; one audit row per field that changed, in the same transaction."""
+
     async def get_org(self, org_id: str) -> OrgRecord | None: ...
-    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None: ...
-    async def revoke_key(self, key_id: str) -> str | None: ...
+    async def create_key(
+        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+    ) -> KeyRecord | None: ...
+    async def revoke_key(
+        self, key_id: str, *, actor: str = "admin", reason: str | None = None
+    ) -> str | None: ...
     async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None
-    ) -> OrgRecord | None: ...
+        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        """The admin's suspension (a billing one is separate); ``reason`` is audited too."""
+
+    async def set_billing_customers(
+        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        """Link the org to a customer per provider (merged); raises ``CustomerTaken``
+        when an id is another org's, changing nothing."""
+
+    # billing
+
+    async def billing_state(self, org_id: str) -> BillingState | None:
+        """None for an unknown org; an org never billed has the default state."""
+
+    async def balance(self, org_id: str) -> int:
+        """The sum of the org's credit ledger, in minor units."""
+
+    async def apply_billing_event(
+        self, event: BillingEvent, decide: Decide, now: datetime
+    ) -> WebhookOutcome:
+        """Claim the event, run ``decide`` on the org's locked state and write its change,
+        in one transaction. Any exception rolls everything back (the claim too) and is
+        raised, so a retry of the event is processed."""
+
+    async def update_billing(
+        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+    ) -> BillingChange | None:
+        """As ``apply_billing_event`` without an event; None for an unknown org."""
+
+    async def orgs_to_reconcile(self) -> list[str]:
+        """Orgs past due or under a billing suspension."""
+
+    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]: ...
+    async def audit_log(
+        self, org_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]: ...
+
+    # one-leader work and usage export
+
+    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        """True when the lease was free, expired or already ``holder``'s; it then runs
+        until ``now + ttl``."""
+
+    async def release_lease(self, name: str, holder: str) -> None: ...
+    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]: ...
+    async def record_export(
+        self, org_id: str, provider: str, period_start: str, meter: str, value: int
+    ) -> None:
+        """Keep the largest value recorded for (org, provider, period, meter)."""
+
+    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
+        """Orgs linked to billing customers, with their provider -> customer id, by org id."""
+
+
+# Shared by the backends: one normal form of what they store and report.
+
+
+def utc(moment: datetime) -> datetime:
+    """Aware UTC: what every backend stores and returns (a naive time is taken as UTC)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return utc(moment).isoformat()
+
+
+def utc_period(period: Period | None) -> Period | None:
+    return None if period is None else Period(utc(period.start), utc(period.end))
+
+
+def stored_state(state: BillingState) -> BillingState:
+    """``state`` as a backend reads it back: times in UTC, ``refunded`` a plain dict."""
+
+    def at(moment: datetime | None) -> datetime | None:
+        return None if moment is None else utc(moment)
+
+    return replace(
+        state,
+        period=utc_period(state.period),
+        overdue_since=at(state.overdue_since),
+        suspended_at=at(state.suspended_at),
+        status_at=at(state.status_at),
+        subscription_at=at(state.subscription_at),
+        refunded=dict(state.refunded),
+    )
+
+
+def applied_change(change: BillingChange, claimed: bool) -> BillingChange:
+    """The change to write: only the claimant of ``new_period`` sets it and writes its
+    grants; anyone else keeps the state's period and drops both."""
+    if change.new_period is None:
+        return replace(change, state=stored_state(change.state))
+    if claimed:
+        period = utc_period(change.new_period)
+        return replace(change, state=stored_state(replace(change.state, period=period)))
+    return replace(change, state=stored_state(change.state), new_period=None, period_grants=())
+
+
+def has_suspension_row(state: BillingState) -> bool:
+    """Whether the state needs a ``billing_suspensions`` row."""
+    return any(
+        value is not None
+        for value in (
+            state.overdue_since,
+            state.overdue_invoice_id,
+            state.suspended_at,
+            state.suspension_reason,
+        )
+    )
+
+
+def prices_json(prices: Prices) -> str:
+    return json.dumps(
+        {**prices.as_dict(), "block_over_balance": prices.block_over_balance}, sort_keys=True
+    )
+
+
+AuditRow = tuple[str, str | None, str | None]  # field, old, new
+
+
+def org_audit(org: OrgRecord, changes: OrgChanges) -> list[AuditRow]:
+    """One row per field that ``changes`` really changes, in a fixed order."""
+    rows: list[AuditRow] = []
+    if changes.name is not None and changes.name != org.name:
+        rows.append(("name", org.name, changes.name))
+    if changes.limits is not None and changes.limits.as_dict() != org.limits.as_dict():
+        old, new = org.limits.as_dict(), changes.limits.as_dict()
+        rows.append(("limits", json.dumps(old, sort_keys=True), json.dumps(new, sort_keys=True)))
+    if changes.set_upstream and changes.upstream != org.upstream:
+        rows.append(("upstream", org.upstream, changes.upstream))
+    if changes.prices is not None and changes.prices != org.prices:
+        rows.append(("prices", prices_json(org.prices), prices_json(changes.prices)))
+    if changes.shadow is not None and changes.shadow != org.shadow:
+        rows.append(("shadow", _flag(org.shadow), _flag(changes.shadow)))
+    return rows
+
+
+def suspension_audit(org: OrgRecord, suspended: bool, reason: str | None) -> list[AuditRow]:
+    new_reason = reason if suspended else None
+    if suspended != org.suspended:
+        return [("suspended", _flag(org.suspended), _flag(suspended))]
+    if new_reason != org.suspension_reason:
+        return [("suspension_reason", org.suspension_reason, new_reason)]
+    return []
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"

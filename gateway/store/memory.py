@@ -1,4 +1,7 @@
-"""An in-memory store: the reference semantics of the Protocol, for tests and demos."""
+"""An in-memory store: the reference semantics of the Protocol, for tests and demos.
+
+Every method runs without awaiting anything, so each is atomic on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gateway.store.base import (
+    AuditRow,
+    CustomerTaken,
+    Decide,
     Exhausted,
     Granted,
     KeyRecord,
@@ -18,8 +24,17 @@ from gateway.store.base import (
     ReserveRequest,
     ReserveResult,
     UsageBatch,
+    WebhookOutcome,
+    applied_change,
+    iso,
+    org_audit,
+    suspension_audit,
+    utc,
 )
+from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting
+
+_Order = tuple[datetime, int]
 
 
 def new_id(prefix: str) -> str:
@@ -42,6 +57,19 @@ class MemoryStore:
         # batch id -> the (org, period) it was applied to
         self.applied: dict[str, tuple[str, str]] = {}
         self.periods: dict[str, str] = {}
+        # (provider, customer id) -> org
+        self.customers: dict[tuple[str, str], str] = {}
+        self.billing: dict[str, BillingState] = {}
+        # idempotency key -> (org, amount in minor units)
+        self.ledger: dict[str, tuple[str, int]] = {}
+        self.balances: dict[str, int] = {}
+        self.period_claims: set[tuple[str, datetime]] = set()
+        # rows with their order: (time, sequence), newest last
+        self.events: dict[tuple[str, str], tuple[_Order, dict[str, object]]] = {}
+        self.audit: list[tuple[_Order, dict[str, object]]] = []
+        self.leases: dict[str, tuple[str, float]] = {}
+        self.exports: dict[tuple[str, str, str, str], int] = {}
+        self._seq = 0  # orders rows written at the same time, like a serial column
 
     async def open(self) -> None:
         return None
@@ -56,8 +84,23 @@ class MemoryStore:
         entry = self.keys.get(key_hash)
         if entry is None or entry[1]:
             return None
-        org = self.orgs.get(entry[0].org_id)
+        org = self._record(entry[0].org_id)
         return org.routing() if org else None
+
+    def _record(self, org_id: str) -> OrgRecord | None:
+        """The stored org with what its billing state and customers say."""
+        org = self.orgs.get(org_id)
+        if org is None:
+            return None
+        state = self.billing.get(org_id, BillingState())
+        return replace(
+            org,
+            payment_status=state.payment_status,
+            billing_suspended=state.suspended_at is not None,
+            period=state.period,
+            balance_minor=self.balances.get(org_id, 0),
+            billing_customers={p: c for (p, c), owner in self.customers.items() if owner == org_id},
+        )
 
     def _reserved(self, org_id: str, period: str, meter: str, now: float) -> int:
         return sum(
@@ -74,7 +117,7 @@ class MemoryStore:
             need = request.needs.get(meter)
             if need is None:
                 continue
-            limit = limits.usage_limit(meter)
+            limit = _limit(limits, request, meter)
             if limit is None:
                 grants[meter] = need
                 continue
@@ -85,7 +128,7 @@ class MemoryStore:
                 return Exhausted(meter, limit, taken)
             grants[meter] = request.policy.want(meter, need, remaining)
         for meter, amount in grants.items():
-            if limits.usage_limit(meter) is None:
+            if _limit(limits, request, meter) is None:
                 continue
             key = (request.holder, request.org_id, request.period_start, meter)
             current = self.reservations.get(key)
@@ -171,7 +214,7 @@ class MemoryStore:
         org = OrgRecord(
             id=new_id("org"),
             name=name,
-            limits=limits,
+            limits=replace(limits, credit=None),
             upstream=upstream,
             suspended=False,
             suspension_reason=None,
@@ -182,32 +225,46 @@ class MemoryStore:
         self.orgs[org.id] = org
         return org
 
-    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None:
-        org = self.orgs.get(org_id)
-        if org is None:
+    async def update_org(
+        self,
+        org_id: str,
+        changes: OrgChanges,
+        *,
+        actor: str = "admin",
+        reason: str | None = None,
+    ) -> OrgRecord | None:
+        current = self._record(org_id)
+        if current is None:
             return None
-        org = replace(
+        org = self.orgs[org_id]
+        self.orgs[org_id] = replace(
             org,
             name=changes.name if changes.name is not None else org.name,
-            limits=changes.limits if changes.limits is not None else org.limits,
+            limits=org.limits if changes.limits is None else replace(changes.limits, credit=None),
             upstream=changes.upstream if changes.set_upstream else org.upstream,
             shadow=changes.shadow if changes.shadow is not None else org.shadow,
+            prices=changes.prices if changes.prices is not None else org.prices,
         )
-        self.orgs[org_id] = org
-        return org
+        self._audit(org_id, org_audit(current, changes), reason, actor, datetime.now(UTC))
+        return self._record(org_id)
 
     async def get_org(self, org_id: str) -> OrgRecord | None:
-        return self.orgs.get(org_id)
+        return self._record(org_id)
 
-    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None:
+    async def create_key(
+        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+    ) -> KeyRecord | None:
         if org_id not in self.orgs:
             return None
         record = KeyRecord(id=new_id("key"), org_id=org_id, created_at=datetime.now(UTC))
         self.keys[key_hash] = (record, False)
         self.key_ids[record.id] = key_hash
+        self._audit(org_id, [("key", None, record.id)], reason, actor, record.created_at)
         return record
 
-    async def revoke_key(self, key_id: str) -> str | None:
+    async def revoke_key(
+        self, key_id: str, *, actor: str = "admin", reason: str | None = None
+    ) -> str | None:
         key_hash = self.key_ids.get(key_id)
         if key_hash is None:
             return None
@@ -215,14 +272,204 @@ class MemoryStore:
         if revoked:
             return None
         self.keys[key_hash] = (record, True)
+        self._audit(record.org_id, [("key", key_id, None)], reason, actor, datetime.now(UTC))
         return record.org_id
 
     async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None
+        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
     ) -> OrgRecord | None:
-        org = self.orgs.get(org_id)
-        if org is None:
+        current = self._record(org_id)
+        if current is None:
             return None
-        org = replace(org, suspended=suspended, suspension_reason=reason if suspended else None)
-        self.orgs[org_id] = org
-        return org
+        self.orgs[org_id] = replace(
+            self.orgs[org_id],
+            suspended=suspended,
+            suspension_reason=reason if suspended else None,
+        )
+        rows = suspension_audit(current, suspended, reason)
+        self._audit(org_id, rows, reason, actor, datetime.now(UTC))
+        return self._record(org_id)
+
+    async def set_billing_customers(
+        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        current = self._record(org_id)
+        if current is None:
+            return None
+        for provider, customer in customers.items():
+            owner = self.customers.get((provider, customer))
+            if owner is not None and owner != org_id:
+                raise CustomerTaken(provider, customer)
+        rows: list[AuditRow] = []
+        for provider, customer in customers.items():
+            old = current.billing_customers.get(provider)
+            if old == customer:
+                continue
+            if old is not None:
+                del self.customers[(provider, old)]
+            self.customers[(provider, customer)] = org_id
+            rows.append((f"billing_customers.{provider}", old, customer))
+        self._audit(org_id, rows, None, actor, datetime.now(UTC))
+        return self._record(org_id)
+
+    def _audit(
+        self,
+        org_id: str,
+        rows: list[AuditRow],
+        reason: str | None,
+        actor: str,
+        at: datetime,
+    ) -> None:
+        for field_name, old, new in rows:
+            self._seq += 1
+            row: dict[str, object] = {
+                "at": iso(at),
+                "entity": "org",
+                "entity_id": org_id,
+                "field": field_name,
+                "old": old,
+                "new": new,
+                "reason": reason,
+                "actor": actor,
+            }
+            self.audit.append(((utc(at), self._seq), row))
+
+    # billing
+
+    async def billing_state(self, org_id: str) -> BillingState | None:
+        if org_id not in self.orgs:
+            return None
+        return self.billing.get(org_id, BillingState())
+
+    async def balance(self, org_id: str) -> int:
+        return self.balances.get(org_id, 0)
+
+    async def apply_billing_event(
+        self, event: BillingEvent, decide: Decide, now: datetime
+    ) -> WebhookOutcome:
+        if (event.provider, event.event_id) in self.events:
+            return WebhookOutcome("duplicate", None, None)
+        org_id = None
+        if event.customer_id is not None:
+            org_id = self.customers.get((event.provider, event.customer_id))
+        if org_id is None:
+            self._record_event(event, None, "unknown_customer", None, now)
+            return WebhookOutcome("unknown_customer", None, None)
+        # Nothing is written before decide returns: an exception leaves no trace.
+        change = decide(self.billing.get(org_id, BillingState()))
+        if change.refused is not None:
+            self._record_event(event, org_id, "refused", change.refused, now)
+            return WebhookOutcome("refused", org_id, change)
+        applied = self._write_change(org_id, change, f"webhook:{event.provider}", now)
+        self._record_event(event, org_id, "applied", None, now)
+        return WebhookOutcome("applied", org_id, applied)
+
+    async def update_billing(
+        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+    ) -> BillingChange | None:
+        if org_id not in self.orgs:
+            return None
+        change = decide(self.billing.get(org_id, BillingState()))
+        if change.refused is not None:
+            return change
+        return self._write_change(org_id, change, actor, now)
+
+    def _write_change(
+        self, org_id: str, change: BillingChange, actor: str, now: datetime
+    ) -> BillingChange:
+        claimed = False
+        if change.new_period is not None:
+            claim = (org_id, utc(change.new_period.start))
+            claimed = claim not in self.period_claims
+            self.period_claims.add(claim)
+        applied = applied_change(change, claimed)
+        self.billing[org_id] = applied.state
+        for entry in (*applied.credits, *applied.period_grants):
+            if entry.idempotency_key in self.ledger:
+                continue
+            self.ledger[entry.idempotency_key] = (org_id, entry.amount_minor)
+            self.balances[org_id] = self.balances.get(org_id, 0) + entry.amount_minor
+        for audit in applied.audit:
+            self._audit(org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
+        return applied
+
+    def _record_event(
+        self,
+        event: BillingEvent,
+        org_id: str | None,
+        status: str,
+        reason: str | None,
+        now: datetime,
+    ) -> None:
+        self._seq += 1
+        row: dict[str, object] = {
+            "provider": event.provider,
+            "event_id": event.event_id,
+            "type": event.type,
+            "org_id": org_id,
+            "status": status,
+            "reason": reason,
+            "received_at": iso(now),
+        }
+        self.events[(event.provider, event.event_id)] = ((utc(now), self._seq), row)
+
+    async def orgs_to_reconcile(self) -> list[str]:
+        return sorted(
+            org_id
+            for org_id, state in self.billing.items()
+            if state.payment_status == "past_due" or state.suspended_at is not None
+        )
+
+    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
+        return _newest(list(self.events.values()), limit)
+
+    async def audit_log(
+        self, org_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]:
+        rows = [row for row in self.audit if org_id is None or row[1]["entity_id"] == org_id]
+        return _newest(rows, limit)
+
+    # one-leader work and usage export
+
+    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        current = self.leases.get(name)
+        if current is not None and current[0] != holder and current[1] > now:
+            return False
+        self.leases[name] = (holder, now + ttl)
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        current = self.leases.get(name)
+        if current is not None and current[0] == holder:
+            del self.leases[name]
+
+    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
+        return {
+            meter: value
+            for (o, p, start, meter), value in self.exports.items()
+            if (o, p, start) == (org_id, provider, period_start)
+        }
+
+    async def record_export(
+        self, org_id: str, provider: str, period_start: str, meter: str, value: int
+    ) -> None:
+        key = (org_id, provider, period_start, meter)
+        self.exports[key] = max(value, self.exports.get(key, value))
+
+    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
+        linked: dict[str, dict[str, str]] = {}
+        for (provider, customer), org_id in self.customers.items():
+            linked.setdefault(org_id, {})[provider] = customer
+        return sorted(linked.items())
+
+
+def _limit(limits: Limits, request: ReserveRequest, meter: str) -> int | None:
+    """The org's stored limit, or for ``credit`` the balance the caller's routing carries."""
+    if meter == "credit":
+        return request.limits.credit
+    return limits.usage_limit(meter)
+
+
+def _newest(rows: list[tuple[_Order, dict[str, object]]], limit: int) -> list[dict[str, object]]:
+    ordered = sorted(rows, key=lambda row: row[0], reverse=True)
+    return [dict(row) for _, row in ordered[: max(0, limit)]]

@@ -7,19 +7,24 @@ order by ``migrate()`` under an advisory lock, each in its own transaction; ``op
 runs it too, so starting a store on an up-to-date database changes nothing.
 
 Every atomic step is one statement or one transaction, decided in SQL: ``reserve`` is one
-call to ``reserve_quota()`` (``0002_reserve_quota.sql``). Rows are locked in one global
-order so that concurrent calls never deadlock: counter rows before reservation rows,
-and within an (org, period) by meter in the order of ``policies.model.METERS``.
+call to ``reserve_quota()`` (``0002_reserve_quota.sql``, with the credit limit since
+``0004_billing.sql``). Rows are locked in one global order so that concurrent calls never
+deadlock: counter rows before reservation rows, and within an (org, period) by meter in
+the order of ``policies.model.METERS``. A billing change locks the org's ``billing_state``
+row after claiming its event; admin changes lock the ``orgs`` row (``FOR NO KEY UPDATE``,
+which billing rows referencing the org do not wait for).
 Semantics mirror ``MemoryStore``; asyncpg and socket errors become ``StoreError``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, cast
@@ -29,6 +34,9 @@ import asyncpg
 
 from gateway.errors import ConfigError, StoreError
 from gateway.store.base import (
+    AuditRow,
+    CustomerTaken,
+    Decide,
     Exhausted,
     Granted,
     KeyRecord,
@@ -39,9 +47,17 @@ from gateway.store.base import (
     ReserveRequest,
     ReserveResult,
     UsageBatch,
+    WebhookOutcome,
+    applied_change,
+    has_suspension_row,
+    iso,
+    org_audit,
+    suspension_audit,
+    utc,
 )
 from gateway.store.memory import new_id
-from policies.model import METERS, Limits, OrgRouting, PaymentStatus
+from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
 
 log = logging.getLogger("gateway.store.postgres")
 
@@ -59,18 +75,44 @@ PRUNE_LIMIT = 10_000
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _METERS = list(METERS)
 
+# One statement reads an org with its limits (one row per limit, or one row of NULLs),
+# prices, billing state and balance.
 _SELECT_ORG = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
-        o.payment_status, o.shadow, o.created_at, l.name AS limit_name, l.value
-    FROM orgs o LEFT JOIN org_limits l ON l.org_id = o.id
+        COALESCE(b.payment_status, 'ok') AS payment_status, o.shadow, o.created_at,
+        l.name AS limit_name, l.value,
+        p.requests AS price_requests, p.bytes AS price_bytes, p.items AS price_items,
+        COALESCE(p.block_over_balance, false) AS block_over_balance,
+        s.suspended_at IS NOT NULL AS billing_suspended, b.period_start, b.period_end,
+        COALESCE(b.balance_minor, 0) AS balance_minor,
+        (SELECT jsonb_object_agg(c.provider, c.customer_id) FROM billing_customers c
+            WHERE c.org_id = o.id)::text AS customers
+    FROM orgs o
+    LEFT JOIN org_limits l ON l.org_id = o.id
+    LEFT JOIN org_prices p ON p.org_id = o.id
+    LEFT JOIN billing_state b ON b.org_id = o.id
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
     WHERE o.id = $1"""
+# The same columns by key; the routing needs no customers.
 _SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
-        o.payment_status, o.shadow, o.created_at, l.name AS limit_name, l.value
+        COALESCE(b.payment_status, 'ok') AS payment_status, o.shadow, o.created_at,
+        l.name AS limit_name, l.value,
+        p.requests AS price_requests, p.bytes AS price_bytes, p.items AS price_items,
+        COALESCE(p.block_over_balance, false) AS block_over_balance,
+        s.suspended_at IS NOT NULL AS billing_suspended, b.period_start, b.period_end,
+        COALESCE(b.balance_minor, 0) AS balance_minor, NULL::text AS customers
     FROM ingest_keys k JOIN orgs o ON o.id = k.org_id
     LEFT JOIN org_limits l ON l.org_id = o.id
+    LEFT JOIN org_prices p ON p.org_id = o.id
+    LEFT JOIN billing_state b ON b.org_id = o.id
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
     WHERE k.key_hash = $1 AND k.revoked_at IS NULL"""
 
+# The org row is locked before an admin change reads it: changes to one org take turns.
+# NO KEY: billing rows referencing the org (KEY SHARE) are not blocked by it.
+_LOCK_ORG = "SELECT id FROM orgs WHERE id = $1 FOR NO KEY UPDATE"
+
 _RESERVE = """SELECT meter_name, granted, meter_limit, taken
-    FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"""
+    FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"""
 
 _CLAIM_BATCH = """INSERT INTO applied_batches (batch_id, org_id, period_start)
     VALUES ($1, $2, $3)
@@ -164,6 +206,96 @@ _CREATE_KEY = """INSERT INTO ingest_keys (id, org_id, key_hash, created_at)
     SELECT $1::text, $2::text, $3::bytea, $4::timestamptz
     WHERE EXISTS (SELECT 1 FROM orgs WHERE id = $2)
     RETURNING id"""
+
+_WRITE_PRICES = """INSERT INTO org_prices (org_id, requests, bytes, items, block_over_balance)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (org_id) DO UPDATE SET requests = excluded.requests,
+        bytes = excluded.bytes, items = excluded.items,
+        block_over_balance = excluded.block_over_balance"""
+
+# Rows in the order given, so that ids (and so the log's order) follow it.
+_INSERT_AUDIT = """INSERT INTO audit_log
+        (at, entity, entity_id, field, old_value, new_value, reason, actor)
+    SELECT $1, 'org', $2, a.field, a.old, a.new, a.reason, $3
+    FROM unnest($4::text[], $5::text[], $6::text[], $7::text[])
+        WITH ORDINALITY AS a (field, old, new, reason, i)
+    ORDER BY a.i"""
+
+# The row of an org that has none yet is created first, so that there is a row to lock.
+_ENSURE_STATE = """INSERT INTO billing_state (org_id)
+    SELECT id FROM orgs WHERE id = $1
+    ON CONFLICT (org_id) DO NOTHING"""
+_LOCK_STATE = """SELECT b.payment_status, b.plan, b.period_start, b.period_end,
+        b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
+        b.subscription_at, b.refunded::text AS refunded, s.overdue_since, s.invoice_id,
+        s.suspended_at, s.reason
+    FROM billing_state b LEFT JOIN billing_suspensions s ON s.org_id = b.org_id
+    WHERE b.org_id = $1
+    FOR UPDATE OF b"""
+_SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.period_end,
+        b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
+        b.subscription_at, b.refunded::text AS refunded, s.overdue_since, s.invoice_id,
+        s.suspended_at, s.reason
+    FROM orgs o
+    LEFT JOIN billing_state b ON b.org_id = o.id
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
+    WHERE o.id = $1"""
+
+# balance_minor is left alone: only ledger inserts move it.
+_WRITE_STATE = """UPDATE billing_state SET payment_status = $2, plan = $3,
+        period_start = $4, period_end = $5, subscription_id = $6, never_paid = $7,
+        cancel_at_period_end = $8, status_at = $9, subscription_at = $10,
+        refunded = $11::jsonb, updated_at = now()
+    WHERE org_id = $1"""
+
+_WRITE_SUSPENSION = """INSERT INTO billing_suspensions
+        (org_id, overdue_since, suspended_at, reason, invoice_id)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (org_id) DO UPDATE SET overdue_since = excluded.overdue_since,
+        suspended_at = excluded.suspended_at, reason = excluded.reason,
+        invoice_id = excluded.invoice_id"""
+
+# Entries whose key is in the ledger already are skipped; the balance grows by the rest.
+_ADD_CREDITS = """WITH added AS (
+        INSERT INTO credit_ledger (org_id, amount_minor, source, idempotency_key, created_at)
+        SELECT $1, e.amount, e.source, e.key, $5
+        FROM unnest($2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY
+            AS e (amount, source, key, i)
+        ORDER BY e.i
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING amount_minor
+    )
+    UPDATE billing_state SET balance_minor = balance_minor
+        + (SELECT COALESCE(SUM(amount_minor), 0) FROM added)
+    WHERE org_id = $1"""
+
+_CLAIM_BILLING_PERIOD = """INSERT INTO billing_period_claims (org_id, period_start)
+    VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING org_id"""
+
+# A duplicate waits here for the first claim's transaction, then finds it (or takes over
+# an event whose first attempt rolled back).
+_CLAIM_EVENT = """INSERT INTO webhook_events (provider, event_id, received_at, type)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (provider, event_id) DO NOTHING
+    RETURNING event_id"""
+_FINISH_EVENT = """UPDATE webhook_events SET org_id = $3, status = $4, reason = $5
+    WHERE provider = $1 AND event_id = $2"""
+
+_ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
+    UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
+    ORDER BY 1"""
+
+# Free, expired or already the holder's: taken (or extended); else no row comes back.
+_ACQUIRE_LEASE = """INSERT INTO leases AS l (name, holder, expires_at)
+    VALUES ($1, $2, $3::float8 + $4::float8)
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+        WHERE l.holder = excluded.holder OR l.expires_at <= $3
+    RETURNING name"""
+
+_RECORD_EXPORT = """INSERT INTO usage_exports AS u (org_id, provider, period_start, meter, value)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (org_id, provider, period_start, meter)
+        DO UPDATE SET value = GREATEST(u.value, excluded.value)"""
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -271,6 +403,12 @@ def _sorted_deltas(deltas: Mapping[str, int]) -> tuple[list[str], list[int]]:
     return meters, [deltas[meter] for meter in meters]
 
 
+def _period(start: datetime | None, end: datetime | None) -> Period | None:
+    if start is None or end is None:
+        return None
+    return Period(start, end)
+
+
 def _org_from_rows(rows: Iterable[Any]) -> OrgRecord | None:
     rows = list(rows)
     if not rows:
@@ -278,6 +416,12 @@ def _org_from_rows(rows: Iterable[Any]) -> OrgRecord | None:
     first = rows[0]
     limits = Limits(
         **{row["limit_name"]: row["value"] for row in rows if row["limit_name"] is not None}
+    )
+    prices = Prices(
+        first["price_requests"],
+        first["price_bytes"],
+        first["price_items"],
+        first["block_over_balance"],
     )
     return OrgRecord(
         id=first["id"],
@@ -289,7 +433,113 @@ def _org_from_rows(rows: Iterable[Any]) -> OrgRecord | None:
         payment_status=cast(PaymentStatus, first["payment_status"]),
         shadow=first["shadow"],
         created_at=first["created_at"],
+        prices=prices,
+        billing_customers=json.loads(first["customers"]) if first["customers"] else {},
+        billing_suspended=first["billing_suspended"],
+        period=_period(first["period_start"], first["period_end"]),
+        balance_minor=first["balance_minor"],
     )
+
+
+def _state_from_row(row: Any) -> BillingState:
+    """A state from _LOCK_STATE or _SELECT_STATE; an org without billing rows has defaults."""
+    default = BillingState()
+    billed = row["payment_status"] is not None
+    return BillingState(
+        payment_status=row["payment_status"] if billed else default.payment_status,
+        plan=row["plan"] if row["plan"] is not None else default.plan,
+        period=_period(row["period_start"], row["period_end"]),
+        subscription_id=row["subscription_id"],
+        never_paid=row["never_paid"] if billed else default.never_paid,
+        cancel_at_period_end=row["cancel_at_period_end"] if billed else False,
+        status_at=row["status_at"],
+        subscription_at=row["subscription_at"],
+        refunded=json.loads(row["refunded"]) if row["refunded"] else {},
+        overdue_since=row["overdue_since"],
+        overdue_invoice_id=row["invoice_id"],
+        suspended_at=row["suspended_at"],
+        suspension_reason=row["reason"],
+    )
+
+
+async def _audit(
+    conn: Any,
+    org_id: str,
+    rows: Sequence[AuditRow],
+    reasons: Sequence[str | None],
+    actor: str,
+    at: datetime,
+) -> None:
+    """One audit row per ``rows`` entry, with the reason of the same index."""
+    if not rows:
+        return
+    await conn.execute(
+        _INSERT_AUDIT,
+        utc(at),
+        org_id,
+        actor,
+        [row[0] for row in rows],
+        [row[1] for row in rows],
+        [row[2] for row in rows],
+        list(reasons),
+    )
+
+
+async def _lock_state(conn: Any, org_id: str) -> BillingState | None:
+    await conn.execute(_ENSURE_STATE, org_id)
+    row = await conn.fetchrow(_LOCK_STATE, org_id)
+    return None if row is None else _state_from_row(row)
+
+
+async def _write_change(
+    conn: Any, org_id: str, change: BillingChange, actor: str, now: datetime
+) -> BillingChange:
+    """Persist a decided change; the caller holds the org's billing_state row lock."""
+    claimed = False
+    if change.new_period is not None:
+        start = utc(change.new_period.start)
+        claimed = await conn.fetchval(_CLAIM_BILLING_PERIOD, org_id, start) is not None
+    applied = applied_change(change, claimed)
+    state = applied.state
+    period = state.period
+    await conn.execute(
+        _WRITE_STATE,
+        org_id,
+        state.payment_status,
+        state.plan,
+        period.start if period else None,
+        period.end if period else None,
+        state.subscription_id,
+        state.never_paid,
+        state.cancel_at_period_end,
+        state.status_at,
+        state.subscription_at,
+        json.dumps(dict(state.refunded), sort_keys=True),
+    )
+    if has_suspension_row(state):
+        await conn.execute(
+            _WRITE_SUSPENSION,
+            org_id,
+            state.overdue_since,
+            state.suspended_at,
+            state.suspension_reason,
+            state.overdue_invoice_id,
+        )
+    else:
+        await conn.execute("DELETE FROM billing_suspensions WHERE org_id = $1", org_id)
+    entries = [*applied.credits, *applied.period_grants]
+    if entries:
+        await conn.execute(
+            _ADD_CREDITS,
+            org_id,
+            [entry.amount_minor for entry in entries],
+            [entry.source for entry in entries],
+            [entry.idempotency_key for entry in entries],
+            utc(now),
+        )
+    rows = [(entry.field, entry.old, entry.new) for entry in applied.audit]
+    await _audit(conn, org_id, rows, [entry.reason for entry in applied.audit], actor, now)
+    return applied
 
 
 async def _write_limits(conn: Any, org_id: str, limits: Limits) -> None:
@@ -385,6 +635,8 @@ class PostgresStore:
                 policy.replicas,
                 request.now,
                 request.ttl,
+                # The credit meter's limit is the balance, from the caller's routing.
+                request.limits.credit,
             )
         for row in rows:
             if row["granted"] is None:
@@ -485,7 +737,7 @@ class PostgresStore:
         org = OrgRecord(
             id=new_id("org"),
             name=name,
-            limits=limits,
+            limits=replace(limits, credit=None),
             upstream=upstream,
             suspended=False,
             suspension_reason=None,
@@ -506,9 +758,20 @@ class PostgresStore:
             await _write_limits(conn, org.id, limits)
         return org
 
-    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None:
+    async def update_org(
+        self,
+        org_id: str,
+        changes: OrgChanges,
+        *,
+        actor: str = "admin",
+        reason: str | None = None,
+    ) -> OrgRecord | None:
         async with self._transaction("update org") as conn:
-            updated = await conn.fetchval(
+            if await conn.fetchval(_LOCK_ORG, org_id) is None:
+                return None
+            current = _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+            assert current is not None
+            await conn.execute(
                 _UPDATE_ORG,
                 org_id,
                 changes.name,
@@ -516,44 +779,221 @@ class PostgresStore:
                 changes.upstream,
                 changes.shadow,
             )
-            if updated is None:
-                return None
             if changes.limits is not None:
                 await _write_limits(conn, org_id, changes.limits)
+            if changes.prices is not None:
+                prices = changes.prices
+                await conn.execute(
+                    _WRITE_PRICES,
+                    org_id,
+                    prices.requests,
+                    prices.bytes,
+                    prices.items,
+                    prices.block_over_balance,
+                )
+            rows = org_audit(current, changes)
+            await _audit(conn, org_id, rows, [reason] * len(rows), actor, datetime.now(UTC))
             return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
 
     async def get_org(self, org_id: str) -> OrgRecord | None:
         async with self._connection("get org") as conn:
             return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
 
-    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None:
+    async def create_key(
+        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+    ) -> KeyRecord | None:
         record = KeyRecord(id=new_id("key"), org_id=org_id, created_at=datetime.now(UTC))
-        async with self._connection("create key") as conn:
+        async with self._transaction("create key") as conn:
             created = await conn.fetchval(
                 _CREATE_KEY, record.id, org_id, key_hash, record.created_at
             )
-        return record if created is not None else None
+            if created is None:
+                return None
+            rows: list[AuditRow] = [("key", None, record.id)]
+            await _audit(conn, org_id, rows, [reason], actor, record.created_at)
+        return record
 
-    async def revoke_key(self, key_id: str) -> str | None:
-        async with self._connection("revoke key") as conn:
+    async def revoke_key(
+        self, key_id: str, *, actor: str = "admin", reason: str | None = None
+    ) -> str | None:
+        async with self._transaction("revoke key") as conn:
             org_id = await conn.fetchval(
                 """UPDATE ingest_keys SET revoked_at = now()
                 WHERE id = $1 AND revoked_at IS NULL RETURNING org_id""",
                 key_id,
             )
-        return str(org_id) if org_id is not None else None
+            if org_id is None:
+                return None
+            rows: list[AuditRow] = [("key", key_id, None)]
+            await _audit(conn, org_id, rows, [reason], actor, datetime.now(UTC))
+        return str(org_id)
 
     async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None
+        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
     ) -> OrgRecord | None:
         async with self._transaction("set suspension") as conn:
-            updated = await conn.fetchval(
+            if await conn.fetchval(_LOCK_ORG, org_id) is None:
+                return None
+            current = _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+            assert current is not None
+            await conn.execute(
                 """UPDATE orgs SET suspended = $2, suspension_reason = $3, updated_at = now()
-                WHERE id = $1 RETURNING id""",
+                WHERE id = $1""",
                 org_id,
                 suspended,
                 reason if suspended else None,
             )
-            if updated is None:
-                return None
+            rows = suspension_audit(current, suspended, reason)
+            await _audit(conn, org_id, rows, [reason] * len(rows), actor, datetime.now(UTC))
             return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+
+    async def set_billing_customers(
+        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        async with self._transaction("set billing customers") as conn:
+            if await conn.fetchval(_LOCK_ORG, org_id) is None:
+                return None
+            current = _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+            assert current is not None
+            rows: list[AuditRow] = []
+            for provider, customer in customers.items():
+                old = current.billing_customers.get(provider)
+                if old == customer:
+                    continue
+                await conn.execute(
+                    "DELETE FROM billing_customers WHERE org_id = $1 AND provider = $2",
+                    org_id,
+                    provider,
+                )
+                # The org row lock keeps its own rows still: a conflict is another org's.
+                inserted = await conn.fetchval(
+                    """INSERT INTO billing_customers (provider, customer_id, org_id)
+                    VALUES ($1, $2, $3)
+                    ON CONFLICT (provider, customer_id) DO NOTHING RETURNING org_id""",
+                    provider,
+                    customer,
+                    org_id,
+                )
+                if inserted is None:
+                    raise CustomerTaken(provider, customer)
+                rows.append((f"billing_customers.{provider}", old, customer))
+            await _audit(conn, org_id, rows, [None] * len(rows), actor, datetime.now(UTC))
+            return _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
+
+    # billing
+
+    async def billing_state(self, org_id: str) -> BillingState | None:
+        async with self._connection("billing state") as conn:
+            row = await conn.fetchrow(_SELECT_STATE, org_id)
+        return None if row is None else _state_from_row(row)
+
+    async def balance(self, org_id: str) -> int:
+        async with self._connection("balance") as conn:
+            total = await conn.fetchval(
+                "SELECT COALESCE(SUM(amount_minor), 0) FROM credit_ledger WHERE org_id = $1",
+                org_id,
+            )
+        return int(total)
+
+    async def apply_billing_event(
+        self, event: BillingEvent, decide: Decide, now: datetime
+    ) -> WebhookOutcome:
+        key = (event.provider, event.event_id)
+        async with self._transaction("apply billing event") as conn:
+            if await conn.fetchval(_CLAIM_EVENT, *key, utc(now), event.type) is None:
+                return WebhookOutcome("duplicate", None, None)
+            org_id = await conn.fetchval(
+                "SELECT org_id FROM billing_customers WHERE provider = $1 AND customer_id = $2",
+                event.provider,
+                event.customer_id,
+            )
+            state = None if org_id is None else await _lock_state(conn, org_id)
+            if org_id is None or state is None:
+                await conn.execute(_FINISH_EVENT, *key, None, "unknown_customer", None)
+                return WebhookOutcome("unknown_customer", None, None)
+            change = decide(state)
+            if change.refused is not None:
+                await conn.execute(_FINISH_EVENT, *key, org_id, "refused", change.refused)
+                return WebhookOutcome("refused", org_id, change)
+            applied = await _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
+            await conn.execute(_FINISH_EVENT, *key, org_id, "applied", None)
+        return WebhookOutcome("applied", org_id, applied)
+
+    async def update_billing(
+        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+    ) -> BillingChange | None:
+        async with self._transaction("update billing") as conn:
+            state = await _lock_state(conn, org_id)
+            if state is None:
+                return None
+            change = decide(state)
+            if change.refused is not None:
+                return change
+            return await _write_change(conn, org_id, change, actor, now)
+
+    async def orgs_to_reconcile(self) -> list[str]:
+        async with self._connection("orgs to reconcile") as conn:
+            rows = await conn.fetch(_ORGS_TO_RECONCILE)
+        return [row["org_id"] for row in rows]
+
+    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
+        async with self._connection("webhook events") as conn:
+            rows = await conn.fetch(
+                """SELECT provider, event_id, type, org_id, status, reason, received_at
+                FROM webhook_events ORDER BY received_at DESC, seq DESC LIMIT $1""",
+                max(0, limit),
+            )
+        return [{**dict(row), "received_at": iso(row["received_at"])} for row in rows]
+
+    async def audit_log(
+        self, org_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]:
+        async with self._connection("audit log") as conn:
+            rows = await conn.fetch(
+                """SELECT at, entity, entity_id, field, old_value AS old, new_value AS new,
+                    reason, actor
+                FROM audit_log
+                WHERE $1::text IS NULL OR (entity = 'org' AND entity_id = $1)
+                ORDER BY at DESC, id DESC LIMIT $2""",
+                org_id,
+                max(0, limit),
+            )
+        return [{**dict(row), "at": iso(row["at"])} for row in rows]
+
+    # one-leader work and usage export
+
+    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        async with self._connection("acquire lease") as conn:
+            return await conn.fetchval(_ACQUIRE_LEASE, name, holder, now, ttl) is not None
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        async with self._connection("release lease") as conn:
+            await conn.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder)
+
+    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
+        async with self._connection("exported") as conn:
+            rows = await conn.fetch(
+                """SELECT meter, value FROM usage_exports
+                WHERE org_id = $1 AND provider = $2 AND period_start = $3""",
+                org_id,
+                provider,
+                period_start,
+            )
+        return {row["meter"]: row["value"] for row in rows}
+
+    async def record_export(
+        self, org_id: str, provider: str, period_start: str, meter: str, value: int
+    ) -> None:
+        async with self._connection("record export") as conn:
+            await conn.execute(_RECORD_EXPORT, org_id, provider, period_start, meter, value)
+
+    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
+        async with self._connection("billing orgs") as conn:
+            rows = await conn.fetch(
+                """SELECT org_id, provider, customer_id FROM billing_customers
+                ORDER BY org_id, provider"""
+            )
+        linked: dict[str, dict[str, str]] = {}
+        for row in rows:
+            linked.setdefault(row["org_id"], {})[row["provider"]] = row["customer_id"]
+        return list(linked.items())

@@ -34,6 +34,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -45,6 +46,7 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreError
 from gateway.store.base import (
+    Decide,
     Exhausted,
     Granted,
     KeyRecord,
@@ -56,7 +58,9 @@ from gateway.store.base import (
     ReserveResult,
     Store,
     UsageBatch,
+    WebhookOutcome,
 )
+from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting
 
 log = logging.getLogger("gateway.store.redis")
@@ -413,19 +417,79 @@ class RedisQuotaStore:
     ) -> OrgRecord:
         return await self.truth.create_org(name, limits, upstream, shadow)
 
-    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None:
-        return await self.truth.update_org(org_id, changes)
+    async def update_org(
+        self,
+        org_id: str,
+        changes: OrgChanges,
+        *,
+        actor: str = "admin",
+        reason: str | None = None,
+    ) -> OrgRecord | None:
+        return await self.truth.update_org(org_id, changes, actor=actor, reason=reason)
 
     async def get_org(self, org_id: str) -> OrgRecord | None:
         return await self.truth.get_org(org_id)
 
-    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None:
-        return await self.truth.create_key(org_id, key_hash)
+    async def create_key(
+        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+    ) -> KeyRecord | None:
+        return await self.truth.create_key(org_id, key_hash, actor=actor, reason=reason)
 
-    async def revoke_key(self, key_id: str) -> str | None:
-        return await self.truth.revoke_key(key_id)
+    async def revoke_key(
+        self, key_id: str, *, actor: str = "admin", reason: str | None = None
+    ) -> str | None:
+        return await self.truth.revoke_key(key_id, actor=actor, reason=reason)
 
     async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None
+        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
     ) -> OrgRecord | None:
-        return await self.truth.set_suspension(org_id, suspended, reason)
+        return await self.truth.set_suspension(org_id, suspended, reason, actor=actor)
+
+    async def set_billing_customers(
+        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        return await self.truth.set_billing_customers(org_id, customers, actor=actor)
+
+    async def billing_state(self, org_id: str) -> BillingState | None:
+        return await self.truth.billing_state(org_id)
+
+    async def balance(self, org_id: str) -> int:
+        return await self.truth.balance(org_id)
+
+    async def apply_billing_event(
+        self, event: BillingEvent, decide: Decide, now: datetime
+    ) -> WebhookOutcome:
+        return await self.truth.apply_billing_event(event, decide, now)
+
+    async def update_billing(
+        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+    ) -> BillingChange | None:
+        return await self.truth.update_billing(org_id, decide, actor=actor, now=now)
+
+    async def orgs_to_reconcile(self) -> list[str]:
+        return await self.truth.orgs_to_reconcile()
+
+    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
+        return await self.truth.webhook_events(limit)
+
+    async def audit_log(
+        self, org_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]:
+        return await self.truth.audit_log(org_id, limit)
+
+    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        return await self.truth.acquire_lease(name, holder, now, ttl)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self.truth.release_lease(name, holder)
+
+    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
+        return await self.truth.exported(org_id, provider, period_start)
+
+    async def record_export(
+        self, org_id: str, provider: str, period_start: str, meter: str, value: int
+    ) -> None:
+        await self.truth.record_export(org_id, provider, period_start, meter, value)
+
+    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
+        return await self.truth.billing_orgs()

@@ -11,17 +11,22 @@ Semantics mirror ``MemoryStore`` exactly; ``sqlite3.Error`` becomes ``StoreError
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from gateway.errors import StoreError
 from gateway.store.base import (
+    AuditRow,
+    CustomerTaken,
+    Decide,
     Exhausted,
     Granted,
     KeyRecord,
@@ -32,15 +37,22 @@ from gateway.store.base import (
     ReserveRequest,
     ReserveResult,
     UsageBatch,
+    WebhookOutcome,
+    applied_change,
+    has_suspension_row,
+    iso,
+    org_audit,
+    suspension_audit,
 )
 from gateway.store.memory import new_id
-from policies.model import METERS, Limits, OrgRouting, PaymentStatus
+from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
 
 T = TypeVar("T")
 
 log = logging.getLogger("gateway.store.sqlite")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
 # as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
@@ -122,18 +134,194 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             ON applied_batches (org_id, period_start)""",
         "CREATE INDEX IF NOT EXISTS applied_batches_applied_at ON applied_batches (applied_at)",
     ),
+    4: (
+        # Billing. Times are ISO 8601 text in UTC (utc()), so they sort as text.
+        # An absent row means free.
+        """CREATE TABLE IF NOT EXISTS org_prices (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id) ON DELETE CASCADE,
+            requests INTEGER,
+            bytes INTEGER,
+            items INTEGER,
+            block_over_balance INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE IF NOT EXISTS billing_customers (
+            provider TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            PRIMARY KEY (provider, customer_id)
+        )""",
+        # One customer per (org, provider).
+        """CREATE UNIQUE INDEX IF NOT EXISTS billing_customers_org
+            ON billing_customers (org_id, provider)""",
+        # balance_minor is the sum of the org's credit_ledger, kept in the same transactions.
+        """CREATE TABLE IF NOT EXISTS billing_state (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+            payment_status TEXT NOT NULL DEFAULT 'ok'
+                CHECK (payment_status IN ('ok', 'past_due', 'blocked')),
+            plan TEXT,
+            period_start TEXT,
+            period_end TEXT,
+            subscription_id TEXT,
+            never_paid INTEGER NOT NULL DEFAULT 1,
+            cancel_at_period_end INTEGER NOT NULL DEFAULT 0,
+            status_at TEXT,
+            subscription_at TEXT,
+            refunded TEXT NOT NULL DEFAULT '{}',
+            balance_minor INTEGER NOT NULL DEFAULT 0,
+            updated_at TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS billing_suspensions (
+            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
+            overdue_since TEXT,
+            suspended_at TEXT,
+            reason TEXT,
+            invoice_id TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS credit_ledger (
+            id INTEGER PRIMARY KEY,
+            org_id TEXT NOT NULL REFERENCES orgs(id),
+            amount_minor INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS credit_ledger_org_id ON credit_ledger (org_id)",
+        """CREATE TABLE IF NOT EXISTS billing_period_claims (
+            org_id TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            PRIMARY KEY (org_id, period_start)
+        )""",
+        """CREATE TABLE IF NOT EXISTS webhook_events (
+            provider TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            type TEXT,
+            org_id TEXT,
+            status TEXT,
+            reason TEXT,
+            PRIMARY KEY (provider, event_id)
+        )""",
+        "CREATE INDEX IF NOT EXISTS webhook_events_received_at ON webhook_events (received_at)",
+        """CREATE TABLE IF NOT EXISTS audit_log (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            entity TEXT NOT NULL,
+            entity_id TEXT NOT NULL,
+            field TEXT,
+            old_value TEXT,
+            new_value TEXT,
+            reason TEXT,
+            actor TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS audit_log_entity ON audit_log (entity, entity_id, at)",
+        "CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at)",
+        """CREATE TABLE IF NOT EXISTS leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS usage_exports (
+            org_id TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            period_start TEXT NOT NULL,
+            meter TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            PRIMARY KEY (org_id, provider, period_start, meter)
+        )""",
+    ),
 }
 
-# One statement reads an org with its limits (one row per limit, or one row of NULLs).
+# One statement reads an org with its limits (one row per limit, or one row of NULLs),
+# prices, billing state and balance; columns by position in _org_from_rows.
 _SELECT_ORG = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
-        o.payment_status, o.shadow, o.created_at, l.name, l.value
-    FROM orgs o LEFT JOIN org_limits l ON l.org_id = o.id
+        COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
+        p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, 0),
+        s.suspended_at IS NOT NULL, b.period_start, b.period_end,
+        COALESCE(b.balance_minor, 0),
+        (SELECT json_group_object(c.provider, c.customer_id)
+            FROM billing_customers c WHERE c.org_id = o.id)
+    FROM orgs o
+    LEFT JOIN org_limits l ON l.org_id = o.id
+    LEFT JOIN org_prices p ON p.org_id = o.id
+    LEFT JOIN billing_state b ON b.org_id = o.id
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
     WHERE o.id = ?"""
+# The same columns by key; the routing needs no customers.
 _SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
-        o.payment_status, o.shadow, o.created_at, l.name, l.value
+        COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
+        p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, 0),
+        s.suspended_at IS NOT NULL, b.period_start, b.period_end,
+        COALESCE(b.balance_minor, 0), NULL
     FROM ingest_keys k JOIN orgs o ON o.id = k.org_id
     LEFT JOIN org_limits l ON l.org_id = o.id
+    LEFT JOIN org_prices p ON p.org_id = o.id
+    LEFT JOIN billing_state b ON b.org_id = o.id
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
     WHERE k.key_hash = ? AND k.revoked_at IS NULL"""
+
+_SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.period_end,
+        b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
+        b.subscription_at, b.refunded, s.overdue_since, s.invoice_id, s.suspended_at, s.reason
+    FROM orgs o
+    LEFT JOIN billing_state b ON b.org_id = o.id
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
+    WHERE o.id = ?"""
+
+# balance_minor is left alone: only ledger inserts move it.
+_WRITE_STATE = """INSERT INTO billing_state (org_id, payment_status, plan, period_start,
+        period_end, subscription_id, never_paid, cancel_at_period_end, status_at,
+        subscription_at, refunded, updated_at)
+    VALUES (:org, :payment_status, :plan, :period_start, :period_end, :subscription_id,
+        :never_paid, :cancel_at_period_end, :status_at, :subscription_at, :refunded, :now)
+    ON CONFLICT (org_id) DO UPDATE SET
+        payment_status = excluded.payment_status, plan = excluded.plan,
+        period_start = excluded.period_start, period_end = excluded.period_end,
+        subscription_id = excluded.subscription_id, never_paid = excluded.never_paid,
+        cancel_at_period_end = excluded.cancel_at_period_end, status_at = excluded.status_at,
+        subscription_at = excluded.subscription_at, refunded = excluded.refunded,
+        updated_at = excluded.updated_at"""
+
+_WRITE_SUSPENSION = """INSERT INTO billing_suspensions
+        (org_id, overdue_since, suspended_at, reason, invoice_id)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (org_id) DO UPDATE SET overdue_since = excluded.overdue_since,
+        suspended_at = excluded.suspended_at, reason = excluded.reason,
+        invoice_id = excluded.invoice_id"""
+
+_ADD_CREDIT = """INSERT INTO credit_ledger
+        (org_id, amount_minor, source, idempotency_key, created_at)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (idempotency_key) DO NOTHING"""
+
+_CLAIM_EVENT = """INSERT INTO webhook_events (provider, event_id, received_at, type)
+    VALUES (?, ?, ?, ?)
+    ON CONFLICT (provider, event_id) DO NOTHING"""
+
+_INSERT_AUDIT = """INSERT INTO audit_log
+        (at, entity, entity_id, field, old_value, new_value, reason, actor)
+    VALUES (?, 'org', ?, ?, ?, ?, ?, ?)"""
+
+_WRITE_PRICES = """INSERT INTO org_prices (org_id, requests, bytes, items, block_over_balance)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (org_id) DO UPDATE SET requests = excluded.requests,
+        bytes = excluded.bytes, items = excluded.items,
+        block_over_balance = excluded.block_over_balance"""
+
+# Free, expired or already the holder's: taken (or extended); else no row comes back.
+_ACQUIRE_LEASE = """INSERT INTO leases (name, holder, expires_at)
+    VALUES (:name, :holder, :now + :ttl)
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+        WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
+    RETURNING name"""
+
+_RECORD_EXPORT = """INSERT INTO usage_exports (org_id, provider, period_start, meter, value)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (org_id, provider, period_start, meter)
+        DO UPDATE SET value = MAX(usage_exports.value, excluded.value)"""
+
+_ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
+    UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
+    ORDER BY 1"""
 
 # used + the live reservations of every holder, for one counter.
 _SELECT_TAKEN = """SELECT
@@ -182,6 +370,20 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def _at(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)
+
+
+def _period(start: str | None, end: str | None) -> Period | None:
+    if start is None or end is None:
+        return None
+    return Period(datetime.fromisoformat(start), datetime.fromisoformat(end))
+
+
 def _org_from_rows(rows: Sequence[Any]) -> OrgRecord | None:
     if not rows:
         return None
@@ -197,7 +399,161 @@ def _org_from_rows(rows: Sequence[Any]) -> OrgRecord | None:
         payment_status=cast(PaymentStatus, first[5]),
         shadow=bool(first[6]),
         created_at=datetime.fromisoformat(first[7]),
+        prices=Prices(first[10], first[11], first[12], bool(first[13])),
+        billing_customers=json.loads(first[18]) if first[18] else {},
+        billing_suspended=bool(first[14]),
+        period=_period(first[15], first[16]),
+        balance_minor=first[17],
     )
+
+
+def _write_prices(conn: sqlite3.Connection, org_id: str, prices: Prices) -> None:
+    conn.execute(
+        _WRITE_PRICES,
+        (org_id, prices.requests, prices.bytes, prices.items, int(prices.block_over_balance)),
+    )
+
+
+def _audit(
+    conn: sqlite3.Connection,
+    org_id: str,
+    rows: Sequence[AuditRow],
+    reason: str | None,
+    actor: str,
+    at: datetime,
+) -> None:
+    stamp = iso(at)
+    conn.executemany(
+        _INSERT_AUDIT,
+        [(stamp, org_id, name, old, new, reason, actor) for name, old, new in rows],
+    )
+
+
+def _select_state(conn: sqlite3.Connection, org_id: str) -> BillingState | None:
+    row = conn.execute(_SELECT_STATE, (org_id,)).fetchone()
+    if row is None:
+        return None
+    default = BillingState()
+    billed = row[1] is not None
+    return BillingState(
+        payment_status=cast(PaymentStatus, row[1]) if billed else default.payment_status,
+        plan=row[2] if row[2] is not None else default.plan,
+        period=_period(row[3], row[4]),
+        subscription_id=row[5],
+        never_paid=bool(row[6]) if billed else default.never_paid,
+        cancel_at_period_end=bool(row[7]) if billed else default.cancel_at_period_end,
+        status_at=_at(row[8]),
+        subscription_at=_at(row[9]),
+        refunded=json.loads(row[10]) if row[10] else {},
+        overdue_since=_at(row[11]),
+        overdue_invoice_id=row[12],
+        suspended_at=_at(row[13]),
+        suspension_reason=row[14],
+    )
+
+
+def _write_change(
+    conn: sqlite3.Connection, org_id: str, change: BillingChange, actor: str, now: datetime
+) -> BillingChange:
+    """Persist a decided change; the caller holds the write lock (BEGIN IMMEDIATE)."""
+    claimed = False
+    if change.new_period is not None:
+        claimed = (
+            conn.execute(
+                "INSERT INTO billing_period_claims (org_id, period_start) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (org_id, iso(change.new_period.start)),
+            ).rowcount
+            == 1
+        )
+    applied = applied_change(change, claimed)
+    state = applied.state
+    period = state.period
+    conn.execute(
+        _WRITE_STATE,
+        {
+            "org": org_id,
+            "payment_status": state.payment_status,
+            "plan": state.plan,
+            "period_start": _stamp(period.start) if period else None,
+            "period_end": _stamp(period.end) if period else None,
+            "subscription_id": state.subscription_id,
+            "never_paid": int(state.never_paid),
+            "cancel_at_period_end": int(state.cancel_at_period_end),
+            "status_at": _stamp(state.status_at),
+            "subscription_at": _stamp(state.subscription_at),
+            "refunded": json.dumps(dict(state.refunded), sort_keys=True),
+            "now": iso(now),
+        },
+    )
+    if has_suspension_row(state):
+        conn.execute(
+            _WRITE_SUSPENSION,
+            (
+                org_id,
+                _stamp(state.overdue_since),
+                _stamp(state.suspended_at),
+                state.suspension_reason,
+                state.overdue_invoice_id,
+            ),
+        )
+    else:
+        conn.execute("DELETE FROM billing_suspensions WHERE org_id = ?", (org_id,))
+    added = 0
+    for entry in (*applied.credits, *applied.period_grants):
+        row = (org_id, entry.amount_minor, entry.source, entry.idempotency_key, iso(now))
+        if conn.execute(_ADD_CREDIT, row).rowcount == 1:
+            added += entry.amount_minor
+    if added:
+        conn.execute(
+            "UPDATE billing_state SET balance_minor = balance_minor + ? WHERE org_id = ?",
+            (added, org_id),
+        )
+    for audit in applied.audit:
+        _audit(conn, org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
+    return applied
+
+
+def _finish_event(
+    conn: sqlite3.Connection,
+    event: BillingEvent,
+    org_id: str | None,
+    status: str,
+    reason: str | None,
+) -> None:
+    conn.execute(
+        "UPDATE webhook_events SET org_id = ?, status = ?, reason = ?"
+        " WHERE provider = ? AND event_id = ?",
+        (org_id, status, reason, event.provider, event.event_id),
+    )
+
+
+def _apply_event(
+    conn: sqlite3.Connection, event: BillingEvent, decide: Decide, now: datetime
+) -> WebhookOutcome:
+    claim = (event.provider, event.event_id, iso(now), event.type)
+    if conn.execute(_CLAIM_EVENT, claim).rowcount == 0:
+        return WebhookOutcome("duplicate", None, None)
+    row = conn.execute(
+        "SELECT org_id FROM billing_customers WHERE provider = ? AND customer_id = ?",
+        (event.provider, event.customer_id),
+    ).fetchone()
+    state = _select_state(conn, row[0]) if row else None
+    if row is None or state is None:
+        _finish_event(conn, event, None, "unknown_customer", None)
+        return WebhookOutcome("unknown_customer", None, None)
+    org_id: str = row[0]
+    change = decide(state)
+    if change.refused is not None:
+        _finish_event(conn, event, org_id, "refused", change.refused)
+        return WebhookOutcome("refused", org_id, change)
+    applied = _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
+    _finish_event(conn, event, org_id, "applied", None)
+    return WebhookOutcome("applied", org_id, applied)
+
+
+def _history(rows: Sequence[Any], names: Sequence[str]) -> list[dict[str, object]]:
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def _select_org(conn: sqlite3.Connection, org_id: str) -> OrgRecord | None:
@@ -374,7 +730,10 @@ class SQLiteStore:
                 need = request.needs.get(meter)
                 if need is None:
                     continue
-                limit: int | None = limits.get(meter)
+                # The credit meter's limit is the balance, from the caller's routing.
+                limit: int | None = (
+                    request.limits.credit if meter == "credit" else limits.get(meter)
+                )
                 if limit is None:
                     grants[meter] = need
                     continue
@@ -540,7 +899,7 @@ class SQLiteStore:
         org = OrgRecord(
             id=new_id("org"),
             name=name,
-            limits=limits,
+            limits=replace(limits, credit=None),
             upstream=upstream,
             suspended=False,
             suspension_reason=None,
@@ -561,9 +920,19 @@ class SQLiteStore:
 
         return await self._write(work)
 
-    async def update_org(self, org_id: str, changes: OrgChanges) -> OrgRecord | None:
+    async def update_org(
+        self,
+        org_id: str,
+        changes: OrgChanges,
+        *,
+        actor: str = "admin",
+        reason: str | None = None,
+    ) -> OrgRecord | None:
         def work(conn: sqlite3.Connection) -> OrgRecord | None:
-            updated = conn.execute(
+            current = _select_org(conn, org_id)
+            if current is None:
+                return None
+            conn.execute(
                 """UPDATE orgs SET
                     name = COALESCE(:name, name),
                     upstream = CASE WHEN :set_upstream THEN :upstream ELSE upstream END,
@@ -579,10 +948,11 @@ class SQLiteStore:
                     "now": _now_iso(),
                 },
             )
-            if updated.rowcount == 0:
-                return None
             if changes.limits is not None:
                 _write_limits(conn, org_id, changes.limits)
+            if changes.prices is not None:
+                _write_prices(conn, org_id, changes.prices)
+            _audit(conn, org_id, org_audit(current, changes), reason, actor, datetime.now(UTC))
             return _select_org(conn, org_id)
 
         return await self._write(work)
@@ -590,7 +960,9 @@ class SQLiteStore:
     async def get_org(self, org_id: str) -> OrgRecord | None:
         return await self._run(lambda conn: _select_org(conn, org_id))
 
-    async def create_key(self, org_id: str, key_hash: bytes) -> KeyRecord | None:
+    async def create_key(
+        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+    ) -> KeyRecord | None:
         def work(conn: sqlite3.Connection) -> KeyRecord | None:
             if conn.execute("SELECT 1 FROM orgs WHERE id = ?", (org_id,)).fetchone() is None:
                 return None
@@ -599,32 +971,190 @@ class SQLiteStore:
                 "INSERT INTO ingest_keys (id, org_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
                 (record.id, org_id, key_hash, record.created_at.isoformat()),
             )
+            _audit(conn, org_id, [("key", None, record.id)], reason, actor, record.created_at)
             return record
 
         return await self._write(work)
 
-    async def revoke_key(self, key_id: str) -> str | None:
+    async def revoke_key(
+        self, key_id: str, *, actor: str = "admin", reason: str | None = None
+    ) -> str | None:
         def work(conn: sqlite3.Connection) -> str | None:
             rows = conn.execute(
                 """UPDATE ingest_keys SET revoked_at = ?
                 WHERE id = ? AND revoked_at IS NULL RETURNING org_id""",
                 (_now_iso(), key_id),
             ).fetchall()
-            return str(rows[0][0]) if rows else None
+            if not rows:
+                return None
+            org_id = str(rows[0][0])
+            _audit(conn, org_id, [("key", key_id, None)], reason, actor, datetime.now(UTC))
+            return org_id
 
         return await self._write(work)
 
     async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None
+        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
     ) -> OrgRecord | None:
         def work(conn: sqlite3.Connection) -> OrgRecord | None:
-            updated = conn.execute(
+            current = _select_org(conn, org_id)
+            if current is None:
+                return None
+            conn.execute(
                 """UPDATE orgs SET suspended = ?, suspension_reason = ?, updated_at = ?
                 WHERE id = ?""",
                 (int(suspended), reason if suspended else None, _now_iso(), org_id),
             )
-            if updated.rowcount == 0:
-                return None
+            rows = suspension_audit(current, suspended, reason)
+            _audit(conn, org_id, rows, reason, actor, datetime.now(UTC))
             return _select_org(conn, org_id)
 
         return await self._write(work)
+
+    async def set_billing_customers(
+        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        def work(conn: sqlite3.Connection) -> OrgRecord | None:
+            current = _select_org(conn, org_id)
+            if current is None:
+                return None
+            rows: list[AuditRow] = []
+            for provider, customer in customers.items():
+                old = current.billing_customers.get(provider)
+                if old == customer:
+                    continue
+                owner = conn.execute(
+                    "SELECT org_id FROM billing_customers WHERE provider = ? AND customer_id = ?",
+                    (provider, customer),
+                ).fetchone()
+                if owner is not None:
+                    raise CustomerTaken(provider, customer)
+                conn.execute(
+                    "DELETE FROM billing_customers WHERE org_id = ? AND provider = ?",
+                    (org_id, provider),
+                )
+                conn.execute(
+                    "INSERT INTO billing_customers (provider, customer_id, org_id)"
+                    " VALUES (?, ?, ?)",
+                    (provider, customer, org_id),
+                )
+                rows.append((f"billing_customers.{provider}", old, customer))
+            _audit(conn, org_id, rows, None, actor, datetime.now(UTC))
+            return _select_org(conn, org_id)
+
+        return await self._write(work)
+
+    # billing
+
+    async def billing_state(self, org_id: str) -> BillingState | None:
+        return await self._run(lambda conn: _select_state(conn, org_id))
+
+    async def balance(self, org_id: str) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT COALESCE(SUM(amount_minor), 0) FROM credit_ledger WHERE org_id = ?",
+                (org_id,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(work)
+
+    async def apply_billing_event(
+        self, event: BillingEvent, decide: Decide, now: datetime
+    ) -> WebhookOutcome:
+        return await self._write(lambda conn: _apply_event(conn, event, decide, now))
+
+    async def update_billing(
+        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+    ) -> BillingChange | None:
+        def work(conn: sqlite3.Connection) -> BillingChange | None:
+            state = _select_state(conn, org_id)
+            if state is None:
+                return None
+            change = decide(state)
+            if change.refused is not None:
+                return change
+            return _write_change(conn, org_id, change, actor, now)
+
+        return await self._write(work)
+
+    async def orgs_to_reconcile(self) -> list[str]:
+        def work(conn: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in conn.execute(_ORGS_TO_RECONCILE).fetchall()]
+
+        return await self._run(work)
+
+    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
+        def work(conn: sqlite3.Connection) -> list[dict[str, object]]:
+            rows = conn.execute(
+                """SELECT provider, event_id, type, org_id, status, reason, received_at
+                FROM webhook_events ORDER BY received_at DESC, rowid DESC LIMIT ?""",
+                (max(0, limit),),
+            ).fetchall()
+            names = ("provider", "event_id", "type", "org_id", "status", "reason", "received_at")
+            return _history(rows, names)
+
+        return await self._run(work)
+
+    async def audit_log(
+        self, org_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]:
+        def work(conn: sqlite3.Connection) -> list[dict[str, object]]:
+            rows = conn.execute(
+                """SELECT at, entity, entity_id, field, old_value, new_value, reason, actor
+                FROM audit_log
+                WHERE :org IS NULL OR (entity = 'org' AND entity_id = :org)
+                ORDER BY at DESC, id DESC LIMIT :limit""",
+                {"org": org_id, "limit": max(0, limit)},
+            ).fetchall()
+            names = ("at", "entity", "entity_id", "field", "old", "new", "reason", "actor")
+            return _history(rows, names)
+
+        return await self._run(work)
+
+    # one-leader work and usage export
+
+    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            lease = {"name": name, "holder": holder, "now": now, "ttl": ttl}
+            return bool(conn.execute(_ACQUIRE_LEASE, lease).fetchall())
+
+        return await self._write(work)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+        await self._write(work)
+
+    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT meter, value FROM usage_exports"
+                " WHERE org_id = ? AND provider = ? AND period_start = ?",
+                (org_id, provider, period_start),
+            ).fetchall()
+            return dict(rows)
+
+        return await self._run(work)
+
+    async def record_export(
+        self, org_id: str, provider: str, period_start: str, meter: str, value: int
+    ) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(_RECORD_EXPORT, (org_id, provider, period_start, meter, value))
+
+        await self._write(work)
+
+    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
+        def work(conn: sqlite3.Connection) -> list[tuple[str, dict[str, str]]]:
+            rows = conn.execute(
+                "SELECT org_id, provider, customer_id FROM billing_customers"
+                " ORDER BY org_id, provider"
+            ).fetchall()
+            linked: dict[str, dict[str, str]] = {}
+            for org_id, provider, customer in rows:
+                linked.setdefault(org_id, {})[provider] = customer
+            return list(linked.items())
+
+        return await self._run(work)

@@ -11,12 +11,13 @@ from policies.model import (
     Limits,
     OrgRouting,
     Period,
+    Prices,
     Quantities,
 )
 
 
 def test_meters_are_in_lock_order() -> None:
-    assert METERS == ("requests", "bytes", "items")
+    assert METERS == ("requests", "bytes", "items", "credit")
 
 
 def test_payment_statuses() -> None:
@@ -87,10 +88,18 @@ def test_org_routing_defaults_admit_everything() -> None:
 
 
 def test_quantities_default_to_one_request() -> None:
-    assert Quantities().as_dict() == {"requests": 1, "bytes": 0, "items": 0}
+    assert Quantities().as_dict() == {"requests": 1, "bytes": 0, "items": 0, "credit": 0}
 
 
 def test_quantities_of_each_meter() -> None:
     q = Quantities(requests=2, bytes=300, items=4)
-    assert [q.of(m) for m in METERS] == [2, 300, 4]
-    assert q.as_dict() == {"requests": 2, "bytes": 300, "items": 4}
+    assert [q.of(m) for m in METERS] == [2, 300, 4, 0]
+    assert q.as_dict() == {"requests": 2, "bytes": 300, "items": 4, "credit": 0}
+
+
+def test_priced_quantities_carry_their_cost_in_millionths_of_a_minor_unit() -> None:
+    prices = Prices(requests=10, bytes=2, items=300, block_over_balance=True)
+    q = Quantities(requests=1, bytes=1_000, items=5).priced(prices)
+    assert q.credit == 1 * 10 + 1_000 * 2 + 5 * 300
+    assert isinstance(q.credit, int)
+    assert Quantities(1, 10, 1).priced(Prices()).credit == 0

@@ -247,3 +247,19 @@ async def test_server_errors_do_not_quote_key_hashes(two_stores: list[PostgresSt
     with pytest.raises(StoreError) as info:
         await two_stores[1].create_key(org.id, b"hash-that-must-not-leak")
     assert "must-not-leak" not in str(info.value)
+
+
+async def test_the_previous_reserve_quota_stays_for_a_rolling_upgrade(url: str) -> None:
+    # Replicas of the release before 0004_billing call the ten-argument version.
+    await migrate(url)
+    dsn, schema = split_url(url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema or "public"})
+    try:
+        rows = await conn.fetch(
+            """SELECT meter_name, granted FROM reserve_quota('a', 'org_a', 'p',
+                ARRAY['requests'], ARRAY[1]::bigint[], ARRAY[10]::bigint[], true, 1,
+                0::float8, 60::float8)"""
+        )
+    finally:
+        await conn.close()
+    assert [tuple(row) for row in rows] == [("requests", 1)]

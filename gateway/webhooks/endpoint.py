@@ -1,0 +1,135 @@
+"""``POST /webhooks/{stripe,autumn,paddle}`` on the ingest listener (providers must reach it).
+
+Verify the signature on the raw body, then parse, then let the store claim the event id and
+apply the policy's change in one transaction; invalidate the org's routing everywhere. A
+provider whose secret is not configured does not exist here (404). A store failure answers
+503, so the provider retries; a duplicate answers 200 with no effect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import ClientError, StoreError
+from gateway.middleware import read_body
+from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
+from policies.billing import (
+    BillingEvent,
+    BillingState,
+    MalformedEvent,
+    apply_event,
+    parse_autumn,
+    parse_paddle,
+    parse_stripe,
+)
+
+if TYPE_CHECKING:
+    from gateway.app import Runtime
+
+log = logging.getLogger("gateway.webhooks")
+MAX_WEBHOOK_BODY = 1024 * 1024
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], BillingEvent]] = {
+    "stripe": lambda payload, _id: parse_stripe(payload),
+    "autumn": lambda payload, message_id: parse_autumn(payload, message_id or ""),
+    "paddle": lambda payload, _id: parse_paddle(payload),
+}
+
+
+async def _answer(send: Any, status: int, body: dict[str, Any], retry: bool = False) -> None:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    if retry:
+        headers.append((b"retry-after", b"5"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
+
+
+class WebhookEndpoint:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        settings = runtime.settings
+        configured = {
+            "stripe": settings.stripe_webhook_secret,
+            "autumn": settings.autumn_webhook_secret,
+            "paddle": settings.paddle_webhook_secret,
+        }
+        self.secrets = {name: load_secrets(name, raw) for name, raw in configured.items()}
+        self._plans = settings.plan_names()
+        self._grants = settings.grants()
+        self._free_plan = settings.free_plan
+        self._missing_logged: set[str] = set()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        provider = scope["path"].removeprefix("/webhooks/").strip("/")
+        secrets = self.secrets.get(provider, ())
+        if provider not in PROVIDERS or not secrets:
+            if provider in PROVIDERS and provider not in self._missing_logged:
+                self._missing_logged.add(provider)
+                variable = PROVIDERS[provider].secret_variable
+                log.warning("webhook for %s refused: %s is not set", provider, variable)
+            await _answer(send, 404, {"error": "not_found"})
+            return
+        if scope["method"] != "POST":
+            await _answer(send, 405, {"error": "method_not_allowed"})
+            return
+        headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in scope["headers"]}
+        declared = headers.get("content-length", "")
+        try:
+            body = await read_body(
+                receive, MAX_WEBHOOK_BODY, int(declared) if declared.isdigit() else None
+            )
+        except ClientError as exc:
+            await _answer(send, exc.status, {"error": exc.code})
+            return
+        now = time.time()
+        try:
+            verified = PROVIDERS[provider].verify(body, headers, secrets, now)
+        except SignatureError as exc:
+            self._count(provider, "invalid_signature")
+            await _answer(send, 400, {"error": "invalid_signature", "reason": str(exc)})
+            return
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise MalformedEvent("the body is not a JSON object")
+            event = _PARSERS[provider](payload, verified.event_id)
+        except (ValueError, RecursionError) as exc:  # MalformedEvent is a ValueError
+            self._count(provider, "bad_request")
+            message = str(exc) if isinstance(exc, MalformedEvent) else "the body is not JSON"
+            await _answer(send, 400, {"error": "bad_request", "message": message})
+            return
+        moment = datetime.fromtimestamp(now, UTC)
+
+        def decide(state: BillingState) -> Any:
+            return apply_event(
+                state,
+                event,
+                plans=self._plans,
+                free_plan=self._free_plan,
+                plan_grants=self._grants,
+                now=moment,
+            )
+
+        try:
+            outcome = await self.runtime.store.apply_billing_event(event, decide, moment)
+        except StoreError:
+            self._count(provider, "store_unavailable")
+            await _answer(send, 503, {"error": "store_unavailable"}, retry=True)
+            return
+        if outcome.change is not None and outcome.change.refused:
+            log.warning(
+                "%s event %s not applied: %s", provider, event.event_id, outcome.change.refused
+            )
+        if outcome.status == "applied" and outcome.org_id:
+            await self.runtime.invalidate_org(outcome.org_id)
+        self._count(provider, outcome.status)
+        await _answer(send, 200, {"status": outcome.status})
+
+    def _count(self, provider: str, outcome: str) -> None:
+        self.runtime.metrics.webhooks.labels(provider, outcome).inc()
