@@ -155,3 +155,61 @@ async def test_malformed_json_and_unknown_orgs(admin: Any) -> None:
     assert (await client.post("/admin/orgs/org_missing/keys")).status_code == 404
     r = await client.put("/admin/orgs/org_missing/suspension", json={"suspended": True})
     assert r.status_code == 404
+
+
+async def test_billing_view_of_a_new_org(admin: Any) -> None:
+    _, client = admin
+    org = await create_org(client)
+    r = await client.get(f"/admin/orgs/{org['id']}/billing")
+    assert r.status_code == 200
+    assert r.json() == {
+        "payment_status": "ok",
+        "plan": "free",
+        "period_start": None,
+        "period_end": None,
+        "cancel_at_period_end": False,
+        "overdue_since": None,
+        "suspended_at": None,
+        "suspension_reason": None,
+        "never_paid": True,
+        "balance_minor": 0,
+    }
+    assert (await client.get("/admin/orgs/org_missing/billing")).status_code == 404
+
+
+async def test_admin_changes_are_audited_with_their_reason(admin: Any) -> None:
+    _, client = admin
+    org = await create_org(client, limits={"requests": 5})
+    await client.patch(f"/admin/orgs/{org['id']}", json={"limits": {"requests": 9}})
+    await client.put(
+        f"/admin/orgs/{org['id']}/suspension", json={"suspended": True, "reason": "abuse"}
+    )
+    await client.put(
+        f"/admin/orgs/{org['id']}/suspension", json={"suspended": False, "reason": "cleared"}
+    )
+    entries = (await client.get(f"/admin/audit?org_id={org['id']}")).json()["entries"]
+    fields = [(e["field"], e["reason"], e["actor"]) for e in entries]
+    assert ("suspended", "abuse", "admin") in fields
+    assert ("suspended", "cleared", "admin") in fields
+    assert any(field.startswith("limits") for field, _, _ in fields)
+    assert (await client.get("/admin/webhooks/events")).json() == {"events": []}
+
+
+async def test_billing_customers_are_unique_and_prices_validated(admin: Any) -> None:
+    _, client = admin
+    first, second = await create_org(client), await create_org(client)
+    body = {"billing_customers": {"stripe": "cus_1"}}
+    r = await client.patch(f"/admin/orgs/{first['id']}", json=body)
+    assert r.json()["billing_customers"] == {"stripe": "cus_1"}
+    r = await client.patch(f"/admin/orgs/{second['id']}", json=body)
+    assert (r.status_code, r.json()["error"]) == (409, "conflict")
+    for bad in (
+        {"billing_customers": {"braintree": "x"}},
+        {"prices": {"items": -1}},
+        {"prices": {"items": 0.5}},
+        {"prices": {"gpu": 1}},
+        {"block_over_balance": "yes"},
+    ):
+        r = await client.patch(f"/admin/orgs/{first['id']}", json=bad)
+        assert (r.status_code, r.json()["error"]) == (400, "bad_request"), bad
+    assert (await client.get("/admin/audit?limit=0")).status_code == 400
