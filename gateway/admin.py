@@ -14,8 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import Runtime
-from gateway.control import Conflict, Control, NotFound, org_json
+from gateway.control import Conflict, Control, NotFound, UpstreamAllowlist, org_json
 from gateway.errors import BadRequest, StoreError
+from gateway.openapi import SPEC
 
 
 def _error(status: int, code: str, message: str | None = None) -> JSONResponse:
@@ -57,7 +58,9 @@ def _limit(request: Request) -> int:
 
 
 def build_admin_app(runtime: Runtime) -> Any:
-    control = Control(runtime.store, runtime.hasher, runtime.invalidate_org)
+    settings = runtime.settings
+    allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
+    control = Control(runtime.store, runtime.hasher, runtime.invalidate_org, allowlist)
 
     async def create_org(request: Request) -> Response:
         org = await control.create_org(await _json(request))
@@ -100,6 +103,9 @@ def build_admin_app(runtime: Runtime) -> Any:
         org = await control.set_suspension(request.path_params["org_id"], await _json(request))
         return JSONResponse(org_json(org))
 
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(SPEC)
+
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -120,6 +126,7 @@ def build_admin_app(runtime: Runtime) -> Any:
     app = Starlette(
         routes=[
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/openapi.json", openapi, methods=["GET"]),
             Route("/admin/orgs", create_org, methods=["POST"]),
             Route("/admin/orgs/{org_id}", get_org, methods=["GET"]),
             Route("/admin/orgs/{org_id}", update_org, methods=["PATCH"]),

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.control import Control, NotFound, org_json
+from gateway.control import Control, NotFound, UpstreamAllowlist, org_json
 from gateway.errors import BadRequest, ConfigError, StoreError
 from gateway.invalidation import open_invalidation
 from gateway.keys import KeyHasher
@@ -42,6 +42,16 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shadow", action="store_true", default=None, help="GATEWAY_SHADOW")
     p.add_argument(
         "--strict-limits", action="store_true", default=None, help="GATEWAY_STRICT_LIMITS"
+    )
+    p.add_argument(
+        "--no-gates",
+        dest="gates",
+        action="store_false",
+        default=None,
+        help="forward without any gate, to measure their cost (GATEWAY_GATES=false)",
+    )
+    p.add_argument(
+        "--workers", type=int, help="worker processes sharing the ports (GATEWAY_WORKERS)"
     )
     p.add_argument("--log-level", help="GATEWAY_LOG_LEVEL")
 
@@ -106,7 +116,9 @@ async def _with_control(settings: Settings, work: Callable[[Control], Awaitable[
     invalidation = open_invalidation(settings.store_url, settings.redis_url)
     await store.open()
     try:
-        control = Control(store, KeyHasher(settings.key_secret_bytes()), invalidation.publish)
+        allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
+        hasher = KeyHasher(settings.key_secret_bytes())
+        control = Control(store, hasher, invalidation.publish, allowlist)
         return await work(control)
     finally:
         await invalidation.close()
@@ -253,10 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
         if args.command == "serve":
-            from gateway.server import serve
+            from gateway.server import run
 
-            asyncio.run(serve(settings))
-            return 0
+            return run(settings)
         if args.command == "quickstart":
             asyncio.run(_quickstart(settings))
             return 0

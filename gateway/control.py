@@ -80,14 +80,52 @@ def _limits(raw: object, base: Limits) -> Limits:
     return replace(base, **changes)
 
 
-def _upstream(raw: object) -> str | None:
+class UpstreamAllowlist:
+    """Where an org's own upstream may point: no SSRF through the admin API.
+
+    Entries (``GATEWAY_UPSTREAM_ALLOWLIST``, comma-separated): an origin
+    (``https://collector.internal:4318``), a host (any port), or ``*.suffix``. The default
+    upstream's origin is always allowed; with no entries, nothing else is.
+    """
+
+    def __init__(self, raw: str = "", default: str | None = None) -> None:
+        self.entries = tuple(e.strip().lower() for e in raw.split(",") if e.strip())
+        self.default = _origin(default) if default else None
+
+    def allows(self, url: str) -> bool:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        origin = _origin(url)
+        for entry in self.entries:
+            if "://" in entry and entry.rstrip("/") == origin:
+                return True
+            if entry.startswith("*.") and host.endswith(entry[1:]):
+                return True
+            if entry == host:
+                return True
+        return origin == self.default
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
     if raw is None:
         return None
     if not isinstance(raw, str):
         raise BadRequest("upstream must be a string or null")
-    parts = urlsplit(raw)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise BadRequest("upstream must be an http:// or https:// URL") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username:
         raise BadRequest("upstream must be an http:// or https:// URL")
+    if not allowlist.allows(raw):
+        raise BadRequest("upstream is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
     return raw.rstrip("/")
 
 
@@ -150,9 +188,11 @@ class Control:
         store: Store,
         hasher: KeyHasher,
         invalidate: Callable[[str], Awaitable[None]] | None = None,
+        allowlist: UpstreamAllowlist | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
+        self.allowlist = allowlist or UpstreamAllowlist()
         self._invalidate = invalidate
 
     async def invalidate(self, org_id: str) -> None:
@@ -170,7 +210,7 @@ class Control:
         return await self.store.create_org(
             _name(body["name"]),
             _limits(body.get("limits", {}), Limits()),
-            _upstream(body.get("upstream")),
+            _upstream(body.get("upstream"), self.allowlist),
             shadow,
         )
 
@@ -185,7 +225,7 @@ class Control:
         changes = OrgChanges(
             name=_name(body["name"]) if "name" in body else None,
             limits=_limits(body["limits"], current.limits) if "limits" in body else None,
-            upstream=_upstream(body.get("upstream")),
+            upstream=_upstream(body.get("upstream"), self.allowlist),
             set_upstream="upstream" in body,
             shadow=shadow,
             prices=_prices(body, current.prices) if priced else None,

@@ -35,9 +35,11 @@ class ReverseProxy:
         self._sink = sink
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        admission: Admission = scope["gateway.admission"]
-        body: bytes = scope["gateway.body"]
-        base = admission.routing.upstream or self._default
+        admission: Admission | None = scope.get("gateway.admission")
+        body = scope.get("gateway.body")
+        if body is None:
+            body = await _read_all(receive)
+        base = (admission.routing.upstream if admission else None) or self._default
         client = self._upstream if base else self._sink
         url = (base or "sink") + scope["path"]
         if scope["query_string"]:
@@ -60,6 +62,15 @@ class ReverseProxy:
             {"type": "http.response.start", "status": response.status, "headers": response_headers}
         )
         await send({"type": "http.response.body", "body": response.body})
+
+
+async def _read_all(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _forward_headers(scope: dict[str, Any]) -> list[tuple[str, str]]:

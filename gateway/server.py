@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +29,58 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(settings: Settings) -> int:
+    """Serve in this process, or in ``settings.workers`` forked processes sharing the ports.
+
+    Workers share nothing but the store (and the spool folder): limits stay exact because
+    every worker reserves quota from the store like any other replica.
+    """
+    if settings.workers <= 1:
+        asyncio.run(serve(settings))
+        return 0
+    settings.key_secret_bytes()  # created once here, not raced by the workers
+    sockets = (_bind(settings.host, settings.port), _bind(settings.admin_host, settings.admin_port))
+    children = []
+    for _ in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                asyncio.run(serve(settings, sockets=sockets))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status))
+    return worst
+
+
+async def serve(
+    settings: Settings,
+    ready: asyncio.Event | None = None,
+    sockets: tuple[socket.socket, socket.socket] | None = None,
+) -> None:
     if settings.admin_port == settings.port and settings.admin_host in {settings.host, "0.0.0.0"}:
         raise ConfigError("the admin listener must not share the ingest port")
     runtime = Runtime(settings)
@@ -55,7 +108,13 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     if not settings.admin_token:
         log.warning("GATEWAY_ADMIN_TOKEN is not set: the admin API refuses every request")
     try:
-        tasks = [asyncio.create_task(s.serve()) for s in (ingest, admin)]
+        if sockets is None:
+            tasks = [asyncio.create_task(s.serve()) for s in (ingest, admin)]
+        else:
+            tasks = [
+                asyncio.create_task(s.serve(sockets=[sock]))
+                for s, sock in ((ingest, sockets[0]), (admin, sockets[1]))
+            ]
         while not (ingest.started and admin.started):
             if any(t.done() for t in tasks):
                 break

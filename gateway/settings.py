@@ -33,6 +33,10 @@ class Settings:
     reservation_ttl: float = 60.0
     shadow: bool = False
     strict_limits: bool = False
+    gates: bool = True
+    workers: int = 1
+    body_timeout: float = 30.0
+    upstream_allowlist: str = ""
     log_level: str = "info"
     # billing control plane
     stripe_webhook_secret: str | None = field(default=None, repr=False)

@@ -71,7 +71,10 @@ class HttpUpstream:
     async def forward(self, url: str, headers: Headers, body: bytes) -> UpstreamResponse:
         assert self._session is not None, "HttpUpstream.start() was not awaited"
         try:
-            async with self._session.post(url, data=body, headers=headers) as resp:
+            # Never follow a redirect: an allowed upstream must not send a batch elsewhere.
+            async with self._session.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 payload = await resp.content.read(self._max_response)
                 passed = [
                     (k.lower().encode(), v.encode("latin-1"))

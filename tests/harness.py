@@ -258,6 +258,8 @@ def start_gateway(
         GATEWAY_MAX_BODY=str(MAX_BODY),
         GATEWAY_MAX_DECOMPRESSED=str(MAX_DECOMPRESSED),
         GATEWAY_LOG_LEVEL="warning",
+        # Tests point orgs at other loopback ports (a closed one, say): allow them explicitly.
+        GATEWAY_UPSTREAM_ALLOWLIST="127.0.0.1",
     )
     environment.update(env or {})
     log_path = directory / "gateway.log"

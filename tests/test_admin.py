@@ -18,7 +18,13 @@ TOKEN = "admin-token-for-tests"
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[tuple[Runtime, httpx.AsyncClient]]:
     runtime = Runtime(
-        Settings(data_dir=tmp_path, key_secret="k" * 32, admin_token=TOKEN),
+        Settings(
+            data_dir=tmp_path,
+            key_secret="k" * 32,
+            admin_token=TOKEN,
+            upstream_url="http://collector:4318",
+            upstream_allowlist="10.0.0.1, *.ingest.example, https://backend.example:8443",
+        ),
         store=MemoryStore(),
         spool_dir=None,
     )
@@ -213,3 +219,41 @@ async def test_billing_customers_are_unique_and_prices_validated(admin: Any) -> 
         r = await client.patch(f"/admin/orgs/{first['id']}", json=bad)
         assert (r.status_code, r.json()["error"]) == (400, "bad_request"), bad
     assert (await client.get("/admin/audit?limit=0")).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://127.0.0.1:8081",
+        "http://localhost:8081",
+        "http://evil.example",
+        "http://ingest.example.evil.com",
+        "https://backend.example:9999",
+        "http://user:pass@10.0.0.1",
+        "gopher://10.0.0.1",
+        "http://10.0.0.1:notaport",
+    ],
+)
+async def test_org_upstreams_outside_the_allowlist_are_refused(admin: Any, upstream: str) -> None:
+    """No SSRF through the admin API: an org's upstream must be allowlisted."""
+    _, client = admin
+    r = await client.post("/admin/orgs", json={"name": "a", "upstream": upstream})
+    assert (r.status_code, r.json()["error"]) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    "upstream",
+    [
+        "http://10.0.0.1:4318",
+        "https://eu.ingest.example/v1",
+        "https://backend.example:8443",
+        "http://collector:4318/",
+    ],
+)
+async def test_allowlisted_org_upstreams_and_the_default_origin_pass(
+    admin: Any, upstream: str
+) -> None:
+    _, client = admin
+    r = await client.post("/admin/orgs", json={"name": "a", "upstream": upstream})
+    assert r.status_code == 201, r.text

@@ -21,14 +21,6 @@ KEY_SECRET = "replicas-share-this-key-secret"
 BODY = b'{"resourceSpans":[]}'
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[Upstream]:
-    server = Upstream()
-    server.start()
-    yield server
-    server.stop()
-
-
 class Cluster:
     """Replicas that share a store URL, a Redis, a key secret and one spool folder."""
 

@@ -1,0 +1,202 @@
+"""The admin API's OpenAPI 3.0 document, served at ``GET /admin/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_INT = {"type": "integer", "minimum": 0}
+_NULLABLE_INT = {"type": "integer", "minimum": 0, "nullable": True}
+_LIMITS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "requests": _NULLABLE_INT,
+        "bytes": _NULLABLE_INT,
+        "items": _NULLABLE_INT,
+        "rate_requests": {"type": "integer", "minimum": 1, "nullable": True},
+        "rate_bytes": {"type": "integer", "minimum": 1, "nullable": True},
+    },
+}
+_ORG = {
+    "type": "object",
+    "required": ["id", "name", "limits"],
+    "properties": {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "upstream": {"type": "string", "nullable": True},
+        "suspended": {"type": "boolean"},
+        "suspension_reason": {"type": "string", "nullable": True},
+        "payment_status": {"type": "string", "enum": ["ok", "past_due", "blocked"]},
+        "shadow": {"type": "boolean"},
+        "prices": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "block_over_balance": {"type": "boolean"},
+        "billing_customers": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+}
+_ORG_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "limits": _LIMITS,
+        "upstream": {"type": "string", "format": "uri", "nullable": True},
+        "shadow": {"type": "boolean"},
+    },
+}
+_PATCH_BODY = {
+    **_ORG_BODY,
+    "properties": {
+        **_ORG_BODY["properties"],  # type: ignore[dict-item]
+        "prices": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {m: _NULLABLE_INT for m in ("requests", "bytes", "items")},
+        },
+        "block_over_balance": {"type": "boolean"},
+        "billing_customers": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                p: {"type": "string", "minLength": 1} for p in ("stripe", "autumn", "paddle")
+            },
+        },
+    },
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _answers(ok: int, schema: dict[str, Any] | None, *errors: int) -> dict[str, Any]:
+    answers: dict[str, Any] = {str(ok): {"description": "ok", **(_json(schema) if schema else {})}}
+    for status in (401, *errors):
+        answers[str(status)] = {"description": "error", **_json(_ERROR)}
+    return answers
+
+
+_ORG_ID = [{"name": "org_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_LIMIT = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+]
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "ingest-gateway admin API", "version": "1"},
+    "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+    "security": [{"token": []}],
+    "paths": {
+        "/admin/orgs": {
+            "post": {
+                "requestBody": {"required": True, **_json({**_ORG_BODY, "required": ["name"]})},
+                "responses": _answers(201, _ORG, 400),
+            }
+        },
+        "/admin/orgs/{org_id}": {
+            "parameters": _ORG_ID,
+            "get": {"responses": _answers(200, _ORG, 404)},
+            "patch": {
+                "requestBody": {"required": True, **_json(_PATCH_BODY)},
+                "responses": _answers(200, _ORG, 400, 404, 409),
+            },
+        },
+        "/admin/orgs/{org_id}/keys": {
+            "parameters": _ORG_ID,
+            "post": {
+                "responses": _answers(
+                    201,
+                    {
+                        "type": "object",
+                        "required": ["id", "key"],
+                        "properties": {"id": {"type": "string"}, "key": {"type": "string"}},
+                    },
+                    404,
+                )
+            },
+        },
+        "/admin/keys/{key_id}": {
+            "parameters": [
+                {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "delete": {
+                "responses": {
+                    "204": {"description": "revoked"},
+                    **{k: v for k, v in _answers(204, None, 404).items() if k != "204"},
+                }
+            },
+        },
+        "/admin/orgs/{org_id}/usage": {
+            "parameters": _ORG_ID,
+            "get": {
+                "responses": _answers(
+                    200,
+                    {
+                        "type": "object",
+                        "required": ["period_start", "period_end", "usage", "limits"],
+                        "properties": {
+                            "period_start": {"type": "string"},
+                            "period_end": {"type": "string"},
+                            "usage": {
+                                "type": "object",
+                                "properties": {m: _INT for m in ("requests", "bytes", "items")},
+                            },
+                            "limits": {"type": "object"},
+                            "shadow_refused": {"type": "object"},
+                        },
+                    },
+                    404,
+                )
+            },
+        },
+        "/admin/orgs/{org_id}/suspension": {
+            "parameters": _ORG_ID,
+            "put": {
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["suspended"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "suspended": {"type": "boolean"},
+                                "reason": {"type": "string", "maxLength": 500},
+                            },
+                        }
+                    ),
+                },
+                "responses": _answers(200, _ORG, 400, 404),
+            },
+        },
+        "/admin/orgs/{org_id}/billing": {
+            "parameters": _ORG_ID,
+            "get": {"responses": _answers(200, {"type": "object"}, 404)},
+        },
+        "/admin/webhooks/events": {
+            "get": {"parameters": _LIMIT, "responses": _answers(200, {"type": "object"}, 400)}
+        },
+        "/admin/audit": {
+            "get": {
+                "parameters": [
+                    *_LIMIT,
+                    {"name": "org_id", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": _answers(200, {"type": "object"}, 400),
+            }
+        },
+        "/metrics": {
+            "get": {
+                "responses": {
+                    "200": {"description": "Prometheus text"},
+                    "401": {"description": "no token"},
+                }
+            }
+        },
+    },
+}
