@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 from urllib.parse import parse_qsl, unquote_plus
@@ -66,9 +65,7 @@ class KeyHasher:
         self._secret = secret
 
     def __call__(self, key: str) -> bytes:
-        return hmac.new(
-            self._secret, key.encode("utf-8", "surrogateescape"), hashlib.sha256
-        ).digest()
+        return hmac.digest(self._secret, key.encode("utf-8", "surrogateescape"), "sha256")
 
     def __repr__(self) -> str:
         return "KeyHasher(secret=***)"

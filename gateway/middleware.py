@@ -10,6 +10,7 @@ are gone. A response outside 2xx from the inner app refunds the request's usage.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from gateway.errors import ClientError, PayloadTooLarge
@@ -59,6 +60,43 @@ async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class _BodyDeadlines:
+    """Ends body reads that take longer than the timeout (slow clients), with one sweeper task
+    per second instead of a timer per request: the common read costs two dict operations."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def read(self, receive: Any, limit: int, declared: int | None) -> bytes:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._reading[task] = time.monotonic() + self.timeout
+        try:
+            return await read_body(receive, limit, declared)
+        except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                task.uncancel()
+                raise TimeoutError from None
+            raise
+        finally:
+            self._reading.pop(task, None)
+
+    async def _sweep(self) -> None:
+        while self._reading:
+            await asyncio.sleep(min(1.0, self.timeout))
+            now = time.monotonic()
+            for task, deadline in list(self._reading.items()):
+                if deadline <= now and task not in self._expired:
+                    self._expired.add(task)
+                    task.cancel()
+
+
 class GateMiddleware:
     def __init__(
         self,
@@ -74,6 +112,8 @@ class GateMiddleware:
         self.metrics = metrics
         self.limits = limits or BodyLimits()
         self.body_timeout = body_timeout
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._reads = _BodyDeadlines(body_timeout)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -102,8 +142,7 @@ class GateMiddleware:
             await self._refuse(send, signal, auth, protobuf)
             return
         try:
-            async with asyncio.timeout(self.body_timeout):
-                body = await read_body(receive, self.limits.max_received, declared)
+            body = await self._reads.read(receive, self.limits.max_received, declared)
             payload = inspect(signal, content_type, content_encoding, body, self.limits)
         except ClientError as exc:
             await self._refuse(send, signal, exc.refusal(), protobuf)
@@ -153,8 +192,16 @@ class GateMiddleware:
         finally:
             if not 200 <= status < 300:
                 self.gates.refund(admission)
-            self.metrics.requests.labels(signal, "forwarded" if status < 400 else str(status)).inc()
+            self._count(signal, "forwarded" if status < 400 else str(status))
 
     async def _refuse(self, send: Any, signal: str, refusal: Refusal, protobuf: bool) -> None:
-        self.metrics.requests.labels(signal, refusal.code).inc()
+        self._count(signal, refusal.code)
         await send_refusal(send, refusal, protobuf)
+
+    def _count(self, signal: str, outcome: str) -> None:
+        counter = self._counters.get((signal, outcome))
+        if counter is None:
+            counter = self._counters[(signal, outcome)] = self.metrics.requests.labels(
+                signal, outcome
+            )
+        counter.inc()

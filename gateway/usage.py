@@ -12,6 +12,7 @@ past their reservations' expiry.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from gateway.guard import StoreGuard
 from gateway.spool import Spool
 from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
 from policies.decisions import Refusal, usage_exceeded
-from policies.model import SENT_METERS, OrgRouting, Period, Quantities
+from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
 from policies.periods import calendar_month
 from policies.reservations import ChunkPolicy
 
@@ -95,6 +96,15 @@ class UsageStats:
     shadow_refused: int = 0
 
 
+@functools.lru_cache(maxsize=4096)
+def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """The period meters' limits and the credit limit, once per distinct Limits value."""
+    metered = limits.metered()
+    return tuple(p for p in metered if p[0] != "credit"), tuple(
+        p for p in metered if p[0] == "credit"
+    )
+
+
 class UsageGate:
     def __init__(
         self,
@@ -154,11 +164,11 @@ class UsageGate:
     def _accounts(self, routing: OrgRouting, q: Quantities, now: float) -> list[_Account]:
         limits = routing.limits
         main = self._budget(routing.org_id, self.period_of(routing, now))
-        limited = tuple((m, lim) for m, lim in limits.metered() if m != "credit")
-        accounts: list[_Account] = [(main, limited, {m: q.of(m) for m in SENT_METERS})]
-        if q.credit or limits.credit is not None:
+        limited, capped = _split(limits)
+        sent = {"requests": q.requests, "bytes": q.bytes, "items": q.items}
+        accounts: list[_Account] = [(main, limited, sent)]
+        if q.credit or capped:
             credit = self._budget(routing.org_id, CREDIT_PERIOD)
-            capped = (("credit", limits.credit),) if limits.credit is not None else ()
             accounts.append((credit, capped, {"credit": q.credit}))
         return accounts
 
@@ -173,9 +183,13 @@ class UsageGate:
                     self._forfeit(budget)
                     await self.flush()
         while True:
-            for budget, limited, _ in accounts:
-                deficit = {m: q.of(m) - budget.remaining.get(m, 0) for m, _ in limited}
-                deficit = {m: d for m, d in deficit.items() if d > 0}
+            for budget, limited, counted in accounts:
+                remaining = budget.remaining
+                deficit = {
+                    m: need - remaining.get(m, 0)
+                    for m, _ in limited
+                    if (need := counted[m]) > remaining.get(m, 0)
+                }
                 if deficit:
                     break
             else:
@@ -256,7 +270,7 @@ class UsageGate:
             taken = []
             if reserved:
                 for meter, _ in limited:
-                    n = q.of(meter)
+                    n = counted[meter]
                     if n:
                         budget.remaining[meter] -= n
                         budget.reserved[meter] = budget.reserved.get(meter, 0) - n

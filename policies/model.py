@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -38,12 +39,18 @@ class Limits:
 
     def metered(self) -> tuple[tuple[str, int], ...]:
         """The (meter, limit) pairs that are limited, in lock order."""
-        return tuple((m, lim) for m in METERS if (lim := self.usage_limit(m)) is not None)
+        return _metered(self)
 
     def as_dict(self) -> dict[str, int]:
         """The configured limits (``credit`` is derived from the balance, not configured)."""
         names = (*SENT_METERS, "rate_requests", "rate_bytes")
         return {n: v for n in names if (v := getattr(self, n)) is not None}
+
+
+@functools.lru_cache(maxsize=4096)
+def _metered(limits: Limits) -> tuple[tuple[str, int], ...]:
+    # Computed once per distinct Limits value: it runs on every admitted request.
+    return tuple((m, lim) for m in METERS if (lim := limits.usage_limit(m)) is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +81,14 @@ class Prices:
 
 @dataclass(frozen=True, slots=True)
 class Period:
-    """A half-open billing period [start, end)."""
+    """A half-open billing period [start, end); ``key`` names its counters in every store."""
 
     start: datetime
     end: datetime
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return self.start.isoformat()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", self.start.isoformat())
 
 
 @dataclass(frozen=True, slots=True)

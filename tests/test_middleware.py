@@ -239,3 +239,42 @@ async def test_without_an_upstream_batches_land_in_the_local_sink(tmp_path: Path
         await runtime.close()
     landed = list((tmp_path / "sink" / org_id / "traces").iterdir())
     assert [p.read_bytes() for p in landed] == [b'{"resourceSpans":[]}']
+
+
+async def test_a_body_that_never_finishes_gets_408_and_others_are_served(tmp_path: Path) -> None:
+    runtime = Runtime(
+        Settings(data_dir=tmp_path, key_secret=SECRET, body_timeout=0.3),
+        store=MemoryStore(),
+        spool_dir=None,
+    )
+    service = Service()
+    await runtime.start()
+    try:
+        _, key = await new_key(runtime)
+        gated = runtime.middleware(service.app())
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/v1/traces",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"x-ingest-key", key.encode())],
+            "client": ("127.0.0.1", 1),
+        }
+        sent: list[dict[str, Any]] = []
+
+        async def slow_receive() -> dict[str, Any]:
+            await asyncio.sleep(3600)  # the body never comes
+            raise AssertionError
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        slow = asyncio.create_task(gated(scope, slow_receive, send))
+        transport = httpx.ASGITransport(app=gated)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
+        await asyncio.wait_for(slow, timeout=3)
+        assert sent[0]["status"] == 408
+        assert b"request_timeout" in sent[1]["body"]
+    finally:
+        await runtime.close()
