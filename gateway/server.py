@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -38,6 +38,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
+    """asyncio's loop, or uvloop with ``GATEWAY_LOOP=uvloop`` (it measured no faster here)."""
+    try:
+        if loop != "uvloop":
+            raise ImportError
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def run(settings: Settings) -> int:
     """Serve in this process, or in ``settings.workers`` forked processes sharing the ports.
 
@@ -45,7 +58,7 @@ def run(settings: Settings) -> int:
     every worker reserves quota from the store like any other replica.
     """
     if settings.workers <= 1:
-        asyncio.run(serve(settings))
+        _run(serve(settings), settings.loop)
         return 0
     settings.key_secret_bytes()  # created once here, not raced by the workers
     sockets = (_bind(settings.host, settings.port), _bind(settings.admin_host, settings.admin_port))
@@ -55,7 +68,7 @@ def run(settings: Settings) -> int:
         if pid == 0:
             code = 0
             try:
-                asyncio.run(serve(settings, sockets=sockets))
+                _run(serve(settings, sockets=sockets), settings.loop)
             except BaseException:
                 log.exception("worker failed")
                 code = 1

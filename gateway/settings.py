@@ -35,6 +35,7 @@ class Settings:
     strict_limits: bool = False
     gates: bool = True
     workers: int = 1
+    loop: str = "asyncio"
     body_timeout: float = 30.0
     upstream_allowlist: str = ""
     log_level: str = "info"
