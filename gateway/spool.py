@@ -92,7 +92,7 @@ class Spool:
         self._holder = holder
         self._fd: int | None = None
         self._pending: dict[str, UsageBatch] = {}
-        self._buffer: list[bytes] = []
+        self._buffer: dict[tuple[str, str], dict[str, int]] = {}
         self._spends_since_cut = 0
 
     @property
@@ -137,18 +137,26 @@ class Spool:
         return orphans
 
     def record_spend(self, org_id: str, period_start: str, used: dict[str, int]) -> None:
-        """Note admitted (or refunded) usage; written once per event-loop tick."""
+        """Note admitted (or refunded) usage: summed per (org, period) and written each tick."""
         if self._fd is None:
             return
-        line = {"op": "spend", "org": org_id, "period": period_start, "used": used}
         if not self._buffer:
             asyncio.get_running_loop().call_soon(self._write_buffer)
-        self._buffer.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        pending = self._buffer.get((org_id, period_start))
+        if pending is None:
+            self._buffer[(org_id, period_start)] = dict(used)
+        else:
+            for meter, delta in used.items():
+                pending[meter] = pending.get(meter, 0) + delta
         self._spends_since_cut += 1
 
     def _write_buffer(self) -> None:
         if self._buffer and self._fd is not None:
-            os.write(self._fd, b"".join(self._buffer))
+            lines = [
+                json.dumps({"op": "spend", "org": org, "period": period, "used": used})
+                for (org, period), used in self._buffer.items()
+            ]
+            os.write(self._fd, ("\n".join(lines) + "\n").encode())
         self._buffer.clear()
 
     def append(self, batches: list[UsageBatch]) -> None:
