@@ -23,7 +23,7 @@ from gateway.guard import StoreGuard
 from gateway.invalidation import Invalidation, open_invalidation
 from gateway.keys import KeyHasher
 from gateway.metrics import Metrics
-from gateway.middleware import GateMiddleware
+from gateway.middleware import GateMiddleware, signal_for
 from gateway.payload import BodyLimits
 from gateway.proxy import ReverseProxy
 from gateway.ratelimit import RateLimiter
@@ -230,7 +230,7 @@ class IngestApp:
         elif path == "/readyz":
             ok = await self.runtime.ready()
             await _text(send, 200 if ok else 503, b"ready" if ok else b"store unreachable")
-        elif path.startswith("/v1/"):
+        elif signal_for(path) is not None:
             await self.gated(scope, receive, send)
         elif path.startswith("/webhooks/"):
             await self.webhooks(scope, receive, send)

@@ -21,6 +21,8 @@ from policies.model import MICROS_PER_MINOR, SENT_METERS, Limits, Period, Prices
 from policies.periods import period_for
 from policies.suspension import manual_unsuspend
 
+MAX_INT = 2**63 - 1  # every store keeps these in a signed 64-bit column
+MAX_PRICE = 10**9  # minor units per million units
 LIMIT_NAMES = ("requests", "bytes", "items", "rate_requests", "rate_bytes")
 
 
@@ -72,8 +74,8 @@ def _limits(raw: object, base: Limits) -> Limits:
         raise BadRequest(f"unknown limits: {', '.join(sorted(map(str, unknown)))}")
     changes: dict[str, int | None] = {}
     for name, value in raw.items():
-        if value is not None and (type(value) is not int or value < 0):
-            raise BadRequest(f"limits.{name} must be a non-negative integer or null")
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_INT):
+            raise BadRequest(f"limits.{name} must be an integer from 0 to 2**63-1, or null")
         if value is not None and name.startswith("rate_") and value < 1:
             raise BadRequest(f"limits.{name} must be at least 1 (null lifts it)")
         changes[name] = value
@@ -158,10 +160,9 @@ def _prices(raw: Mapping[str, Any], base: Prices) -> Prices:
         raise BadRequest(f"unknown prices: {', '.join(sorted(map(str, unknown)))}")
     changes: dict[str, Any] = {}
     for name, value in prices.items():
-        if value is not None and (type(value) is not int or value < 0):
-            raise BadRequest(
-                f"prices.{name} must be a non-negative integer (minor units per million)"
-            )
+        # Bounded so that a price times a 64 MiB batch still fits a 64-bit counter.
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_PRICE):
+            raise BadRequest(f"prices.{name} must be an integer from 0 to {MAX_PRICE}")
         changes[name] = value
     if "block_over_balance" in raw:
         if not isinstance(raw["block_over_balance"], bool):

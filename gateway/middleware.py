@@ -10,6 +10,7 @@ are gone. A response outside 2xx from the inner app refunds the request's usage.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -28,7 +29,15 @@ OTLP_PATHS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metric
 LOGPUSH_PREFIX = "/v1/logpush/"
 METHOD_NOT_ALLOWED = Refusal(405, "method_not_allowed")
 REQUEST_TIMEOUT = Refusal(408, "request_timeout")
-_DROPPED = frozenset({b"x-ingest-key", b"x-gateway-org-id"})
+# Tenant headers a client may not set: whatever it sent is replaced by the real org.
+_TENANT_HEADERS = frozenset({b"x-gateway-org-id", b"x-scope-orgid", b"x-tenant-id"})
+_DROPPED = frozenset({b"x-ingest-key"}) | _TENANT_HEADERS
+_SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _dropped(name: bytes) -> bool:
+    """Underscore spellings too: a CGI-style upstream reads ``X_Gateway_Org_Id`` the same."""
+    return name in _DROPPED or name.replace(b"_", b"-") in _DROPPED
 
 
 class _Disconnected(Exception):
@@ -36,9 +45,13 @@ class _Disconnected(Exception):
 
 
 def signal_for(path: str) -> str | None:
+    """The signal of an ingest route; only exact routes count (a logpush source is one safe
+    path segment), so no other path of the upstream can be reached through the gates."""
     signal = OTLP_PATHS.get(path)
-    if signal is None and path.startswith(LOGPUSH_PREFIX) and len(path) > len(LOGPUSH_PREFIX):
-        return "logpush"
+    if signal is None and path.startswith(LOGPUSH_PREFIX):
+        source = path[len(LOGPUSH_PREFIX) :]
+        if _SOURCE.fullmatch(source) and source not in {".", ".."}:
+            return "logpush"
     return signal
 
 
@@ -129,8 +142,9 @@ class GateMiddleware:
                 content_type = value
             elif name == b"content-encoding":
                 content_encoding = value
-            elif name == b"content-length":
-                declared = int(value) if value.isdigit() else None
+            elif name == b"content-length" and value.isdigit():
+                # More digits than any limit has: too large, without parsing a huge number.
+                declared = int(value) if len(value) < 19 else 2**63
         protobuf = content_type is not None and content_type.startswith(b"application/x-protobuf")
 
         if scope["method"] != "POST":
@@ -162,9 +176,9 @@ class GateMiddleware:
         inner["headers"] = [
             (n, v)
             for n, v in scope["headers"]
-            if n not in _DROPPED and not (n == b"authorization" and v[:7].lower() == b"bearer ")
+            if not _dropped(n) and not (n == b"authorization" and v[:7].lower() == b"bearer ")
         ]
-        inner["headers"].append((b"x-gateway-org-id", org_header))
+        inner["headers"] += [(b"x-gateway-org-id", org_header), (b"x-scope-orgid", org_header)]
         inner["query_string"] = strip_key_param(scope["query_string"])
         inner["gateway.admission"] = admission
         inner["gateway.body"] = body

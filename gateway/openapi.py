@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+_MAX = 2**63 - 1
 _INT = {"type": "integer", "minimum": 0}
-_NULLABLE_INT = {"type": "integer", "minimum": 0, "nullable": True}
+_NULLABLE_INT = {"type": "integer", "minimum": 0, "maximum": _MAX, "nullable": True}
+_PRICE = {"type": "integer", "minimum": 0, "maximum": 10**9, "nullable": True}
 _LIMITS = {
     "type": "object",
     "additionalProperties": False,
@@ -13,8 +15,8 @@ _LIMITS = {
         "requests": _NULLABLE_INT,
         "bytes": _NULLABLE_INT,
         "items": _NULLABLE_INT,
-        "rate_requests": {"type": "integer", "minimum": 1, "nullable": True},
-        "rate_bytes": {"type": "integer", "minimum": 1, "nullable": True},
+        "rate_requests": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
+        "rate_bytes": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
     },
 }
 _ORG = {
@@ -56,7 +58,7 @@ _PATCH_BODY = {
         "prices": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {m: _NULLABLE_INT for m in ("requests", "bytes", "items")},
+            "properties": {m: _PRICE for m in ("requests", "bytes", "items")},
         },
         "block_over_balance": {"type": "boolean"},
         "billing_customers": {

@@ -82,7 +82,11 @@ class WebhookEndpoint:
         declared = headers.get("content-length", "")
         try:
             body = await read_body(
-                receive, MAX_WEBHOOK_BODY, int(declared) if declared.isdigit() else None
+                receive,
+                MAX_WEBHOOK_BODY,
+                int(declared)
+                if declared.isascii() and declared.isdigit() and len(declared) < 19
+                else None,
             )
         except ClientError as exc:
             await _answer(send, exc.status, {"error": exc.code})
