@@ -52,6 +52,9 @@ async def send_refusal(send: Any, refusal: Refusal, protobuf: bool) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if refusal.retry_after is not None:
         headers.append((b"retry-after", str(refusal.retry_after).encode()))
+    if refusal.status == 408:
+        # RFC 9110 15.5.9: the rest of a half-sent request cannot be trusted; end the connection.
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -16,6 +16,7 @@ import uvicorn
 from gateway.admin import build_admin_app
 from gateway.app import IngestApp, Runtime
 from gateway.errors import ConfigError
+from gateway.protocol import guarded
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
@@ -102,6 +103,7 @@ async def serve(
     def config(app: Any, host: str, port: int) -> uvicorn.Config:
         return uvicorn.Config(
             app,
+            http=guarded(settings.header_timeout),
             host=host,
             port=port,
             lifespan="off",

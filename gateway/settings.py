@@ -37,6 +37,7 @@ class Settings:
     workers: int = 1
     loop: str = "asyncio"
     body_timeout: float = 30.0
+    header_timeout: float = 10.0
     upstream_allowlist: str = ""
     log_level: str = "info"
     # billing control plane

@@ -1,0 +1,45 @@
+"""`python -m loadtest.bench --quick` runs end to end; timings are reported, never asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from loadtest.bench import RATIOS, TARGETS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_bench_reports_every_target_ratio_and_an_exact_limit(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    report = json.loads(Path(f"{out}.json").read_text())
+    size = report["config"]["sizes"][0]
+    rows = {(row["target"], row["size"]): row for row in report["rows"]}
+    assert set(rows) == {(t.id, size) for t in TARGETS}
+    for target in ("direct", "starlette-httpx", "asgi-aiohttp", "gates-off", "gates-on"):
+        assert rows[target, size]["status"] == "ok"
+        assert rows[target, size]["req_per_s"] is not None
+    ratios = {(r["name"], r["size"]) for r in report["ratios"]}
+    assert ratios == {(name, size) for name, *_ in RATIOS}
+
+    assert report["exactness"], "no gates-on run checked its limit"
+    for check in report["exactness"]:
+        assert check["passed"], check
+        assert check["usage_requests"] == check["generator_200s"] == check["limit"]
+
+    assert report["p99_added"] and report["memory"]["rss_mb"] and report["cold_keys"]["keys"]
+    for key in ("nproc", "cpu_model", "python", "date", "command_line"):
+        assert report["machine"][key]
+    assert Path(f"{out}.png").read_bytes()[:8] == PNG_SIGNATURE
