@@ -1,7 +1,8 @@
 """Ingest key hash -> OrgRouting, cached in process.
 
-A fresh TTL cache (1 s), a last-known map used when the store fails, a short negative
-cache for unknown keys, and one store read per key in flight. cachetools is not
+A fresh TTL cache (1 s) refreshed ahead of expiry for keys in use, a last-known map used
+when the store fails, a short negative cache for unknown keys, and one store read per key
+in flight. cachetools is not
 async-aware, so no await stands between a get and its set.
 """
 
@@ -36,6 +37,11 @@ class RoutingCache:
         self._negative: TTLCache[bytes, bool] = TTLCache(maxsize, negative_ttl, timer)
         self._known: dict[bytes, OrgRouting] = {}
         self._inflight: dict[bytes, asyncio.Future[OrgRouting | None]] = {}
+        self._timer = timer
+        # Past 80% of its TTL, a hit also refreshes the entry in the background, so a key in
+        # steady use never waits for the store (a slow store would stall its requests).
+        self._refresh_after = 0.8 * ttl
+        self._refresh_at: dict[bytes, float] = {}
         self.store_reads = 0
         self.stale_served = 0
 
@@ -46,16 +52,30 @@ class RoutingCache:
         """
         routing = self._fresh.get(key_hash)
         if routing is not None:
+            if key_hash not in self._inflight and self._timer() >= self._refresh_at.get(
+                key_hash, float("inf")
+            ):
+                self._start_read(key_hash)  # refresh ahead: nobody waits for it
             return routing
         if key_hash in self._negative:
             return None
-        pending = self._inflight.get(key_hash)
-        if pending is None:
-            # The read is a task of its own: a cancelled caller must not cancel its waiters.
-            pending = asyncio.ensure_future(self._read(key_hash))
-            self._inflight[key_hash] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(key_hash, None))
+        pending = self._inflight.get(key_hash) or self._start_read(key_hash)
         return await asyncio.shield(pending)
+
+    def _start_read(self, key_hash: bytes) -> asyncio.Future[OrgRouting | None]:
+        # The read is a task of its own: a cancelled caller must not cancel its waiters.
+        pending = asyncio.ensure_future(self._read(key_hash))
+        self._inflight[key_hash] = pending
+        pending.add_done_callback(self._read_done(key_hash))
+        return pending
+
+    def _read_done(self, key_hash: bytes) -> Callable[[asyncio.Future[OrgRouting | None]], None]:
+        def done(future: asyncio.Future[OrgRouting | None]) -> None:
+            self._inflight.pop(key_hash, None)
+            if not future.cancelled():
+                future.exception()  # a refresh nobody waited for must not warn at exit
+
+        return done
 
     async def _read(self, key_hash: bytes) -> OrgRouting | None:
         self.store_reads += 1
@@ -69,10 +89,12 @@ class RoutingCache:
             return known
         if routing is None:
             self._known.pop(key_hash, None)
+            self._refresh_at.pop(key_hash, None)
             self._negative[key_hash] = True
         else:
             self._fresh[key_hash] = routing
             self._known[key_hash] = routing
+            self._refresh_at[key_hash] = self._timer() + self._refresh_after
         return routing
 
     def invalidate_org(self, org_id: str) -> None:

@@ -335,3 +335,22 @@ async def test_unmapped_driver_errors_become_store_errors(guard: StoreGuard) -> 
         await guard.call(broken)
     assert isinstance(failed.value.__cause__, RuntimeError)
     assert guard.is_open
+
+
+async def test_a_key_in_use_is_refreshed_ahead_of_expiry_without_waiting(
+    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+) -> None:
+    """Regression: each TTL expiry made a request wait for the store (p99 stalls under load)."""
+    await cache.lookup(KNOWN)
+    await store.set_suspension(org.id, True, "unpaid")
+    store.delay = 0.05
+    clock.now = 0.85  # past 80% of the TTL: served from the cache, refreshed behind it
+    served = await cache.lookup(KNOWN)
+    assert served is not None and not served.suspended
+    await asyncio.sleep(0.1)
+    assert store.reads == 2
+    clock.now = 1.5  # the first entry would have expired; the refreshed one has not
+    before = store.reads
+    routing = await cache.lookup(KNOWN)
+    assert routing is not None and routing.suspended
+    assert store.reads == before
