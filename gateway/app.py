@@ -71,7 +71,10 @@ class Runtime:
         self.metrics = Metrics()
         self.guard = StoreGuard(settings.gate_timeout)
         self.hasher = KeyHasher(settings.key_secret_bytes())
-        self.routing = RoutingCache(self.store, self.guard, ttl=settings.cache_ttl)
+        # Key lookups have a breaker and a budget of their own: a burst of never-seen keys
+        # queueing on the store must not open the circuit for reservations, or get 503s.
+        lookups = StoreGuard(settings.lookup_timeout)
+        self.routing = RoutingCache(self.store, lookups, ttl=settings.cache_ttl)
         spool_path = settings.data_dir / "spool" if spool_dir is True else spool_dir or None
         holder = uuid.uuid4().hex
         self.spool = Spool(spool_path, holder=holder)
@@ -92,7 +95,7 @@ class Runtime:
             self.usage,
             RateLimiter(),
             self.metrics,
-            self.guard,
+            (self.guard, lookups),
             shadow=settings.shadow,
         )
         self.upstream = (

@@ -33,11 +33,11 @@ class Gates:
         usage: UsageGate,
         rates: RateLimiter,
         metrics: Metrics,
-        guard: StoreGuard,
+        guards: tuple[StoreGuard, ...],
         *,
         shadow: bool = False,
     ) -> None:
-        self._guard = guard
+        self._guards = guards
         self._hasher = hasher
         self._routing = routing
         self._usage = usage
@@ -72,7 +72,7 @@ class Gates:
             outcome = await self._usage.admit(routing, q)
             if isinstance(outcome, Admission):
                 # Admitted while the store is failing: on last-known routing or unreserved quota.
-                if outcome.fail_open or self._guard.is_open:
+                if outcome.fail_open or any(guard.is_open for guard in self._guards):
                     self._metrics.fail_open.inc()
                 return outcome
             refusal = outcome

@@ -28,6 +28,7 @@ class Settings:
     max_decompressed: int = 64 * 1024 * 1024
     upstream_timeout: float = 10.0
     gate_timeout: float = 0.25
+    lookup_timeout: float = 1.0
     cache_ttl: float = 1.0
     flush_interval: float = 1.0
     reservation_ttl: float = 60.0
