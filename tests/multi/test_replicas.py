@@ -18,6 +18,7 @@ from tests.harness import Gateway, Upstream, start_gateway
 from tests.services import ThrowawayPostgres, ThrowawayRedis, postgres_url, redis_url, unique_name
 
 KEY_SECRET = "replicas-share-this-key-secret"
+SCALE = float(os.environ.get("RELIABILITY_SCALE", "1"))  # longer outages: RELIABILITY.md
 BODY = b'{"resourceSpans":[]}'
 
 
@@ -184,7 +185,7 @@ async def test_postgres_stopped_mid_load_fails_open_and_replays_usage_exactly(
         statuses: list[int] = []
 
         async def load() -> None:
-            deadline = time.monotonic() + 3.0
+            deadline = time.monotonic() + 3.0 * SCALE
             while time.monotonic() < deadline:
                 statuses.extend(await fire([a.url], key, 20, concurrency=20))
 
@@ -223,7 +224,7 @@ async def test_redis_stopped_mid_load_fails_open_and_usage_stays_exact(
         statuses: list[int] = []
 
         async def load() -> None:
-            deadline = time.monotonic() + 3.0
+            deadline = time.monotonic() + 3.0 * SCALE
             while time.monotonic() < deadline:
                 statuses.extend(await fire([a.url, b.url], key, 20, concurrency=20))
 

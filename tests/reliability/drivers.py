@@ -26,6 +26,8 @@ import aiohttp
 
 from tests.harness import Gateway
 
+SCALE = float(os.environ.get("RELIABILITY_SCALE", "1"))
+
 # Small timeouts so that a fault shows within a test's few seconds.
 FAULT_ENV = {
     "GATEWAY_UPSTREAM_TIMEOUT": "0.5",
@@ -217,10 +219,12 @@ class Load:
     _issued: int = field(default=0, init=False)
 
     async def run(self) -> Load:
+        # RELIABILITY_SCALE=10 runs every fault under ten times the load and time (RELIABILITY.md).
+        self.requests = int(self.requests * SCALE)
         connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=self.force_close)
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            deadline = time.monotonic() + self.seconds
+            deadline = time.monotonic() + self.seconds * SCALE
             workers = [self._worker(session, deadline) for _ in range(self.concurrency)]
             await asyncio.gather(*workers)
         return self
