@@ -12,6 +12,7 @@ past their reservations' expiry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -58,6 +59,7 @@ class _Budget:
     reserved: dict[str, int] = field(default_factory=dict)
     exhausted: dict[str, _Known] = field(default_factory=dict)
     refill: asyncio.Future[None] | None = None
+    low_water: dict[str, int] = field(default_factory=dict)  # refill ahead below this
 
     def pending(self) -> bool:
         return any(self.used.values()) or any(self.reserved.values())
@@ -136,6 +138,7 @@ class UsageGate:
         self._last_heartbeat = clock()
         self._flush_lock = asyncio.Lock()
         self._orphans: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.stats = UsageStats()
 
     def period_of(self, routing: OrgRouting, now: float) -> Period:
@@ -193,7 +196,9 @@ class UsageGate:
                 if deficit:
                     break
             else:
-                return self._spend(routing, q, accounts)
+                admission = self._spend(routing, q, accounts)
+                self._refill_ahead(routing, accounts)
+                return admission
             refusal = self._known_refusal(budget, deficit, now)
             if refusal is not None:
                 return refusal
@@ -211,6 +216,35 @@ class UsageGate:
                 return self._spend(routing, q, accounts, reserved=False, fail_open=True)
             if refusal is not None:
                 return refusal
+
+    def _refill_ahead(self, routing: OrgRouting, accounts: list[_Account]) -> None:
+        """Below a quarter of the last grant, refill in the background: requests keep
+        spending what is left instead of all waiting for the store when it runs out."""
+        if self._policy.strict:
+            return  # strict mode asks the store for exactly what each request needs
+        for budget, limited, _ in accounts:
+            if budget.refill is not None:
+                continue
+            low = {
+                m: 1
+                for m, _ in limited
+                if budget.remaining.get(m, 0) < budget.low_water.get(m, 0)
+                and m not in budget.exhausted
+            }
+            if low:
+                task = asyncio.get_running_loop().create_task(
+                    self._refill_quietly(routing, budget, low)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _refill_quietly(
+        self, routing: OrgRouting, budget: _Budget, needs: dict[str, int]
+    ) -> None:
+        if budget.refill is not None:
+            return  # a request's own refill started meanwhile: one refill per budget at a time
+        with contextlib.suppress(StoreError):
+            await self._refill(routing, budget, needs)
 
     def _known_refusal(
         self, budget: _Budget, deficit: dict[str, int], now: float
@@ -250,6 +284,7 @@ class UsageGate:
                 return None  # forfeited meanwhile; the grant stays unused until it expires
             for meter, amount in result.amounts.items():
                 budget.remaining[meter] = budget.remaining.get(meter, 0) + amount
+                budget.low_water[meter] = amount // 4
                 budget.exhausted.pop(meter, None)
             return None
         finally:

@@ -259,3 +259,34 @@ async def test_a_request_with_nothing_on_a_limited_meter_is_admitted(store: Stor
     assert isinstance(await usage.admit(routing, Quantities(1, 20, 5)), Admission)
     assert isinstance(await usage.admit(routing, Quantities(1, 20, 0)), Admission)
     assert isinstance(await usage.admit(routing, Quantities(1, 20, 1)), Refusal)
+
+
+async def test_a_budget_running_low_is_refilled_before_a_request_has_to_wait() -> None:
+    """Regression: every org's requests all waited for the store each time its chunk ran out."""
+    flaky = FlakyStore(MemoryStore())
+    routing = await org_with(flaky, requests=10**6)  # type: ignore[arg-type]
+    usage = gate(flaky, policy=ChunkPolicy(max_requests=100))
+    for _ in range(80):
+        assert isinstance(await usage.admit(routing, Quantities()), Admission)
+    await asyncio.sleep(0.05)  # below a quarter of the chunk: refilled in the background
+    assert flaky.calls["reserve"] == 2
+    flaky.delay = 3600  # the store now hangs: any request waiting for it would never finish
+
+    async def next_hundred() -> None:
+        for _ in range(100):
+            assert isinstance(await usage.admit(routing, Quantities()), Admission)
+
+    await asyncio.wait_for(next_hundred(), timeout=30)
+    for task in list(usage._background):
+        task.cancel()
+
+
+async def test_a_background_refill_never_overlaps_a_requests_own_refill() -> None:
+    """Regression: two refills of one budget at once broke single-flight (and exactness)."""
+    store = MemoryStore()
+    routing = await org_with(store, requests=100, bytes=1000)
+    usage = gate(store)
+    assert isinstance(await usage.admit(routing, Quantities(1, 900, 0)), Admission)
+    assert isinstance(await usage.admit(routing, Quantities(1, 200, 0)), Refusal)
+    assert isinstance(await usage.admit(routing, Quantities(1, 100, 0)), Admission)
+    assert isinstance(await usage.admit(routing, Quantities(1, 1, 0)), Refusal)
