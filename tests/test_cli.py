@@ -53,7 +53,7 @@ def test_errors_are_clear_and_exit_non_zero(
     code, err = run(capsys, "usage", "org_missing", *store_args)
     assert code == 1 and "not found" in err
     code, err = run(capsys, "orgs", "create", "--name", "x", "--requests", "-1", *store_args)
-    assert code == 2 and "non-negative" in err
+    assert code == 2 and "limits.requests must be an integer from 0" in err
     code, err = run(capsys, "usage", "org_x", "--store", "ftp://nowhere")
     assert code == 2 and "GATEWAY_STORE_URL" in err
 
