@@ -33,6 +33,7 @@ from gateway.spool import Spool
 from gateway.store import Store, open_store
 from gateway.upstream import HttpUpstream, LocalSink, Upstream
 from gateway.usage import UsageGate
+from gateway.webhooks.endpoint import WebhookEndpoint
 from policies.model import Period
 from policies.reservations import ChunkPolicy
 
@@ -219,8 +220,6 @@ class IngestApp:
         proxy = ReverseProxy(runtime.upstream, runtime.settings.upstream_url, runtime.sink)
         # --no-gates: forwarding alone, to measure what the gates cost.
         self.gated = runtime.middleware(proxy) if runtime.settings.gates else proxy
-        from gateway.webhooks.endpoint import WebhookEndpoint
-
         self.webhooks = WebhookEndpoint(runtime)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import secrets
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,6 @@ from gateway.keys import KeyHasher
 from gateway.reconciler import reconcile
 from gateway.settings import Settings
 from gateway.store import open_store
-from policies.periods import calendar_month
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -185,16 +183,16 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
 
         return await _with_control(settings, revoke)
     if args.command == "usage":
-        period = calendar_month_now()
-        return await _with_control(settings, lambda c: c.usage(args.org_id, period))
+
+        async def usage(c: Control) -> dict[str, Any]:
+            # The org's billing period, as the admin API reports it.
+            return await c.usage(args.org_id, await c.period(args.org_id, datetime.now(UTC)))
+
+        return await _with_control(settings, usage)
     if args.command == "suspend":
         body = {"suspended": not args.lift, "reason": args.reason}
         return await _with_control(settings, lambda c: _org(c.set_suspension(args.org_id, body)))
     raise AssertionError(args.command)
-
-
-def calendar_month_now() -> Any:
-    return calendar_month(datetime.fromtimestamp(time.time(), UTC))
 
 
 async def _org(pending: Awaitable[Any]) -> dict[str, Any]:
