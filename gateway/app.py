@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,11 @@ class Runtime:
         upstream: Upstream | None = None,
         spool_dir: Path | bool | None = True,
         invalidation: Invalidation | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        # The wall clock, injected so that tests can put it where a boundary is.
+        self.clock = clock
         self.store = store if store is not None else build_store(settings)
         self.invalidation = (
             invalidation

@@ -9,12 +9,11 @@ are gone. A response outside 2xx from the inner app refunds the request's usage.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from typing import Any
 
-from gateway.errors import ClientError, PayloadTooLarge
+from gateway.body import BodyDeadlines, Disconnected
+from gateway.errors import ClientError
 from gateway.gates import Gates
 from gateway.keys import extract_key, strip_key_param
 from gateway.metrics import Metrics
@@ -40,10 +39,6 @@ def _dropped(name: bytes) -> bool:
     return name in _DROPPED or name.replace(b"_", b"-") in _DROPPED
 
 
-class _Disconnected(Exception):
-    pass
-
-
 def signal_for(path: str) -> str | None:
     """The signal of an ingest route; only exact routes count (a logpush source is one safe
     path segment), so no other path of the upstream can be reached through the gates."""
@@ -53,61 +48,6 @@ def signal_for(path: str) -> str | None:
         if _SOURCE.fullmatch(source) and source not in {".", ".."}:
             return "logpush"
     return signal
-
-
-async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge("request body is larger than the limit")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge("request body is larger than the limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class _BodyDeadlines:
-    """Ends body reads that take longer than the timeout (slow clients), with one sweeper task
-    per second instead of a timer per request: the common read costs two dict operations."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._reading: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._sweeper: asyncio.Task[None] | None = None
-
-    async def read(self, receive: Any, limit: int, declared: int | None) -> bytes:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        self._reading[task] = time.monotonic() + self.timeout
-        try:
-            return await read_body(receive, limit, declared)
-        except asyncio.CancelledError:
-            if task in self._expired:
-                self._expired.discard(task)
-                task.uncancel()
-                raise TimeoutError from None
-            raise
-        finally:
-            self._reading.pop(task, None)
-
-    async def _sweep(self) -> None:
-        while self._reading:
-            await asyncio.sleep(min(1.0, self.timeout))
-            now = time.monotonic()
-            for task, deadline in list(self._reading.items()):
-                if deadline <= now and task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
 
 
 class GateMiddleware:
@@ -126,7 +66,7 @@ class GateMiddleware:
         self.limits = limits or BodyLimits()
         self.body_timeout = body_timeout
         self._counters: dict[tuple[str, str], Any] = {}
-        self._reads = _BodyDeadlines(body_timeout)
+        self._reads = BodyDeadlines(body_timeout)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -164,7 +104,7 @@ class GateMiddleware:
         except TimeoutError:
             await self._refuse(send, signal, REQUEST_TIMEOUT, protobuf)
             return
-        except _Disconnected:
+        except Disconnected:
             return
         admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))
         if isinstance(admission, Refusal):

@@ -39,6 +39,10 @@ class Settings:
     loop: str = "asyncio"
     body_timeout: float = 30.0
     header_timeout: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    max_header_line: int = 16 * 1024
+    max_items: int = 1_000_000
+    count_in_thread_above: int = 256 * 1024
     upstream_allowlist: str = ""
     log_level: str = "info"
     # billing control plane

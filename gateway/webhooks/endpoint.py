@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway.body import read_body
 from gateway.errors import ClientError, StoreError
-from gateway.middleware import read_body
 from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
 from policies.billing import (
     BillingEvent,
@@ -91,7 +90,7 @@ class WebhookEndpoint:
         except ClientError as exc:
             await _answer(send, exc.status, {"error": exc.code})
             return
-        now = time.time()
+        now = self.runtime.clock()
         try:
             verified = PROVIDERS[provider].verify(body, headers, secrets, now)
         except SignatureError as exc:
