@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import reconciler
+from gateway.body import BodyDeadlines
 from gateway.errors import StoreError
 from gateway.export import UsageExporter
 from gateway.gates import Gates
@@ -108,6 +109,8 @@ class Runtime:
         )
         self.sink = LocalSink(settings.data_dir / "sink")
         self.limits = BodyLimits(settings.max_body, settings.max_decompressed)
+        # Webhook and admin bodies: the same deadline as ingest, so no client holds a worker.
+        self.bodies = BodyDeadlines(settings.body_timeout)
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.body import read_body
+from gateway.body import Disconnected
 from gateway.errors import ClientError, StoreError
 from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
 from policies.billing import (
@@ -40,11 +40,15 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], BillingEvent]] = {
 }
 
 
-async def _answer(send: Any, status: int, body: dict[str, Any], retry: bool = False) -> None:
+async def _answer(
+    send: Any, status: int, body: dict[str, Any], retry: bool = False, close: bool = False
+) -> None:
     raw = json.dumps(body, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     if retry:
         headers.append((b"retry-after", b"5"))
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
@@ -80,7 +84,7 @@ class WebhookEndpoint:
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in scope["headers"]}
         declared = headers.get("content-length", "")
         try:
-            body = await read_body(
+            body = await self.runtime.bodies.read(
                 receive,
                 MAX_WEBHOOK_BODY,
                 int(declared)
@@ -89,6 +93,12 @@ class WebhookEndpoint:
             )
         except ClientError as exc:
             await _answer(send, exc.status, {"error": exc.code})
+            return
+        except TimeoutError:
+            await _answer(send, 408, {"error": "request_timeout"}, close=True)
+            return
+        except Disconnected:
+            log.debug("webhook client disconnected before its body arrived")
             return
         now = self.runtime.clock()
         try:
