@@ -62,6 +62,16 @@ class Gates:
             return Authorized(routing, shadowed=refusal)
         return refusal
 
+    def precheck(self, auth: Authorized, floor: Quantities) -> Refusal | None:
+        """A refusal already certain from what this process knows, before the body is read:
+        the store said a meter is exhausted and even the least this request counts is over."""
+        if auth.shadowed is not None or self._shadow or auth.routing.shadow:
+            return None
+        routing = auth.routing
+        if routing.prices.priced:
+            floor = floor.priced(routing.prices)
+        return self._usage.known_refusal(routing, floor)
+
     async def admit(self, auth: Authorized, q: Quantities) -> Admission | Refusal:
         """Rate and usage for one request's quantities: admitted and counted, or refused."""
         routing = auth.routing

@@ -13,11 +13,11 @@ import re
 from typing import Any
 
 from gateway.body import BodyDeadlines, Disconnected
-from gateway.errors import ClientError
+from gateway.errors import BadRequest, ClientError
 from gateway.gates import Gates
 from gateway.keys import extract_key, strip_key_param
 from gateway.metrics import Metrics
-from gateway.payload import BodyLimits, inspect
+from gateway.payload import BodyLimits, PayloadInspector
 from gateway.responses import send_refusal
 from policies.decisions import Refusal
 from policies.model import Quantities
@@ -50,6 +50,53 @@ def signal_for(path: str) -> str | None:
     return signal
 
 
+class _RequestHeaders:
+    """One pass over the client's headers: what the gates need, and what may go upstream."""
+
+    __slots__ = ("conflict", "content_encoding", "content_type", "declared", "named", "protobuf")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.content_type: bytes | None = None
+        self.content_encoding: bytes | None = None
+        self.declared: int | None = None
+        self.conflict: str | None = None
+        self.named: set[bytes] = set()
+        for name, value in headers:
+            if name == b"content-type":
+                if self.content_type is not None:
+                    # Valid JSON can be valid protobuf too: the backend must not read it otherwise.
+                    self.conflict = "more than one Content-Type header"
+                self.content_type = value
+            elif name == b"content-encoding":
+                if self.content_encoding is not None:
+                    self.conflict = "more than one Content-Encoding header"
+                self.content_encoding = value
+            elif name == b"content-length" and value.isdigit():
+                # More digits than any limit has: too large, without parsing a huge number.
+                self.declared = int(value) if len(value) < 19 else 2**63
+            elif name == b"connection":
+                self.named.update(t.strip().lower() for t in value.split(b","))
+        self.protobuf = self.content_type is not None and self.content_type.startswith(
+            b"application/x-protobuf"
+        )
+
+    def floor(self) -> Quantities:
+        """The least this request can count: one request, and the bytes of a plain body."""
+        declared = self.declared or 0
+        plain = self.content_encoding is None or self.content_encoding.strip() in (b"", b"identity")
+        return Quantities(1, declared if plain else min(declared, 1), min(declared, 1))
+
+    def forwardable(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The client's headers less the key, tenant headers and what its Connection names;
+        the gateway's own headers are added after this, so no client header can remove them."""
+        named = self.named
+        return [
+            (n, v)
+            for n, v in headers
+            if n != b"authorization" and n != b"connection" and n not in named and not _dropped(n)
+        ]
+
+
 class GateMiddleware:
     def __init__(
         self,
@@ -59,12 +106,14 @@ class GateMiddleware:
         *,
         limits: BodyLimits | None = None,
         body_timeout: float = 30.0,
+        inspector: PayloadInspector | None = None,
     ) -> None:
         self.app = app
         self.gates = gates
         self.metrics = metrics
         self.limits = limits or BodyLimits()
         self.body_timeout = body_timeout
+        self.inspector = inspector or PayloadInspector(self.limits)
         self._counters: dict[tuple[str, str], Any] = {}
         self._reads = BodyDeadlines(body_timeout)
 
@@ -76,49 +125,52 @@ class GateMiddleware:
         if signal is None:
             await self.app(scope, receive, send)
             return
-        content_type = content_encoding = declared = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-encoding":
-                content_encoding = value
-            elif name == b"content-length" and value.isdigit():
-                # More digits than any limit has: too large, without parsing a huge number.
-                declared = int(value) if len(value) < 19 else 2**63
-        protobuf = content_type is not None and content_type.startswith(b"application/x-protobuf")
+        request = _RequestHeaders(scope["headers"])
+        protobuf = request.protobuf
+        style = "protobuf" if protobuf else ("status" if signal != "logpush" else "json")
 
         if scope["method"] != "POST":
-            await self._refuse(send, signal, METHOD_NOT_ALLOWED, protobuf)
+            await self._refuse(send, signal, METHOD_NOT_ALLOWED, style)
             return
         key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
         auth = await self.gates.authorize(key)
         if isinstance(auth, Refusal):
-            await self._refuse(send, signal, auth, protobuf)
+            await self._refuse(send, signal, auth, style)
+            return
+        if request.conflict is not None:
+            await self._refuse(send, signal, BadRequest(request.conflict).refusal(), style)
+            return
+        # What the key, the routing and the declared length decide comes before any parsing.
+        early = self.gates.precheck(auth, request.floor())
+        if early is not None:
+            await self._refuse(send, signal, early, style)
             return
         try:
-            body = await self._reads.read(receive, self.limits.max_received, declared)
-            payload = inspect(signal, content_type, content_encoding, body, self.limits)
+            body = await self._reads.read(receive, self.limits.max_received, request.declared)
+            payload = await self.inspector.inspect(
+                signal, request.content_type, request.content_encoding, body
+            )
         except ClientError as exc:
-            await self._refuse(send, signal, exc.refusal(), protobuf)
+            await self._refuse(send, signal, exc.refusal(), style)
             return
         except TimeoutError:
-            await self._refuse(send, signal, REQUEST_TIMEOUT, protobuf)
+            await self._refuse(send, signal, REQUEST_TIMEOUT, style)
             return
         except Disconnected:
+            self._count(signal, "client_disconnected")
             return
         admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))
         if isinstance(admission, Refusal):
-            await self._refuse(send, signal, admission, protobuf)
+            await self._refuse(send, signal, admission, style)
             return
 
         org_header = admission.routing.org_id.encode()
         inner = dict(scope)
         inner["headers"] = [
-            (n, v)
-            for n, v in scope["headers"]
-            if not _dropped(n) and not (n == b"authorization" and v[:7].lower() == b"bearer ")
+            *request.forwardable(scope["headers"]),
+            (b"x-gateway-org-id", org_header),
+            (b"x-scope-orgid", org_header),
         ]
-        inner["headers"] += [(b"x-gateway-org-id", org_header), (b"x-scope-orgid", org_header)]
         inner["query_string"] = strip_key_param(scope["query_string"])
         inner["gateway.admission"] = admission
         inner["gateway.body"] = body
@@ -148,9 +200,9 @@ class GateMiddleware:
                 self.gates.refund(admission)
             self._count(signal, "forwarded" if status < 400 else str(status))
 
-    async def _refuse(self, send: Any, signal: str, refusal: Refusal, protobuf: bool) -> None:
+    async def _refuse(self, send: Any, signal: str, refusal: Refusal, style: str) -> None:
         self._count(signal, refusal.code)
-        await send_refusal(send, refusal, protobuf)
+        await send_refusal(send, refusal, style)
 
     def _count(self, signal: str, outcome: str) -> None:
         counter = self._counters.get((signal, outcome))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import UpstreamError
-from gateway.responses import send_refusal
+from gateway.middleware import OTLP_PATHS
+from gateway.responses import PLAIN_JSON, PROTOBUF, PROTOBUF_TYPE, STATUS_JSON, send_refusal
 from gateway.upstream import Upstream
 from gateway.usage import Admission
 
@@ -24,8 +25,15 @@ _HOP_BY_HOP = frozenset(
         b"host",
         b"content-length",
         b"x-forwarded-for",
+        b"forwarded",
     }
 )
+# Client claims about earlier hops that an upstream might trust; the gateway sets none of them.
+_SPOOFABLE = frozenset({b"x-real-ip", b"x-forwarded-host", b"x-forwarded-proto"})
+
+
+def _spoofable(name: bytes) -> bool:
+    return name in _SPOOFABLE or name.replace(b"_", b"-") in _SPOOFABLE
 
 
 class ReverseProxy:
@@ -48,11 +56,7 @@ class ReverseProxy:
         try:
             response = await client.forward(url, headers, body)
         except UpstreamError as exc:
-            protobuf = any(
-                n == b"content-type" and v.startswith(b"application/x-protobuf")
-                for n, v in scope["headers"]
-            )
-            await send_refusal(send, exc.refusal(), protobuf)
+            await send_refusal(send, exc.refusal(), _style(scope))
             return
         response_headers = [
             *response.headers,
@@ -62,6 +66,13 @@ class ReverseProxy:
             {"type": "http.response.start", "status": response.status, "headers": response_headers}
         )
         await send({"type": "http.response.body", "body": response.body})
+
+
+def _style(scope: dict[str, Any]) -> str:
+    content_type = next((v for n, v in scope["headers"] if n == b"content-type"), b"")
+    if content_type.startswith(PROTOBUF_TYPE):
+        return PROTOBUF
+    return STATUS_JSON if scope["path"] in OTLP_PATHS else PLAIN_JSON
 
 
 async def _read_all(receive: Any) -> bytes:
@@ -76,19 +87,26 @@ async def _read_all(receive: Any) -> bytes:
 def _forward_headers(scope: dict[str, Any]) -> list[tuple[str, str]]:
     raw = scope["headers"]
     named_hop: set[bytes] = set()
-    forwarded_for = None
+    forwarded_for: list[str] = []
+    forwarded: list[str] = []
     for name, value in raw:
         if name == b"connection":
             named_hop.update(t.strip().lower() for t in value.split(b","))
         elif name == b"x-forwarded-for":
-            forwarded_for = value.decode("latin-1")
+            forwarded_for.append(value.decode("latin-1"))
+        elif name == b"forwarded":
+            forwarded.append(value.decode("latin-1"))
     headers = [
         (n.decode("latin-1"), v.decode("latin-1"))
         for n, v in raw
-        if n not in _HOP_BY_HOP and n not in named_hop
+        if n not in _HOP_BY_HOP and n not in named_hop and not _spoofable(n)
     ]
     client = scope.get("client")
     if client:
         peer = client[0]
-        headers.append(("x-forwarded-for", f"{forwarded_for}, {peer}" if forwarded_for else peer))
+        headers.append(("x-forwarded-for", ", ".join([*forwarded_for, peer])))
+        # RFC 7239: an IPv6 node is quoted and bracketed; earlier elements are kept in order.
+        node = f'"[{peer}]"' if ":" in peer else peer
+        proto = scope.get("scheme", "http")
+        headers.append(("forwarded", ", ".join([*forwarded, f"for={node};proto={proto}"])))
     return headers

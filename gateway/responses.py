@@ -1,7 +1,8 @@
 """Refusals as HTTP responses that OTLP exporters understand.
 
-A protobuf request gets a google.rpc.Status body (with an ErrorInfo detail whose reason
-is our stable code), any other request a JSON body ``{"error": code, ...}``.
+An OTLP request gets a google.rpc.Status (protobuf, or its JSON mapping for OTLP/JSON) with a
+readable message and an ErrorInfo detail whose reason is our stable code and whose metadata
+holds the details; logpush and everything else a JSON body ``{"error": code, ...}``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ _GRPC_CODES = {
     400: code_pb2.INVALID_ARGUMENT,
     401: code_pb2.UNAUTHENTICATED,
     402: code_pb2.RESOURCE_EXHAUSTED,
+    405: code_pb2.UNIMPLEMENTED,
+    408: code_pb2.DEADLINE_EXCEEDED,
     413: code_pb2.INVALID_ARGUMENT,
     415: code_pb2.INVALID_ARGUMENT,
     429: code_pb2.RESOURCE_EXHAUSTED,
@@ -28,27 +31,35 @@ JSON_TYPE = b"application/json"
 PROTOBUF_TYPE = b"application/x-protobuf"
 
 
-def encode(refusal: Refusal, protobuf: bool) -> tuple[bytes, bytes]:
-    """(content type, body) for a refusal."""
-    if not protobuf:
-        return JSON_TYPE, json.dumps(refusal.body(), separators=(",", ":")).encode()
-    info = error_details_pb2.ErrorInfo(
-        reason=refusal.code,
-        domain="ingest-gateway",
-        metadata={k: str(v) for k, v in refusal.detail.items()},
-    )
-    detail = AnyProto()
-    detail.Pack(info)
-    status = status_pb2.Status(
-        code=_GRPC_CODES.get(refusal.status, code_pb2.UNKNOWN),
-        message=refusal.code,
-        details=[detail],
-    )
-    return PROTOBUF_TYPE, status.SerializeToString()
+# How a refusal is written: a Status in protobuf, a Status in JSON, or {"error": code}.
+PROTOBUF, STATUS_JSON, PLAIN_JSON = "protobuf", "status", "json"
+_ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+_DOMAIN = "ingest-gateway"
 
 
-async def send_refusal(send: Any, refusal: Refusal, protobuf: bool) -> None:
-    content_type, body = encode(refusal, protobuf)
+def encode(refusal: Refusal, style: str | bool) -> tuple[bytes, bytes]:
+    """(content type, body) for a refusal; ``style`` True/False is protobuf/plain JSON."""
+    if style is True:
+        style = PROTOBUF
+    metadata = {k: str(v) for k, v in refusal.detail.items()}
+    code = _GRPC_CODES.get(refusal.status, code_pb2.UNKNOWN)
+    if style == PROTOBUF:
+        info = error_details_pb2.ErrorInfo(reason=refusal.code, domain=_DOMAIN, metadata=metadata)
+        detail = AnyProto()
+        detail.Pack(info)
+        status = status_pb2.Status(code=code, message=refusal.message, details=[detail])
+        return PROTOBUF_TYPE, status.SerializeToString()
+    if style == STATUS_JSON:
+        info_json = {"@type": _ERROR_INFO, "reason": refusal.code, "domain": _DOMAIN}
+        if metadata:
+            info_json["metadata"] = metadata  # type: ignore[assignment]
+        body = {"code": code, "message": refusal.message, "details": [info_json]}
+        return JSON_TYPE, json.dumps(body, separators=(",", ":")).encode()
+    return JSON_TYPE, json.dumps(refusal.body(), separators=(",", ":")).encode()
+
+
+async def send_refusal(send: Any, refusal: Refusal, style: str | bool) -> None:
+    content_type, body = encode(refusal, style)
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if refusal.retry_after is not None:
         headers.append((b"retry-after", str(refusal.retry_after).encode()))
@@ -67,3 +78,12 @@ def decode_status(body: bytes) -> tuple[int, str, dict[str, str]]:
         if detail.Unpack(info):
             return status.code, info.reason, dict(info.metadata)
     return status.code, status.message, {}
+
+
+def decode_status_json(body: bytes) -> tuple[int, str, dict[str, str]]:
+    """(grpc code, reason, metadata) of a google.rpc.Status in JSON; for clients and tests."""
+    status = json.loads(body)
+    for detail in status.get("details", []):
+        if detail.get("@type") == _ERROR_INFO:
+            return status["code"], detail["reason"], detail.get("metadata", {})
+    return status["code"], status.get("message", ""), {}

@@ -42,7 +42,7 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     max_header_line: int = 16 * 1024
     max_items: int = 1_000_000
-    count_in_thread_above: int = 256 * 1024
+    count_inline_below: int = 256 * 1024
     upstream_allowlist: str = ""
     log_level: str = "info"
     # billing control plane

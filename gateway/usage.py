@@ -217,6 +217,24 @@ class UsageGate:
             if refusal is not None:
                 return refusal
 
+    def known_refusal(self, routing: OrgRouting, floor: Quantities) -> Refusal | None:
+        """The refusal of a request counting at least ``floor``, if the store's last word on
+        an exhausted meter settles it; never asks the store."""
+        now = self._clock()
+        for budget, limited, counted in self._accounts(routing, floor, now):
+            if not budget.exhausted:
+                continue
+            remaining = budget.remaining
+            deficit = {
+                m: need - remaining.get(m, 0)
+                for m, _ in limited
+                if (need := counted[m]) > remaining.get(m, 0)
+            }
+            refusal = self._known_refusal(budget, deficit, now)
+            if refusal is not None:
+                return refusal
+        return None
+
     def _refill_ahead(self, routing: OrgRouting, accounts: list[_Account]) -> None:
         """Below a quarter of the last grant, refill in the background: requests keep
         spending what is left instead of all waiting for the store when it runs out."""

@@ -29,6 +29,11 @@ class Refusal:
     def body(self) -> dict[str, Any]:
         return {"error": self.code, **self.detail}
 
+    @property
+    def message(self) -> str:
+        """A sentence for people reading an exporter's log; the code is for programs."""
+        return describe(self)
+
 
 INVALID_INGEST_KEY = Refusal(401, "invalid_ingest_key")
 BILLING_SUSPENDED = Refusal(402, "billing_suspended")
@@ -75,3 +80,31 @@ def rate_limited(meter: str, wait_seconds: float) -> Refusal:
         retry_after=max(1, math.ceil(wait_seconds)),
         detail={"meter": meter},
     )
+
+
+_SENTENCES = {
+    "invalid_ingest_key": "the ingest key is missing, unknown or revoked",
+    "billing_suspended": "the organization is suspended for billing",
+    "method_not_allowed": "only POST is accepted here",
+    "request_timeout": "the request body did not arrive in time",
+    "store_unavailable": "the gateway cannot check this key right now; retry later",
+    "upstream_unavailable": "the ingest backend is unavailable; retry later",
+    "upstream_timeout": "the ingest backend did not answer in time",
+}
+
+
+def describe(refusal: Refusal) -> str:
+    """The readable message of a refusal, from its code and details alone."""
+    d = refusal.detail
+    if refusal.code == "usage_limit_exceeded":
+        return (
+            f"usage limit exceeded: {d.get('meter')} {d.get('used')} of {d.get('limit')} "
+            f"this period, resets {d.get('resets_at')}"
+        )
+    if refusal.code == "prepaid_credit_exhausted":
+        return f"prepaid credit exhausted: balance {d.get('balance_minor')} (minor units)"
+    if refusal.code == "rate_limited":
+        return f"rate limited on {d.get('meter')}; retry after {refusal.retry_after} s"
+    if "message" in d:
+        return f"{refusal.code.replace('_', ' ')}: {d['message']}"
+    return _SENTENCES.get(refusal.code, refusal.code.replace("_", " "))

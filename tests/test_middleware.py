@@ -14,11 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import Runtime
+from gateway.ratelimit import RateLimiter
 from gateway.responses import decode_status
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from policies.model import Limits
 from tests.faults import FlakyStore
+from tests.refusals import code_of, error_of
 
 SECRET = "s" * 32
 
@@ -135,7 +137,8 @@ async def test_a_batch_the_service_refuses_is_not_counted(env: Any) -> None:
 async def test_missing_unknown_and_protobuf_key_errors(env: Any) -> None:
     _, service, client, _ = env
     r = await client.post("/v1/traces", content=b"{}", headers={"content-type": "application/json"})
-    assert (r.status_code, r.json()) == (401, {"error": "invalid_ingest_key"})
+    assert (r.status_code, error_of(r)) == (401, ("invalid_ingest_key", {}))
+    assert r.json()["message"] == "the ingest key is missing, unknown or revoked"
     r = await client.post(
         "/v1/traces",
         content=b"",
@@ -154,7 +157,7 @@ async def test_a_suspended_org_gets_402_billing_suspended(env: Any) -> None:
     await runtime.store.set_suspension(org_id, True, "test")
     await runtime.invalidate_org(org_id)
     r = await client.post("/v1/traces", **otlp_json(key))
-    assert (r.status_code, r.json()["error"]) == (402, "billing_suspended")
+    assert (r.status_code, code_of(r)) == (402, "billing_suspended")
     await runtime.store.set_suspension(org_id, False, None)
     await runtime.invalidate_org(org_id)
     assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
@@ -165,20 +168,25 @@ async def test_usage_limit_refusal_body(env: Any) -> None:
     _, key = await new_key(runtime, limits=Limits(requests=1))
     assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
     r = await client.post("/v1/traces", **otlp_json(key))
-    body = r.json()
+    code, body = error_of(r)
     assert r.status_code == 402 and "retry-after" not in r.headers
-    assert body["error"] == "usage_limit_exceeded"
-    assert (body["meter"], body["limit"], body["used"]) == ("requests", 1, 1)
+    assert code == "usage_limit_exceeded"
+    assert (body["meter"], body["limit"], body["used"]) == ("requests", "1", "1")
     assert body["resets_at"].endswith("Z")
+    assert r.json()["message"] == (
+        f"usage limit exceeded: requests 1 of 1 this period, resets {body['resets_at']}"
+    )
 
 
 async def test_rate_limit_answers_429_with_retry_after(env: Any) -> None:
     runtime, _, client, _ = env
+    # The bucket refills 2 tokens/s: on the real clock a 0.5 s stall would let the third pass.
+    runtime.gates._rates = RateLimiter(clock=lambda: 0.0)
     _, key = await new_key(runtime, limits=Limits(rate_requests=2))
     statuses = [(await client.post("/v1/traces", **otlp_json(key))).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
     r = await client.post("/v1/traces", **otlp_json(key))
-    assert r.json() == {"error": "rate_limited", "meter": "requests"}
+    assert error_of(r) == ("rate_limited", {"meter": "requests"})
     assert int(r.headers["retry-after"]) >= 1
 
 
@@ -202,7 +210,7 @@ async def test_store_down_known_key_fails_open_unknown_key_gets_503(env: Any) ->
     flaky.down = True
     assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
     r = await client.post("/v1/traces", **otlp_json("igk_never_seen"))
-    assert (r.status_code, r.json()["error"]) == (503, "store_unavailable")
+    assert (r.status_code, code_of(r)) == (503, "store_unavailable")
     assert r.headers["retry-after"] == "1"
     assert runtime.routing.stale_served >= 1
     assert runtime.metrics.fail_open._value.get() == 1
@@ -273,7 +281,7 @@ async def test_a_body_that_never_finishes_gets_408_and_others_are_served(tmp_pat
         transport = httpx.ASGITransport(app=gated)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
             assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
-        await asyncio.wait_for(slow, timeout=3)
+        await asyncio.wait_for(slow, timeout=30)  # the 408 comes within ~0.6 s; 30 s: a hang
         assert sent[0]["status"] == 408
         assert b"request_timeout" in sent[1]["body"]
     finally:

@@ -221,15 +221,15 @@ def test_deeply_nested_json_is_bad_request_not_a_crash() -> None:
         count_items("traces", "json", body.encode())
 
 
-def test_deeply_nested_protobuf_is_bad_request_not_a_crash() -> None:
+def test_deep_nesting_inside_an_item_counts_the_item_without_parsing_it() -> None:
+    # Items are counted, never parsed: their depth costs nothing and the backend judges them.
     value = AnyValue(string_value="leaf").SerializeToString()
     for _ in range(2_000):
         value = _field(5, _field(1, value))  # AnyValue.array_value -> ArrayValue.values
     attribute = _field(1, b"k") + _field(2, value)  # KeyValue.key, KeyValue.value
     span = _field(9, attribute)  # Span.attributes
     body = _field(1, _field(2, _field(2, span)))  # resource_spans -> scope_spans -> spans
-    with pytest.raises(BadRequest):
-        count_items("traces", "protobuf", body)
+    assert count_items("traces", "protobuf", body) == 1
     shallow = AnyValue(array_value=ArrayValue(values=[AnyValue(int_value=1)])).SerializeToString()
     flat = _field(1, _field(2, _field(2, _field(9, _field(1, b"k") + _field(2, shallow)))))
     assert count_items("traces", "protobuf", flat) == 1
@@ -262,7 +262,7 @@ def test_malformed_protobuf_is_bad_request(signal: str, body: bytes) -> None:
 
 def test_ndjson_counts_non_blank_lines() -> None:
     body = b'{"a": 1}\n\n{"b": 2}\r\n   \r\n\t\n[1, 2]\n"text"\n{"c": 3}'
-    assert count_items("logpush", "ndjson", body) == 5
+    assert count_items("logpush", "ndjson", body) == 6  # the array line holds two records
     assert count_items("logpush", "ndjson", b"") == 0
     assert count_items("logpush", "ndjson", b"\n\r\n \n") == 0
 
@@ -422,7 +422,7 @@ def test_malformed_gzip_is_bad_request(body: bytes) -> None:
         decompress(body, b"gzip", LIMITS)
 
 
-@pytest.mark.parametrize("encoding", [b"deflate", b"br", b"zstd", b"gzip, br", b"compress"])
+@pytest.mark.parametrize("encoding", [b"br", b"snappy", b"gzip, br", b"gzip, zstd", b"compress"])
 def test_other_encodings_are_unsupported(encoding: bytes) -> None:
     with pytest.raises(UnsupportedMediaType):
         decompress(b"", encoding, LIMITS)
@@ -461,9 +461,15 @@ def test_media_type_is_checked_before_size() -> None:
 FORMATS = [(s, f) for s in OTLP_SIGNALS for f in ("protobuf", "json", "ndjson")]
 FORMATS += [(s, "ndjson") for s in SIGNALS if s not in OTLP_SIGNALS]
 
+# Standard JSON only: no Infinity, no lone surrogates (the gateway refuses those lines).
+_text = st.text(st.characters(exclude_categories=("Cs",)))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(), children),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _text,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_text, children),
     max_leaves=5,
 )
 
@@ -501,7 +507,7 @@ def test_gzip_round_trips(data: bytes, level: int) -> None:
 @settings(database=None, max_examples=50, deadline=None)
 @given(
     lines=st.lists(
-        st.dictionaries(st.text(), json_values, max_size=3)
+        st.dictionaries(_text, json_values, max_size=3)
         | st.sampled_from(["", " ", "\t", "\r", " \t "]),
         max_size=20,
     ),
