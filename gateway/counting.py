@@ -266,6 +266,9 @@ def _json_types() -> dict[str, tuple[type[msgspec.Struct], tuple[str, ...]]]:
 _JSON = {
     signal: (msgspec.json.Decoder(kind), keys) for signal, (kind, keys) in _json_types().items()
 }
+# The Collector's JSON reader stops reading an object at an empty key and then misreads what
+# follows, which can surface items that a standard parser skips: such objects are refused.
+_EMPTY_KEY = re.compile(rb'(?<!\\)""\s*:')
 # A key spelled with \u escapes could decode to a counted key the byte counts cannot see.
 _ESCAPED_KEY = re.compile(rb'"(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*\\u[0-9A-Fa-f]{4}[^"]*"\s*:')
 
@@ -297,6 +300,8 @@ def _count_json(signal: str, data: bytes) -> int:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadRequest("JSON body is not valid UTF-8") from exc
+    if b'""' in data and _EMPTY_KEY.search(data):
+        raise BadRequest("an empty object key is not accepted in OTLP JSON")
     try:
         request = decoder.decode(data)
     except msgspec.ValidationError as exc:

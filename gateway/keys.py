@@ -42,16 +42,22 @@ def _clean(raw: bytes) -> str | None:
 def strip_key_param(query_string: bytes) -> bytes:
     """The query string without any parameter that ``extract_key`` would read as the key.
 
-    Names are decoded the same way (``k%65y`` is ``key``), so the secret never travels upstream.
+    Names are decoded the same way (``k%65y`` is ``key``), and ``;`` separates parameters too,
+    as some upstream frameworks read it, so the secret never travels upstream.
     """
     if not query_string:
         return query_string
     kept = []
     for part in query_string.split(b"&"):
-        name = part.split(b"=", 1)[0].decode("latin-1")
-        if unquote_plus(name, encoding="latin-1") != "key":
-            kept.append(part)
+        pieces = [p for p in part.split(b";") if not _names_key(p)]
+        if pieces:
+            kept.append(b";".join(pieces))
     return b"&".join(kept)
+
+
+def _names_key(parameter: bytes) -> bool:
+    name = parameter.split(b"=", 1)[0].decode("latin-1")
+    return unquote_plus(name, encoding="latin-1").strip() == "key"
 
 
 class KeyHasher:
