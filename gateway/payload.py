@@ -115,12 +115,14 @@ class PayloadInspector:
     def __init__(self, limits: BodyLimits) -> None:
         self.limits = limits
         self._pool: ProcessPoolExecutor | None = None
+        self.inspected = 0
         self.offloaded = 0
 
     async def inspect(
         self, signal: str, content_type: bytes | None, content_encoding: bytes | None, body: bytes
     ) -> Payload:
         limits = self.limits
+        self.inspected += 1
         fmt = media_format(signal, content_type)
         name = coding(content_encoding)
         if len(body) > limits.max_received:
