@@ -92,7 +92,7 @@ def count(signal: str, fmt: str, data: bytes, max_items: int) -> int:
     elif fmt == "protobuf":
         items = _count_protobuf(signal, data)
     elif fmt == "json":
-        items = _count_json(signal, data)
+        items = _count_json(signal, data, max_items)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     if items > max_items:
@@ -225,6 +225,11 @@ def _spellings(snake: str) -> tuple[str, ...]:
     return (camel,) if camel == snake else (camel, snake)
 
 
+_PATH_FIELDS = (*_LEAF.values(), *_RESOURCE.values(), "data_points")
+_PATH_FIELDS += (*_SCOPE.values(), *("deprecated_" + name for name in _SCOPE.values()))
+_SPELLINGS = {name: _spellings(name) for name in _PATH_FIELDS}
+
+
 def _struct(name: str, fields: dict[str, Any]) -> type[msgspec.Struct]:
     """A struct with every spelling of each field as its own attribute, UNSET when absent."""
     spec = []
@@ -274,26 +279,35 @@ _ESCAPED_KEY = re.compile(rb'"(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*\\u[0-9A-Fa-f]{4}[
 
 
 class _Walk:
-    """Counts items and the counted keys present on the path (to check against the raw body)."""
+    """Counts items and the counted keys present on the path (to check against the raw body).
 
-    __slots__ = ("items", "keys")
+    Every container on the path counts against ``budget`` before it is looked into, so no
+    body makes this loop run more than ``max_items`` times.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("budget", "items", "keys")
+
+    def __init__(self, budget: int) -> None:
         self.items = 0
         self.keys = 0
+        self.budget = budget
 
     def field(self, obj: Any, snake: str) -> list[Any]:
-        spellings = _spellings(snake)
+        spellings = _SPELLINGS[snake]
         present = [v for s in spellings if (v := getattr(obj, s)) is not _UNSET]
         self.keys += len(present)
         if len(present) > 1:
             raise BadRequest(f"both {spellings[0]} and {snake} are set")
-        if not present:
+        if not present or present[0] is None:
             return []
-        return present[0] or []
+        found: list[Any] = present[0]
+        self.budget -= len(found)
+        if self.budget < 0:
+            raise PayloadTooLarge("more objects on the counted path than items allowed")
+        return found
 
 
-def _count_json(signal: str, data: bytes) -> int:
+def _count_json(signal: str, data: bytes, max_items: int) -> int:
     decoder, keys = _JSON[signal]
     if not data.isascii():
         try:
@@ -308,14 +322,18 @@ def _count_json(signal: str, data: bytes) -> int:
         raise BadRequest(f"unexpected value in OTLP JSON at {_where(exc)}") from exc
     except (msgspec.DecodeError, RecursionError) as exc:
         raise BadRequest("invalid JSON body") from exc
-    walk = _Walk()
+    walk = _Walk(max_items)
     leaf, scope_field = _LEAF[signal], _SCOPE[signal]
     for resource in walk.field(request, _RESOURCE[signal]):
         scopes = walk.field(resource, scope_field)
         deprecated = walk.field(resource, "deprecated_" + scope_field)
         for scope in scopes or deprecated:
-            for item in walk.field(scope, leaf):
-                walk.items += _json_points(walk, item) if signal == "metrics" else 1
+            leaves = walk.field(scope, leaf)
+            if signal != "metrics":
+                walk.items += len(leaves)
+                continue
+            for metric in leaves:
+                walk.items += _json_points(walk, metric)
     raw = sum(data.count(b'"' + key.encode() + b'"') for key in keys)
     if raw != walk.keys or (b"\\u" in data and _ESCAPED_KEY.search(data)):
         _refuse_duplicates(data, frozenset(keys))
@@ -334,7 +352,9 @@ def _json_points(walk: _Walk, metric: Any) -> int:
         raise BadRequest(f"a metric cannot hold both {kinds[0][0]} and {kinds[1][0]}")
     if not kinds or kinds[0][1] is None:
         return 0
-    return len(walk.field(kinds[0][1], "data_points"))
+    points = walk.field(kinds[0][1], "data_points")
+    walk.budget += len(points)  # points are the items; they count once, below
+    return len(points)
 
 
 def _where(exc: msgspec.ValidationError) -> str:
