@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from typing import Any
 
 import pytest
 from google.protobuf.json_format import MessageToJson
@@ -523,3 +524,56 @@ def test_ndjson_counts_each_object(
     )
     expected = sum(1 for line in lines if not isinstance(line, str))
     assert count_items("logpush", "ndjson", text.encode()) == expected
+
+
+# --- deflate and zstd ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", [b"deflate", b"zlib", b"zstd", b"ZSTD"])
+def test_deflate_and_zstd_are_decoded(encoding: bytes) -> None:
+    data = b'{"resourceSpans":[]}' * 100
+    packed = zlib.compress(data) if b"zstd" not in encoding.lower() else _zstd(data)
+    assert decompress(packed, encoding, LIMITS) == data
+
+
+def _zstd(data: bytes, **kwargs: Any) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(**kwargs).compress(data)
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate", b"zstd"])
+def test_every_coding_stops_a_bomb_at_the_limit(encoding: bytes) -> None:
+    limits = BodyLimits(max_decompressed=1024 * 1024)
+    zeros = b"\0" * (limits.max_decompressed * 8)
+    packed = {b"gzip": gzip.compress, b"deflate": zlib.compress, b"zstd": _zstd}[encoding](zeros)
+    assert len(packed) < 64 * 1024
+    with pytest.raises(PayloadTooLarge):
+        decompress(packed, encoding, limits)
+    exact = {b"gzip": gzip.compress, b"deflate": zlib.compress, b"zstd": _zstd}[encoding](
+        zeros[: limits.max_decompressed]
+    )
+    assert len(decompress(exact, encoding, limits)) == limits.max_decompressed
+
+
+def test_zstd_frames_are_read_across_and_bad_ones_refused() -> None:
+    two = _zstd(b"first ") + _zstd(b"second")
+    assert decompress(two, b"zstd", LIMITS) == b"first second"
+    for bad in (b"not zstd at all", _zstd(b"x" * 5000)[:-7]):
+        with pytest.raises(BadRequest):
+            decompress(bad, b"zstd", LIMITS)
+
+
+def test_a_zstd_frame_asking_for_a_huge_window_is_refused_not_allocated() -> None:
+    import io
+
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters(window_log=30, write_content_size=False)
+    packed = io.BytesIO()
+    compressor = zstandard.ZstdCompressor(compression_params=params)
+    with compressor.stream_writer(packed, closefd=False) as writer:
+        writer.write(b"a" * 100)
+    assert zstandard.get_frame_parameters(packed.getvalue()).window_size == 1 << 30
+    with pytest.raises(BadRequest):
+        decompress(packed.getvalue(), b"zstd", LIMITS)
