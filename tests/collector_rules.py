@@ -130,7 +130,7 @@ def _array(pairs: list[tuple[str, Any]], snake: str) -> list[Any]:
         if key in _spellings(snake):
             if value is None:
                 continue
-            if not isinstance(value, list) or value and isinstance(value[0], tuple):
+            if not isinstance(value, list) or (value and isinstance(value[0], tuple)):
                 raise Unreadable("not an array")
             out.extend(value)
     return out
