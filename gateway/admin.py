@@ -4,19 +4,32 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import Runtime
+from gateway.body import BodyDeadlines, Disconnected
 from gateway.control import Conflict, Control, NotFound, UpstreamAllowlist, org_json
-from gateway.errors import BadRequest, StoreError
+from gateway.errors import BadRequest, PayloadTooLarge, StoreError
+from gateway.metrics import Metrics
 from gateway.openapi import SPEC
+from gateway.webhooks.endpoint import EventPolicy
+
+log = logging.getLogger("gateway.admin")
+MAX_ADMIN_BODY = 1024 * 1024
 
 
 def _error(status: int, code: str, message: str | None = None) -> JSONResponse:
@@ -26,20 +39,152 @@ def _error(status: int, code: str, message: str | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-class AdminAuth:
-    """Every admin route needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``."""
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """An address over its failures: ``wait`` seconds until it may fail again with a 401."""
 
-    def __init__(self, app: Any, token: str | None) -> None:
+    wait: float
+    started: bool  # this failure is the address's first one over
+
+
+class AuthFailures:
+    """Failed admin authentications per client address within the last ``window`` seconds.
+
+    Only failures are kept (the last ``limit`` times per address, for ``max_addresses``
+    addresses, the least recently failing dropped first), so an address that sends the right
+    token is never slowed and a flood of addresses cannot grow the table.
+    """
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 1.0,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._seen: dict[str, tuple[deque[float], bool]] = {}
+
+    def fail(self, address: str) -> Throttled | None:
+        """Records a failure; what to answer if the address is over its failures."""
+        now = self._clock()
+        entry = self._seen.pop(address, None)
+        times, was_over = entry if entry is not None else (deque(maxlen=self.limit), False)
+        while len(self._seen) >= self.max_addresses:
+            del self._seen[next(iter(self._seen))]
+        over = len(times) == self.limit and now - times[0] < self.window
+        times.append(now)
+        self._seen[address] = (times, over)  # at the end: the most recently failing
+        if not over:
+            return None
+        return Throttled(self.window - (now - times[0]), started=not was_over)
+
+
+class AdminAuth:
+    """Every admin route needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``.
+
+    A failure is counted and logged (never with what was sent); an address with ``limit``
+    failures in the last second gets 429 instead of 401 until it stops.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        token: str | None,
+        metrics: Metrics,
+        failures: AuthFailures | None = None,
+    ) -> None:
         self.app = app
         self._expected = f"Bearer {token}".encode() if token else None
+        self._failures = failures or AuthFailures()
+        self._unauthorized = metrics.admin_auth_failures.labels("unauthorized")
+        self._throttled = metrics.admin_auth_failures.labels("rate_limited")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             given = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
             if self._expected is None or not hmac.compare_digest(given, self._expected):
-                await _error(401, "unauthorized")(scope, receive, send)
+                await self._refuse(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        throttled = self._failures.fail(address)
+        if throttled is None:
+            self._unauthorized.inc()
+            log.warning(
+                "admin request refused, missing or wrong token: %s %s from %s",
+                scope["method"],
+                scope["path"],
+                address,
+            )
+            response = _error(401, "unauthorized")
+        else:
+            self._throttled.inc()
+            if throttled.started:
+                log.warning("admin authentication failures from %s throttled (429)", address)
+            response = _error(429, "rate_limited")
+            response.headers["retry-after"] = str(max(1, math.ceil(throttled.wait)))
+        if _announces_body(scope["headers"]):
+            # The body is never read: end the connection rather than keep taking it.
+            response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+def _announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        (n == b"content-length" and v.strip() != b"0") or n == b"transfer-encoding"
+        for n, v in headers
+    )
+
+
+class AdminBodies:
+    """Reads every admin body under the same deadline as ingest bodies, and a size limit."""
+
+    def __init__(self, app: Any, bodies: BodyDeadlines, limit: int = MAX_ADMIN_BODY) -> None:
+        self.app = app
+        self.bodies = bodies
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for n, v in scope["headers"] if n == b"content-length"), b"")
+        try:
+            body = await self.bodies.read(
+                receive,
+                self.limit,
+                # More digits than any limit has: too large, without parsing a huge number.
+                (int(declared) if len(declared) < 19 else 2**63) if declared.isdigit() else None,
+            )
+        except PayloadTooLarge:
+            response = _error(413, "payload_too_large")
+            response.headers["connection"] = "close"  # the rest of the body is never read
+            await response(scope, receive, send)
+            return
+        except TimeoutError:
+            response = _error(408, "request_timeout")
+            response.headers["connection"] = "close"
+            await response(scope, receive, send)
+            return
+        except Disconnected:
+            log.debug("admin client disconnected before its body arrived")
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())
+
+        await self.app(scope, replay, send)
 
 
 async def _json(request: Request) -> Any:
@@ -60,7 +205,8 @@ def _limit(request: Request) -> int:
 def build_admin_app(runtime: Runtime) -> Any:
     settings = runtime.settings
     allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
-    control = Control(runtime.store, runtime.hasher, runtime.invalidate_org, allowlist)
+    events = EventPolicy.from_settings(settings)
+    control = Control(runtime.store, runtime.hasher, runtime.invalidate_org, allowlist, events)
 
     async def create_org(request: Request) -> Response:
         org = await control.create_org(await _json(request))
@@ -138,6 +284,7 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/webhooks/events", webhook_events, methods=["GET"]),
             Route("/admin/audit", audit, methods=["GET"]),
         ],
+        middleware=[Middleware(AdminBodies, bodies=runtime.bodies)],
         exception_handlers={
             BadRequest: bad_request,
             NotFound: not_found,
@@ -145,4 +292,4 @@ def build_admin_app(runtime: Runtime) -> Any:
             StoreError: store_down,
         },
     )
-    return AdminAuth(app, runtime.settings.admin_token)
+    return AdminAuth(app, settings.admin_token, runtime.metrics)

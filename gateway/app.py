@@ -26,9 +26,10 @@ from gateway.invalidation import Invalidation, open_invalidation
 from gateway.keys import KeyHasher
 from gateway.metrics import Metrics
 from gateway.middleware import GateMiddleware, signal_for
-from gateway.payload import BodyLimits
+from gateway.payload import BodyLimits, PayloadInspector
 from gateway.proxy import ReverseProxy
 from gateway.ratelimit import RateLimiter
+from gateway.readiness import Readiness
 from gateway.routing import RoutingCache
 from gateway.settings import Settings
 from gateway.spool import Spool
@@ -108,10 +109,17 @@ class Runtime:
             upstream if upstream is not None else HttpUpstream(timeout=settings.upstream_timeout)
         )
         self.sink = LocalSink(settings.data_dir / "sink")
-        self.limits = BodyLimits(settings.max_body, settings.max_decompressed)
+        self.limits = BodyLimits(
+            settings.max_body,
+            settings.max_decompressed,
+            settings.max_items,
+            settings.count_inline_below,
+        )
+        self.inspector = PayloadInspector(self.limits)
         # Webhook and admin bodies: the same deadline as ingest, so no client holds a worker.
         self.bodies = BodyDeadlines(settings.body_timeout)
         self._flusher: asyncio.Task[None] | None = None
+        self.readiness = Readiness(lambda: self.store.ping(), self.guard, settings.gate_timeout)
 
     async def start(self) -> None:
         await self.store.open()
@@ -160,6 +168,7 @@ class Runtime:
             log.warning("%d usage batches stay spooled until the store answers again", left)
         await asyncio.to_thread(self.spool.close)
         await self.upstream.close()
+        self.inspector.close()
         await self.invalidation.close()
         for task in list(self._tasks):
             task.cancel()
@@ -184,6 +193,7 @@ class Runtime:
             self.metrics,
             limits=self.limits,
             body_timeout=self.settings.body_timeout,
+            inspector=self.inspector,
         )
 
     async def invalidate_org(self, org_id: str) -> None:
@@ -212,11 +222,9 @@ class Runtime:
         self._background(claim())
 
     async def ready(self) -> bool:
-        try:
-            await self.guard.call(self.store.ping)
-        except StoreError:
-            return False
-        return True
+        """The reservation breaker is closed and the store answered a ping in the last second;
+        never a store call of its own through ``self.guard`` (see gateway/readiness.py)."""
+        return await self.readiness.ready()
 
 
 class IngestApp:

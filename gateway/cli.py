@@ -216,6 +216,9 @@ async def _quickstart(settings: Settings) -> None:
             path.chmod(0o600)
         token = path.read_text().strip()
         settings = settings.with_(admin_token=token)
+    from gateway.server import check_admin_token, serve
+
+    check_admin_token(settings)  # before the demo org is created
 
     async def demo(c: Control) -> tuple[str, str]:
         org = await c.create_org({"name": "demo", "limits": {"requests": 100_000}})
@@ -249,8 +252,6 @@ Usage so far:  curl -H "Authorization: Bearer $(cat {settings.data_dir / "admin-
 """,
         flush=True,
     )
-    from gateway.server import serve
-
     await serve(settings)
 
 

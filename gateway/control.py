@@ -6,20 +6,26 @@ validated here, so both front ends refuse the same things with the same messages
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, ConfigError
 from gateway.keys import KeyHasher, generate_key
 from gateway.store.base import CustomerTaken, KeyRecord, OrgChanges, OrgRecord, Store
 from gateway.usage import CREDIT_PERIOD
+from gateway.webhooks.endpoint import EventPolicy
 from policies.billing import BillingState
 from policies.model import MICROS_PER_MINOR, SENT_METERS, Limits, Period, Prices
 from policies.periods import period_for
 from policies.suspension import manual_unsuspend
+
+log = logging.getLogger("gateway.control")
 
 MAX_INT = 2**63 - 1  # every store keeps these in a signed 64-bit column
 MAX_PRICE = 10**9  # minor units per million units
@@ -82,36 +88,153 @@ def _limits(raw: object, base: Limits) -> Limits:
     return replace(base, **changes)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Dot-separated labels of letters, digits, "-" and "_" (container names), none empty.
+_HOST = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an upstream is: scheme, lowercase host and port (the scheme's default if none)."""
+
+    scheme: str
+    host: str  # an IPv6 address keeps its brackets
+    port: int
+    explicit_port: bool = field(default=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        """The form stored: the port only when it was given."""
+        port = f":{self.port}" if self.explicit_port else ""
+        return f"{self.scheme}://{self.host}{port}"
+
+
+class BadOrigin(ValueError):
+    """Not an origin; the message names the first thing wrong, never the input."""
+
+
+def parse_origin(raw: str, what: str = "upstream") -> Origin:
+    """``http(s)://host[:port]`` and nothing else: a lone trailing "/" is dropped; a path,
+    query, fragment, user name, whitespace, control or non-ASCII character is refused."""
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        raise BadOrigin(f"{what} must not contain whitespace or control characters")
+    if not raw.isascii():
+        raise BadOrigin(f"{what} must be ASCII (an internationalised host in its xn-- form)")
+    scheme, sep, rest = raw.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _DEFAULT_PORTS:
+        raise BadOrigin(f"{what} must be an http:// or https:// URL")
+    authority, tail = _cut(rest, "/?#")
+    if "@" in authority:
+        raise BadOrigin(f"{what} must not contain a user name or password")
+    host, port_text = _host_and_port(authority, what)
+    if tail not in ("", "/"):
+        path, after = _cut(tail, "?#")
+        if path not in ("", "/"):
+            part = "a path"
+        else:
+            part = "a query" if after.startswith("?") else "a fragment"
+        raise BadOrigin(f"{what} must be an origin (scheme://host[:port]) without {part}")
+    if port_text is None:
+        return Origin(scheme, host, _DEFAULT_PORTS[scheme])
+    if not (port_text.isdigit() and len(port_text) <= 5 and 1 <= int(port_text) <= 65535):
+        raise BadOrigin(f"{what} must have a port from 1 to 65535")
+    return Origin(scheme, host, int(port_text), explicit_port=True)
+
+
+def _cut(text: str, stops: str) -> tuple[str, str]:
+    """``text`` split before the first of ``stops``."""
+    at = min((i for i in map(text.find, stops) if i >= 0), default=len(text))
+    return text[:at], text[at:]
+
+
+def _host_and_port(authority: str, what: str) -> tuple[str, str | None]:
+    """The host, validated and lowercased, and the port's text (None when absent)."""
+    if authority.startswith("["):
+        inside, bracket, after = authority[1:].partition("]")
+        try:
+            address = ipaddress.IPv6Address(inside)
+        except ValueError:
+            address = None
+        if address is None or not bracket or (after and not after.startswith(":")):
+            raise BadOrigin(f"{what} has an invalid host")
+        return f"[{address.compressed}]", after[1:] if after else None
+    host, colon, port_text = authority.partition(":")
+    host = host.lower()
+    if not host:
+        raise BadOrigin(f"{what} must name a host")
+    if not _HOST.fullmatch(host):
+        raise BadOrigin(f"{what} has an invalid host")
+    return host, port_text if colon else None
+
+
+def _default_origin(url: str) -> Origin | None:
+    """The default upstream's origin; the operator's URL may have a path."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = (parts.hostname or "").lower()
+        if ":" in host:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return Origin(scheme, host, port or _DEFAULT_PORTS[scheme])
+
+
 class UpstreamAllowlist:
     """Where an org's own upstream may point: no SSRF through the admin API.
 
-    Entries (``GATEWAY_UPSTREAM_ALLOWLIST``, comma-separated): an origin
-    (``https://collector.internal:4318``), a host (any port), or ``*.suffix``. The default
-    upstream's origin is always allowed; with no entries, nothing else is.
+    Entries (``GATEWAY_UPSTREAM_ALLOWLIST``, comma-separated):
+
+    - an origin, ``https://collector.internal:4318``: that scheme, host and port; without a
+      port, the scheme's default (``https://collector.internal`` allows ``:443``, not
+      ``:8443``);
+    - a host, ``collector.internal``: that host on any port, over http or https;
+    - ``*.suffix``: every subdomain of ``suffix`` at any depth (``a.suffix``,
+      ``a.b.suffix``), not ``suffix`` itself (list it as a host as well for that).
+
+    The default upstream's origin is always allowed; with no entries, nothing else is. A
+    malformed entry is a ``ConfigError`` at start-up rather than an entry that never matches.
     """
 
     def __init__(self, raw: str = "", default: str | None = None) -> None:
-        self.entries = tuple(e.strip().lower() for e in raw.split(",") if e.strip())
-        self.default = _origin(default) if default else None
+        origins: set[Origin] = set()
+        hosts: set[str] = set()
+        suffixes: set[str] = set()
+        entries = [e.strip() for e in raw.split(",") if e.strip()]
+        for number, entry in enumerate(entries, 1):
+            what = f"GATEWAY_UPSTREAM_ALLOWLIST entry #{number}"
+            try:
+                if "://" in entry:
+                    origins.add(parse_origin(entry, what))
+                elif entry.startswith("*."):
+                    suffixes.add("." + _bare_host(entry[2:], what))
+                else:
+                    hosts.add(_bare_host(entry, what))
+            except BadOrigin as exc:
+                raise ConfigError(str(exc)) from None
+        self.default = _default_origin(default) if default else None
+        self.origins = frozenset(origins)
+        self.hosts = frozenset(hosts)
+        self.suffixes = tuple(sorted(suffixes))
 
-    def allows(self, url: str) -> bool:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        origin = _origin(url)
-        for entry in self.entries:
-            if "://" in entry and entry.rstrip("/") == origin:
-                return True
-            if entry.startswith("*.") and host.endswith(entry[1:]):
-                return True
-            if entry == host:
-                return True
-        return origin == self.default
+    def allows(self, origin: Origin) -> bool:
+        return (
+            origin == self.default
+            or origin in self.origins
+            or origin.host in self.hosts
+            or origin.host.endswith(self.suffixes)
+        )
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
+def _bare_host(text: str, what: str) -> str:
+    host, port = _host_and_port(text.lower(), what)
+    if port is not None:
+        raise BadOrigin(f"{what}: a host has no port (write scheme://host:port for one)")
+    return host
 
 
 def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
@@ -120,15 +243,12 @@ def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
     if not isinstance(raw, str):
         raise BadRequest("upstream must be a string or null")
     try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise BadRequest("upstream must be an http:// or https:// URL") from None
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.username:
-        raise BadRequest("upstream must be an http:// or https:// URL")
-    if not allowlist.allows(raw):
+        origin = parse_origin(raw)
+    except BadOrigin as exc:
+        raise BadRequest(str(exc)) from None
+    if not allowlist.allows(origin):
         raise BadRequest("upstream is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
-    return raw.rstrip("/")
+    return origin.url
 
 
 def _name(raw: object) -> str:
@@ -184,16 +304,22 @@ def _customers(raw: object) -> dict[str, str]:
 
 
 class Control:
+    """``event_policy`` decides the provider events kept for a customer before it was
+    linked; it must be the webhook endpoint's (``EventPolicy.from_settings``). Without one,
+    linking applies nothing and the events stay unlinked until a link that has one."""
+
     def __init__(
         self,
         store: Store,
         hasher: KeyHasher,
         invalidate: Callable[[str], Awaitable[None]] | None = None,
         allowlist: UpstreamAllowlist | None = None,
+        event_policy: EventPolicy | None = None,
     ) -> None:
         self.store = store
         self.hasher = hasher
         self.allowlist = allowlist or UpstreamAllowlist()
+        self.event_policy = event_policy
         self._invalidate = invalidate
 
     async def invalidate(self, org_id: str) -> None:
@@ -241,8 +367,36 @@ class Control:
                 raise Conflict("a billing customer id is already linked to another org") from exc
             if org is None:
                 raise NotFound(org_id)
+            if await self._apply_unlinked(org_id, customers):
+                org = await self._org(org_id)
         await self.invalidate(org_id)
         return org
+
+    async def _apply_unlinked(self, org_id: str, customers: Mapping[str, str]) -> bool:
+        """The events each customer had before this link; True when any was applied.
+
+        Every customer of the body, changed or not: linking again finishes a link whose
+        events were not all applied (the store failed half-way)."""
+        policy = self.event_policy
+        if policy is None:
+            return False
+        moment = datetime.now(UTC)
+        any_applied = False
+        for provider, customer in customers.items():
+            outcomes = await self.store.apply_unlinked_events(
+                provider, customer, lambda event: policy.decide(event, moment), moment
+            )
+            applied = sum(outcome.status == "applied" for outcome in outcomes)
+            if outcomes:
+                log.info(
+                    "%s events from before the link, applied to %s: %d, refused: %d",
+                    provider,
+                    org_id,
+                    applied,
+                    len(outcomes) - applied,
+                )
+            any_applied = any_applied or applied > 0
+        return any_applied
 
     async def _org(self, org_id: str) -> OrgRecord:
         org = await self.store.get_org(org_id)

@@ -51,6 +51,12 @@ class Metrics:
             ["provider", "outcome"],
             registry=self.registry,
         )
+        self.admin_auth_failures = Counter(
+            "gateway_admin_auth_failures",
+            "Admin requests with a missing or wrong token, by answer (unauthorized, rate_limited).",
+            ["answer"],
+            registry=self.registry,
+        )
         self.upstream_seconds = Histogram(
             "gateway_upstream_seconds",
             "Time to forward a batch upstream and read the answer.",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -20,6 +22,70 @@ from gateway.protocol import guarded
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
+MIN_ADMIN_TOKEN = 16
+_OUT_OF_RESOURCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Shorter than asyncio's one-second retry, so each retry really tries.
+ACCEPT_REST = 0.5
+
+
+class AcceptErrorLog:
+    """The loop's exception handler: accept() failing for lack of file descriptors is logged
+    at most once per ``interval``, with how many failures were left out; anything else goes to
+    the handler it replaces (asyncio's default one)."""
+
+    def __init__(
+        self,
+        fallback: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.fallback = fallback
+        self.interval = interval
+        self.suppressed = 0
+        self._last: BaseException | None = None
+        self._window: asyncio.TimerHandle | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not (
+            isinstance(exc, OSError)
+            and exc.errno in _OUT_OF_RESOURCE
+            and "accept" in str(context.get("message", ""))
+        ):
+            if self.fallback is not None:
+                self.fallback(loop, context)
+            else:
+                loop.default_exception_handler(context)
+            return
+        self._last = exc
+        if self._window is not None:
+            self.suppressed += 1
+            return
+        log.error("socket.accept() out of system resource: %s", exc)
+        self._window = loop.call_later(self.interval, self._close_window, loop)
+
+    def _close_window(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._window = None
+        if self.suppressed:
+            log.error(
+                "socket.accept() out of system resource: %s (%d more in the last %g s)",
+                self._last,
+                self.suppressed,
+                self.interval,
+            )
+            self.suppressed = 0
+            self._window = loop.call_later(self.interval, self._close_window, loop)
+
+
+def check_admin_token(settings: Settings) -> None:
+    """A short admin token can be guessed; an unset one refuses every admin request."""
+    token = settings.admin_token
+    if token is None or token == "":
+        log.warning("GATEWAY_ADMIN_TOKEN is not set: the admin API refuses every request")
+    elif len(token) < MIN_ADMIN_TOKEN:
+        raise ConfigError(
+            f"GATEWAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters;"
+            " generate one with: openssl rand -hex 32"
+        )
 
 
 class _Server(uvicorn.Server):
@@ -29,26 +95,58 @@ class _Server(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets is not None and self.started:
+            self._log_started_message(sockets)  # uvicorn says where only when it binds itself
+
+
+class _Listener(socket.socket):
+    """A listening socket that reports nothing to accept for a while after running out of
+    file descriptors: asyncio (3.11) keeps calling accept() after EMFILE, up to the backlog,
+    and schedules a retry for each failure, so the retries would multiply every second."""
+
+    rest_until = 0.0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if time.monotonic() < self.rest_until:
+            raise BlockingIOError(errno.EAGAIN, "resting after running out of descriptors")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCE:
+                self.rest_until = time.monotonic() + ACCEPT_REST
+            raise
+
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    sock = _Listener(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
     return sock
 
 
-def _run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
-    """asyncio's loop, or uvloop with ``GATEWAY_LOOP=uvloop`` (it measured no faster here)."""
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop with ``GATEWAY_LOOP=uvloop`` (it measured no faster here), else asyncio's loop."""
+    if loop != "uvloop":
+        return None
     try:
-        if loop != "uvloop":
-            raise ImportError
         import uvloop
     except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        log.warning("GATEWAY_LOOP=uvloop but uvloop is not installed: using asyncio's loop")
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(main: Coroutine[Any, Any, None], loop: str = "asyncio") -> None:
+    # Outside any except block, so no traceback of the server is chained to an ImportError.
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
         runner.run(main)
 
 
@@ -61,6 +159,7 @@ def run(settings: Settings) -> int:
     if settings.workers <= 1:
         _run(serve(settings), settings.loop)
         return 0
+    check_admin_token(settings)  # refused once here, not by every worker
     settings.key_secret_bytes()  # created once here, not raced by the workers
     sockets = (_bind(settings.host, settings.port), _bind(settings.admin_host, settings.admin_port))
     children = []
@@ -97,13 +196,28 @@ async def serve(
 ) -> None:
     if settings.admin_port == settings.port and settings.admin_host in {settings.host, "0.0.0.0"}:
         raise ConfigError("the admin listener must not share the ingest port")
-    runtime = Runtime(settings)
-    await runtime.start()
+    check_admin_token(settings)
+    if sockets is None:
+        ingest_socket = _bind(settings.host, settings.port)
+        try:
+            sockets = (ingest_socket, _bind(settings.admin_host, settings.admin_port))
+        except ConfigError:
+            ingest_socket.close()
+            raise
+    try:
+        runtime = Runtime(settings)
+        await runtime.start()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+
+    protocol = guarded(settings.header_timeout, settings.max_header_bytes, settings.max_header_line)
 
     def config(app: Any, host: str, port: int) -> uvicorn.Config:
         return uvicorn.Config(
             app,
-            http=guarded(settings.header_timeout),
+            http=protocol,
             host=host,
             port=port,
             lifespan="off",
@@ -120,16 +234,13 @@ async def serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
-    if not settings.admin_token:
-        log.warning("GATEWAY_ADMIN_TOKEN is not set: the admin API refuses every request")
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(AcceptErrorLog(previous_handler))
     try:
-        if sockets is None:
-            tasks = [asyncio.create_task(s.serve()) for s in (ingest, admin)]
-        else:
-            tasks = [
-                asyncio.create_task(s.serve(sockets=[sock]))
-                for s, sock in ((ingest, sockets[0]), (admin, sockets[1]))
-            ]
+        tasks = [
+            asyncio.create_task(s.serve(sockets=[sock]))
+            for s, sock in ((ingest, sockets[0]), (admin, sockets[1]))
+        ]
         while not (ingest.started and admin.started):
             if any(t.done() for t in tasks):
                 break
@@ -144,4 +255,5 @@ async def serve(
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        loop.set_exception_handler(previous_handler)
         await runtime.close()

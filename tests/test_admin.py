@@ -246,7 +246,7 @@ async def test_org_upstreams_outside_the_allowlist_are_refused(admin: Any, upstr
     "upstream",
     [
         "http://10.0.0.1:4318",
-        "https://eu.ingest.example/v1",
+        "https://eu.ingest.example",
         "https://backend.example:8443",
         "http://collector:4318/",
     ],

@@ -10,16 +10,18 @@ routing carries (``ReserveRequest.limits.credit``).
 
 Billing: a webhook event is claimed, its org's ``BillingState`` locked, a pure ``decide``
 called on it and the resulting ``BillingChange`` written, all in one transaction
-(``apply_billing_event``); any exception undoes everything, the claim included. The
-helpers at the bottom are shared by every backend so that they store and report the
-same values.
+(``apply_billing_event``); any exception undoes everything, the claim included. An event
+whose customer is linked to no org yet is claimed and kept, parsed, as ``unlinked``; once
+the customer is linked, ``apply_unlinked_events`` applies each such event exactly as above
+(the claim row's status moving from ``unlinked`` is what makes it once). The helpers at
+the bottom are shared by every backend so that they store and report the same values.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -180,7 +182,8 @@ class UsageBatch:
         return not any(self.used.values()) and not any(self.reserved.values())
 
 
-WebhookStatus = Literal["applied", "duplicate", "unknown_customer", "refused"]
+# unlinked: kept until its customer is linked to an org; unknown_customer: it names none.
+WebhookStatus = Literal["applied", "duplicate", "unlinked", "unknown_customer", "refused"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,8 @@ class WebhookOutcome:
 
 
 Decide = Callable[[BillingState], BillingChange]
+# The decision of one event: the same for a webhook and for an event applied on linking.
+DecideEvent = Callable[[BillingEvent], Decide]
 
 
 class Store(Protocol):
@@ -276,6 +281,16 @@ class Store(Protocol):
         in one transaction. Any exception rolls everything back (the claim too) and is
         raised, so a retry of the event is processed."""
 
+    async def apply_unlinked_events(
+        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
+    ) -> list[WebhookOutcome]:
+        """Apply the events kept ``unlinked`` for this customer to the org it is linked to
+        now, in the order the provider sent them (event time, then arrival): each in a
+        transaction of its own, as ``apply_billing_event`` would have, that moves it from
+        ``unlinked`` to ``applied`` or ``refused``. An event another caller has taken is
+        skipped, so a second link applies nothing twice; an exception stops there and
+        leaves that event and the later ones unlinked. [] when the customer has no org."""
+
     async def update_billing(
         self, org_id: str, decide: Decide, *, actor: str, now: datetime
     ) -> BillingChange | None:
@@ -350,6 +365,29 @@ def applied_change(change: BillingChange, claimed: bool) -> BillingChange:
         period = utc_period(change.new_period)
         return replace(change, state=stored_state(replace(change.state, period=period)))
     return replace(change, state=stored_state(change.state), new_period=None, period_grants=())
+
+
+def event_json(event: BillingEvent) -> str:
+    """A parsed event as kept until its customer is linked (``event_from_json`` reads it)."""
+    raw: dict[str, object] = {}
+    for f in fields(BillingEvent):
+        value = getattr(event, f.name)
+        if isinstance(value, datetime):
+            value = iso(value)
+        elif isinstance(value, Period):
+            value = [iso(value.start), iso(value.end)]
+        raw[f.name] = value
+    return json.dumps(raw, sort_keys=True)
+
+
+def event_from_json(text: str) -> BillingEvent:
+    raw = json.loads(text)
+    values = {f.name: raw[f.name] for f in fields(BillingEvent) if f.name in raw}
+    values["occurred_at"] = datetime.fromisoformat(values["occurred_at"])
+    if values.get("period") is not None:
+        start, end = values["period"]
+        values["period"] = Period(datetime.fromisoformat(start), datetime.fromisoformat(end))
+    return BillingEvent(**values)
 
 
 def has_suspension_row(state: BillingState) -> bool:

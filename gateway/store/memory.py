@@ -14,6 +14,7 @@ from gateway.store.base import (
     AuditRow,
     CustomerTaken,
     Decide,
+    DecideEvent,
     Exhausted,
     Granted,
     KeyRecord,
@@ -66,6 +67,8 @@ class MemoryStore:
         self.period_claims: set[tuple[str, datetime]] = set()
         # rows with their order: (time, sequence), newest last
         self.events: dict[tuple[str, str], tuple[_Order, dict[str, object]]] = {}
+        # (provider, event id) -> the parsed event, while its customer is linked to no org
+        self.unlinked: dict[tuple[str, str], BillingEvent] = {}
         self.audit: list[tuple[_Order, dict[str, object]]] = []
         self.leases: dict[str, tuple[str, float]] = {}
         self.exports: dict[tuple[str, str, str, str], int] = {}
@@ -349,19 +352,46 @@ class MemoryStore:
     ) -> WebhookOutcome:
         if (event.provider, event.event_id) in self.events:
             return WebhookOutcome("duplicate", None, None)
-        org_id = None
-        if event.customer_id is not None:
-            org_id = self.customers.get((event.provider, event.customer_id))
-        if org_id is None:
+        if event.customer_id is None:
             self._record_event(event, None, "unknown_customer", None, now)
             return WebhookOutcome("unknown_customer", None, None)
+        org_id = self.customers.get((event.provider, event.customer_id))
+        if org_id is None:
+            self._record_event(event, None, "unlinked", None, now)
+            self.unlinked[(event.provider, event.event_id)] = event
+            return WebhookOutcome("unlinked", None, None)
+        outcome = self._apply(org_id, event, decide, now)
+        self._record_event(event, org_id, outcome.status, _refused(outcome), now)
+        return outcome
+
+    async def apply_unlinked_events(
+        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
+    ) -> list[WebhookOutcome]:
+        org_id = self.customers.get((provider, customer_id))
+        if org_id is None:
+            return []
+        pending = sorted(
+            (utc(event.occurred_at), self.events[key][0][1], key, event)
+            for key, event in self.unlinked.items()
+            if key[0] == provider and event.customer_id == customer_id
+        )
+        outcomes = []
+        for _, _, key, event in pending:
+            outcome = self._apply(org_id, event, decide(event), now)
+            del self.unlinked[key]
+            _, row = self.events[key]
+            row.update(org_id=org_id, status=outcome.status, reason=_refused(outcome))
+            outcomes.append(outcome)
+        return outcomes
+
+    def _apply(
+        self, org_id: str, event: BillingEvent, decide: Decide, now: datetime
+    ) -> WebhookOutcome:
         # Nothing is written before decide returns: an exception leaves no trace.
         change = decide(self.billing.get(org_id, BillingState()))
         if change.refused is not None:
-            self._record_event(event, org_id, "refused", change.refused, now)
             return WebhookOutcome("refused", org_id, change)
         applied = self._write_change(org_id, change, f"webhook:{event.provider}", now)
-        self._record_event(event, org_id, "applied", None, now)
         return WebhookOutcome("applied", org_id, applied)
 
     async def update_billing(
@@ -468,6 +498,10 @@ def _limit(limits: Limits, request: ReserveRequest, meter: str) -> int | None:
     if meter == "credit":
         return request.limits.credit
     return limits.usage_limit(meter)
+
+
+def _refused(outcome: WebhookOutcome) -> str | None:
+    return outcome.change.refused if outcome.change is not None else None
 
 
 def _newest(rows: list[tuple[_Order, dict[str, object]]], limit: int) -> list[dict[str, object]]:

@@ -12,7 +12,9 @@ call to ``reserve_quota()`` (``0002_reserve_quota.sql``, with the credit limit s
 deadlock: counter rows before reservation rows, and within an (org, period) by meter in
 the order of ``policies.model.METERS``. A billing change locks the org's ``billing_state``
 row after claiming its event; admin changes lock the ``orgs`` row (``FOR NO KEY UPDATE``,
-which billing rows referencing the org do not wait for).
+which billing rows referencing the org do not wait for). A webhook that finds its customer
+unlinked and the link of that customer take one advisory lock on the customer, so that the
+event is either kept before the link commits or applied after it.
 Semantics mirror ``MemoryStore``; asyncpg and socket errors become ``StoreError``.
 """
 
@@ -37,6 +39,7 @@ from gateway.store.base import (
     AuditRow,
     CustomerTaken,
     Decide,
+    DecideEvent,
     Exhausted,
     Granted,
     KeyRecord,
@@ -49,6 +52,8 @@ from gateway.store.base import (
     UsageBatch,
     WebhookOutcome,
     applied_change,
+    event_from_json,
+    event_json,
     has_suspension_row,
     iso,
     org_audit,
@@ -63,6 +68,8 @@ log = logging.getLogger("gateway.store.postgres")
 
 #: Held while migrating, so that concurrent ``migrate()`` calls take turns ("gateway\0").
 MIGRATION_LOCK = 0x6761_7465_7761_7900
+#: The class of the two-key advisory locks on one billing customer ("cust").
+CUSTOMER_LOCK = 0x6375_7374
 COMMAND_TIMEOUT = 5.0
 LOCK_TIMEOUT = 60.0
 # Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
@@ -274,12 +281,24 @@ _CLAIM_BILLING_PERIOD = """INSERT INTO billing_period_claims (org_id, period_sta
 
 # A duplicate waits here for the first claim's transaction, then finds it (or takes over
 # an event whose first attempt rolled back).
-_CLAIM_EVENT = """INSERT INTO webhook_events (provider, event_id, received_at, type)
-    VALUES ($1, $2, $3, $4)
+_CLAIM_EVENT = """INSERT INTO webhook_events
+        (provider, event_id, received_at, type, customer_id, occurred_at)
+    VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (provider, event_id) DO NOTHING
     RETURNING event_id"""
-_FINISH_EVENT = """UPDATE webhook_events SET org_id = $3, status = $4, reason = $5
+_FINISH_EVENT = """UPDATE webhook_events SET org_id = $3, status = $4, reason = $5, event = $6
     WHERE provider = $1 AND event_id = $2"""
+_CUSTOMER_ORG = "SELECT org_id FROM billing_customers WHERE provider = $1 AND customer_id = $2"
+# Taken by a webhook that finds its customer unlinked and by the link of that customer, so
+# that an event is either kept before the link commits or sees the link (applied at once).
+_LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock($1, hashtext($2::text || '/' || $3::text))"
+_UNLINKED_EVENTS = """SELECT event_id FROM webhook_events
+    WHERE provider = $1 AND customer_id = $2 AND status = 'unlinked'
+    ORDER BY occurred_at, seq"""
+# A second applier waits for the first, then finds the row no longer unlinked.
+_TAKE_UNLINKED = """SELECT event::text FROM webhook_events
+    WHERE provider = $1 AND event_id = $2 AND status = 'unlinked'
+    FOR UPDATE"""
 
 _ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
     UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
@@ -540,6 +559,22 @@ async def _write_change(
     rows = [(entry.field, entry.old, entry.new) for entry in applied.audit]
     await _audit(conn, org_id, rows, [entry.reason for entry in applied.audit], actor, now)
     return applied
+
+
+async def _apply_to_org(
+    conn: Any, org_id: str, event: BillingEvent, decide: Decide, now: datetime
+) -> WebhookOutcome:
+    """Decide on the org's locked state and write the change; the event's row is claimed."""
+    key = (event.provider, event.event_id)
+    state = await _lock_state(conn, org_id)
+    assert state is not None  # billing_customers references orgs
+    change = decide(state)
+    if change.refused is not None:
+        await conn.execute(_FINISH_EVENT, *key, org_id, "refused", change.refused, None)
+        return WebhookOutcome("refused", org_id, change)
+    applied = await _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
+    await conn.execute(_FINISH_EVENT, *key, org_id, "applied", None, None)
+    return WebhookOutcome("applied", org_id, applied)
 
 
 async def _write_limits(conn: Any, org_id: str, limits: Limits) -> None:
@@ -855,6 +890,10 @@ class PostgresStore:
                 return None
             current = _org_from_rows(await conn.fetch(_SELECT_ORG, org_id))
             assert current is not None
+            # Taken in one order, so that two links never wait for each other.
+            for provider, customer in sorted(customers.items()):
+                if current.billing_customers.get(provider) != customer:
+                    await conn.execute(_LOCK_CUSTOMER, CUSTOMER_LOCK, provider, customer)
             rows: list[AuditRow] = []
             for provider, customer in customers.items():
                 old = current.billing_customers.get(provider)
@@ -899,25 +938,44 @@ class PostgresStore:
         self, event: BillingEvent, decide: Decide, now: datetime
     ) -> WebhookOutcome:
         key = (event.provider, event.event_id)
+        claim = (*key, utc(now), event.type, event.customer_id, utc(event.occurred_at))
         async with self._transaction("apply billing event") as conn:
-            if await conn.fetchval(_CLAIM_EVENT, *key, utc(now), event.type) is None:
+            if await conn.fetchval(_CLAIM_EVENT, *claim) is None:
                 return WebhookOutcome("duplicate", None, None)
-            org_id = await conn.fetchval(
-                "SELECT org_id FROM billing_customers WHERE provider = $1 AND customer_id = $2",
-                event.provider,
-                event.customer_id,
-            )
-            state = None if org_id is None else await _lock_state(conn, org_id)
-            if org_id is None or state is None:
-                await conn.execute(_FINISH_EVENT, *key, None, "unknown_customer", None)
+            if event.customer_id is None:
+                await conn.execute(_FINISH_EVENT, *key, None, "unknown_customer", None, None)
                 return WebhookOutcome("unknown_customer", None, None)
-            change = decide(state)
-            if change.refused is not None:
-                await conn.execute(_FINISH_EVENT, *key, org_id, "refused", change.refused)
-                return WebhookOutcome("refused", org_id, change)
-            applied = await _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
-            await conn.execute(_FINISH_EVENT, *key, org_id, "applied", None)
-        return WebhookOutcome("applied", org_id, applied)
+            customer = (event.provider, event.customer_id)
+            org_id = await conn.fetchval(_CUSTOMER_ORG, *customer)
+            if org_id is None:
+                # Read again under the customer's lock: a link committing meanwhile is seen.
+                await conn.execute(_LOCK_CUSTOMER, CUSTOMER_LOCK, *customer)
+                org_id = await conn.fetchval(_CUSTOMER_ORG, *customer)
+            if org_id is None:
+                kept = event_json(event)
+                await conn.execute(_FINISH_EVENT, *key, None, "unlinked", None, kept)
+                return WebhookOutcome("unlinked", None, None)
+            return await _apply_to_org(conn, org_id, event, decide, now)
+
+    async def apply_unlinked_events(
+        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
+    ) -> list[WebhookOutcome]:
+        async with self._connection("unlinked events") as conn:
+            if await conn.fetchval(_CUSTOMER_ORG, provider, customer_id) is None:
+                return []
+            rows = await conn.fetch(_UNLINKED_EVENTS, provider, customer_id)
+        outcomes: list[WebhookOutcome] = []
+        for row in rows:
+            async with self._transaction("apply unlinked event") as conn:
+                kept = await conn.fetchval(_TAKE_UNLINKED, provider, row["event_id"])
+                if kept is None:
+                    continue
+                event = event_from_json(kept)
+                org_id = await conn.fetchval(_CUSTOMER_ORG, provider, customer_id)
+                if org_id is None:
+                    continue
+                outcomes.append(await _apply_to_org(conn, org_id, event, decide(event), now))
+        return outcomes
 
     async def update_billing(
         self, org_id: str, decide: Decide, *, actor: str, now: datetime

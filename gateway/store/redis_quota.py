@@ -47,6 +47,7 @@ from redis.exceptions import RedisError
 from gateway.errors import StoreError
 from gateway.store.base import (
     Decide,
+    DecideEvent,
     Exhausted,
     Granted,
     KeyRecord,
@@ -460,6 +461,11 @@ class RedisQuotaStore:
         self, event: BillingEvent, decide: Decide, now: datetime
     ) -> WebhookOutcome:
         return await self.truth.apply_billing_event(event, decide, now)
+
+    async def apply_unlinked_events(
+        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
+    ) -> list[WebhookOutcome]:
+        return await self.truth.apply_unlinked_events(provider, customer_id, decide, now)
 
     async def update_billing(
         self, org_id: str, decide: Decide, *, actor: str, now: datetime

@@ -27,6 +27,7 @@ from gateway.store.base import (
     AuditRow,
     CustomerTaken,
     Decide,
+    DecideEvent,
     Exhausted,
     Granted,
     KeyRecord,
@@ -39,6 +40,8 @@ from gateway.store.base import (
     UsageBatch,
     WebhookOutcome,
     applied_change,
+    event_from_json,
+    event_json,
     has_suspension_row,
     iso,
     org_audit,
@@ -52,7 +55,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("gateway.store.sqlite")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
 # as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
@@ -229,6 +232,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (org_id, provider, period_start, meter)
         )""",
     ),
+    5: (
+        # An event of a customer linked to no org yet is kept (event: the parsed event as
+        # JSON) until the customer is linked; occurred_at, then rowid, orders them.
+        "ALTER TABLE webhook_events ADD COLUMN customer_id TEXT",
+        "ALTER TABLE webhook_events ADD COLUMN occurred_at TEXT",
+        "ALTER TABLE webhook_events ADD COLUMN event TEXT",
+        """CREATE INDEX IF NOT EXISTS webhook_events_unlinked
+            ON webhook_events (provider, customer_id, occurred_at) WHERE status = 'unlinked'""",
+    ),
 }
 
 # One statement reads an org with its limits (one row per limit, or one row of NULLs),
@@ -293,9 +305,14 @@ _ADD_CREDIT = """INSERT INTO credit_ledger
     VALUES (?, ?, ?, ?, ?)
     ON CONFLICT (idempotency_key) DO NOTHING"""
 
-_CLAIM_EVENT = """INSERT INTO webhook_events (provider, event_id, received_at, type)
-    VALUES (?, ?, ?, ?)
+_CLAIM_EVENT = """INSERT INTO webhook_events
+        (provider, event_id, received_at, type, customer_id, occurred_at)
+    VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (provider, event_id) DO NOTHING"""
+
+_UNLINKED_EVENTS = """SELECT event_id FROM webhook_events
+    WHERE provider = ? AND customer_id = ? AND status = 'unlinked'
+    ORDER BY occurred_at, rowid"""
 
 _INSERT_AUDIT = """INSERT INTO audit_log
         (at, entity, entity_id, field, old_value, new_value, reason, actor)
@@ -520,29 +537,52 @@ def _finish_event(
     org_id: str | None,
     status: str,
     reason: str | None,
+    kept: str | None = None,
 ) -> None:
     conn.execute(
-        "UPDATE webhook_events SET org_id = ?, status = ?, reason = ?"
+        "UPDATE webhook_events SET org_id = ?, status = ?, reason = ?, event = ?"
         " WHERE provider = ? AND event_id = ?",
-        (org_id, status, reason, event.provider, event.event_id),
+        (org_id, status, reason, kept, event.provider, event.event_id),
     )
 
 
 def _apply_event(
     conn: sqlite3.Connection, event: BillingEvent, decide: Decide, now: datetime
 ) -> WebhookOutcome:
-    claim = (event.provider, event.event_id, iso(now), event.type)
+    claim = (
+        event.provider,
+        event.event_id,
+        iso(now),
+        event.type,
+        event.customer_id,
+        iso(event.occurred_at),
+    )
     if conn.execute(_CLAIM_EVENT, claim).rowcount == 0:
         return WebhookOutcome("duplicate", None, None)
-    row = conn.execute(
-        "SELECT org_id FROM billing_customers WHERE provider = ? AND customer_id = ?",
-        (event.provider, event.customer_id),
-    ).fetchone()
-    state = _select_state(conn, row[0]) if row else None
-    if row is None or state is None:
+    if event.customer_id is None:
         _finish_event(conn, event, None, "unknown_customer", None)
         return WebhookOutcome("unknown_customer", None, None)
-    org_id: str = row[0]
+    org_id = _customer_org(conn, event.provider, event.customer_id)
+    if org_id is None:
+        _finish_event(conn, event, None, "unlinked", None, event_json(event))
+        return WebhookOutcome("unlinked", None, None)
+    return _apply_to_org(conn, org_id, event, decide, now)
+
+
+def _customer_org(conn: sqlite3.Connection, provider: str, customer_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT org_id FROM billing_customers WHERE provider = ? AND customer_id = ?",
+        (provider, customer_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _apply_to_org(
+    conn: sqlite3.Connection, org_id: str, event: BillingEvent, decide: Decide, now: datetime
+) -> WebhookOutcome:
+    """Decide on the org's state and write the change; the event's row is claimed."""
+    state = _select_state(conn, org_id)
+    assert state is not None  # billing_customers references orgs
     change = decide(state)
     if change.refused is not None:
         _finish_event(conn, event, org_id, "refused", change.refused)
@@ -550,6 +590,25 @@ def _apply_event(
     applied = _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
     _finish_event(conn, event, org_id, "applied", None)
     return WebhookOutcome("applied", org_id, applied)
+
+
+def _apply_unlinked(
+    conn: sqlite3.Connection, provider: str, event_id: str, decide: DecideEvent, now: datetime
+) -> WebhookOutcome | None:
+    """One kept event applied to its customer's org; None when it is no longer unlinked."""
+    row = conn.execute(
+        "SELECT event FROM webhook_events"
+        " WHERE provider = ? AND event_id = ? AND status = 'unlinked'",
+        (provider, event_id),
+    ).fetchone()
+    if row is None:
+        return None
+    event = event_from_json(row[0])
+    assert event.customer_id is not None
+    org_id = _customer_org(conn, provider, event.customer_id)
+    if org_id is None:
+        return None
+    return _apply_to_org(conn, org_id, event, decide(event), now)
 
 
 def _history(rows: Sequence[Any], names: Sequence[str]) -> list[dict[str, object]]:
@@ -1065,6 +1124,25 @@ class SQLiteStore:
         self, event: BillingEvent, decide: Decide, now: datetime
     ) -> WebhookOutcome:
         return await self._write(lambda conn: _apply_event(conn, event, decide, now))
+
+    async def apply_unlinked_events(
+        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
+    ) -> list[WebhookOutcome]:
+        def pending(conn: sqlite3.Connection) -> list[str] | None:
+            if _customer_org(conn, provider, customer_id) is None:
+                return None
+            rows = conn.execute(_UNLINKED_EVENTS, (provider, customer_id)).fetchall()
+            return [row[0] for row in rows]
+
+        outcomes: list[WebhookOutcome] = []
+        for event_id in await self._run(pending) or ():
+
+            def apply(conn: sqlite3.Connection, event_id: str = event_id) -> WebhookOutcome | None:
+                return _apply_unlinked(conn, provider, event_id, decide, now)
+
+            if (outcome := await self._write(apply)) is not None:
+                outcomes.append(outcome)
+        return outcomes
 
     async def update_billing(
         self, org_id: str, decide: Decide, *, actor: str, now: datetime

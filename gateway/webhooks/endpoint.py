@@ -1,9 +1,11 @@
 """``POST /webhooks/{stripe,autumn,paddle}`` on the ingest listener (providers must reach it).
 
 Verify the signature on the raw body, then parse, then let the store claim the event id and
-apply the policy's change in one transaction; invalidate the org's routing everywhere. A
-provider whose secret is not configured does not exist here (404). A store failure answers
-503, so the provider retries; a duplicate answers 200 with no effect.
+apply the policy's change in one transaction; invalidate the org's routing everywhere. An
+event whose customer is linked to no org yet is kept (200 ``unlinked``) and applied through
+the same ``EventPolicy`` when the customer is linked. A provider whose secret is not
+configured does not exist here (404). A store failure answers 503, so the provider retries;
+a duplicate answers 200 with no effect.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.body import Disconnected
 from gateway.errors import ClientError, StoreError
+from gateway.store.base import Decide
 from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
 from policies.billing import (
     BillingEvent,
-    BillingState,
     MalformedEvent,
     apply_event,
     parse_autumn,
@@ -29,6 +32,7 @@ from policies.billing import (
 
 if TYPE_CHECKING:
     from gateway.app import Runtime
+    from gateway.settings import Settings
 
 log = logging.getLogger("gateway.webhooks")
 MAX_WEBHOOK_BODY = 1024 * 1024
@@ -38,6 +42,31 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], BillingEvent]] = {
     "autumn": lambda payload, message_id: parse_autumn(payload, message_id or ""),
     "paddle": lambda payload, _id: parse_paddle(payload),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class EventPolicy:
+    """How a provider event is decided, whether it arrives for a linked customer or is
+    applied when its customer is linked later: ``apply_event`` with the settings' plans,
+    free plan and plan grants."""
+
+    plans: frozenset[str]
+    free_plan: str
+    plan_grants: Mapping[str, int]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventPolicy:
+        return cls(settings.plan_names(), settings.free_plan, settings.grants())
+
+    def decide(self, event: BillingEvent, now: datetime) -> Decide:
+        return lambda state: apply_event(
+            state,
+            event,
+            plans=self.plans,
+            free_plan=self.free_plan,
+            plan_grants=self.plan_grants,
+            now=now,
+        )
 
 
 async def _answer(
@@ -63,9 +92,7 @@ class WebhookEndpoint:
             "paddle": settings.paddle_webhook_secret,
         }
         self.secrets = {name: load_secrets(name, raw) for name, raw in configured.items()}
-        self._plans = settings.plan_names()
-        self._grants = settings.grants()
-        self._free_plan = settings.free_plan
+        self.policy = EventPolicy.from_settings(settings)
         self._missing_logged: set[str] = set()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -118,17 +145,7 @@ class WebhookEndpoint:
             await _answer(send, 400, {"error": "bad_request", "message": message})
             return
         moment = datetime.fromtimestamp(now, UTC)
-
-        def decide(state: BillingState) -> Any:
-            return apply_event(
-                state,
-                event,
-                plans=self._plans,
-                free_plan=self._free_plan,
-                plan_grants=self._grants,
-                now=moment,
-            )
-
+        decide = self.policy.decide(event, moment)
         try:
             outcome = await self.runtime.store.apply_billing_event(event, decide, moment)
         except StoreError:

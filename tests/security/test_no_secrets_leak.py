@@ -121,7 +121,7 @@ def drive(gateway: Gateway, ex: Exercise) -> None:
                 ("GET", f"/admin/orgs/{org}"),
             ):
                 response = admin.request(method, path, headers={"authorization": f"Bearer {token}"})
-                assert response.status_code == 401
+                assert response.status_code in {401, 429}  # 429: over 10 failures in a second
                 ex.keep(f"admin {method} {path} with a bad token", response)
         good = {"authorization": f"Bearer {ADMIN_TOKEN}"}
         assert admin.get("/metrics", headers=good).status_code == 200

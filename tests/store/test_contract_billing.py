@@ -7,6 +7,7 @@ decision says, whatever policy made it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -14,7 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from gateway.store import Exhausted, Granted, OrgChanges, OrgRecord, ReserveRequest, Store
-from gateway.store.base import CustomerTaken, WebhookOutcome, stored_state
+from gateway.store.base import CustomerTaken, DecideEvent, WebhookOutcome, iso, stored_state
 from policies.billing import AuditEntry, BillingChange, BillingEvent, BillingState, CreditEntry
 from policies.model import Limits, Period, Prices
 from policies.reservations import ChunkPolicy
@@ -298,7 +299,7 @@ async def test_event_applies_once_and_a_duplicate_has_no_effect(store: Store) ->
     assert len(calls) == 1 and await store.balance(org.id) == 100
     # The same id from another provider is another event.
     other = await store.apply_billing_event(event(provider="autumn"), decide, T0)
-    assert other.status == "unknown_customer"
+    assert other.status == "unlinked"
 
 
 async def test_an_exception_in_decide_leaves_nothing_and_the_retry_applies(store: Store) -> None:
@@ -376,7 +377,7 @@ async def test_two_events_renewing_one_period_set_it_and_grant_once(store: Store
     assert state is not None and state.period == MAY and await store.balance(org.id) == 1_000
 
 
-async def test_unknown_customer_is_recorded_without_effect(store: Store) -> None:
+async def test_an_unlinked_customer_or_none_is_recorded_without_effect(store: Store) -> None:
     org = await billed_org(store, "cus_1")
     calls: list[BillingState] = []
 
@@ -384,18 +385,19 @@ async def test_unknown_customer_is_recorded_without_effect(store: Store) -> None
         calls.append(state)
         return suspend(state)
 
-    unknown = await store.apply_billing_event(event("evt_1", "cus_other"), decide, T0)
-    assert unknown == WebhookOutcome("unknown_customer", None, None)
+    unlinked = await store.apply_billing_event(event("evt_1", "cus_other"), decide, T0)
+    assert unlinked == WebhookOutcome("unlinked", None, None)
     anonymous = await store.apply_billing_event(event("evt_2", None), decide, T0)
-    assert anonymous.status == "unknown_customer"
+    assert anonymous == WebhookOutcome("unknown_customer", None, None)
     assert calls == [] and await store.billing_state(org.id) == BillingState()
     assert [(e["event_id"], e["status"], e["org_id"]) for e in await store.webhook_events()] == [
         ("evt_2", "unknown_customer", None),
-        ("evt_1", "unknown_customer", None),
+        ("evt_1", "unlinked", None),
     ]
     # Recorded: a second delivery is a duplicate.
     again = await store.apply_billing_event(event("evt_1", "cus_other"), decide, T0)
     assert again.status == "duplicate"
+    assert await store.apply_unlinked_events("stripe", "cus_other", lambda _: decide, T0) == []
 
 
 async def test_refused_event_is_recorded_and_changes_nothing(store: Store) -> None:
@@ -439,6 +441,201 @@ async def test_webhook_events_newest_first(store: Store) -> None:
             "received_at": "2024-05-03T12:01:00+00:00",
         },
     ]
+
+
+# events from before the link
+
+
+def never(state: BillingState) -> BillingChange:
+    raise AssertionError("an unlinked event is decided only once its customer is linked")
+
+
+def credits_of(seen: list[BillingEvent] | None = None) -> DecideEvent:
+    """Each event credits its amount under a key of its own, as a top-up does."""
+
+    def decide_event(kept: BillingEvent) -> Decide:
+        if seen is not None:
+            seen.append(kept)
+        return credit(kept.amount_minor or 0, f"topup:{kept.event_id}")
+
+    return decide_event
+
+
+def statuses(rows: list[dict[str, object]]) -> dict[object, tuple[object, ...]]:
+    return {row["event_id"]: (row["status"], row["org_id"], row["reason"]) for row in rows}
+
+
+async def test_an_unlinked_event_is_kept_and_applied_once_its_customer_is_linked(
+    store: Store,
+) -> None:
+    org = await store.create_org("acme", Limits(), None)
+    topup = event(
+        "evt_top",
+        "cus_new",
+        type="checkout.session.completed",
+        kind="credit_purchased",
+        occurred_at=T0 - timedelta(hours=1, microseconds=5),
+        object_id="cs_1",
+        amount_minor=500,
+        currency="eur",
+        period=MAY,
+        metered=True,
+        cancel_at_period_end=False,
+    )
+    assert await store.apply_billing_event(topup, never, T0) == WebhookOutcome(
+        "unlinked", None, None
+    )
+    assert await store.apply_unlinked_events("stripe", "cus_new", credits_of(), T0) == []
+    assert statuses(await store.webhook_events()) == {"evt_top": ("unlinked", None, None)}
+
+    await store.set_billing_customers(org.id, {"stripe": "cus_new"})
+    seen: list[BillingEvent] = []
+    later = T0 + timedelta(days=2)
+    outcomes = await store.apply_unlinked_events("stripe", "cus_new", credits_of(seen), later)
+    assert [(outcome.status, outcome.org_id) for outcome in outcomes] == [("applied", org.id)]
+    assert seen == [topup]  # kept as parsed, field for field
+    assert await store.balance(org.id) == 500
+    (row,) = await store.webhook_events()
+    assert (row["status"], row["org_id"], row["received_at"]) == ("applied", org.id, iso(T0))
+
+    # A second link and a replayed delivery find nothing left to apply.
+    assert await store.apply_unlinked_events("stripe", "cus_new", credits_of(), later) == []
+    replayed = await store.apply_billing_event(topup, credits_of()(topup), later)
+    assert replayed.status == "duplicate" and await store.balance(org.id) == 500
+
+
+async def test_unlinked_events_apply_by_event_time_then_arrival_each_on_the_last_state(
+    store: Store,
+) -> None:
+    org = await store.create_org("acme", Limits(), None)
+    # Arrival order; evt_early and evt_same were sent at the same second.
+    for event_id, at in (("evt_late", T0), ("evt_early", T0 - timedelta(hours=2))):
+        await store.apply_billing_event(event(event_id, "cus_new", occurred_at=at), never, T0)
+    same = event("evt_same", "cus_new", occurred_at=T0 - timedelta(hours=2))
+    await store.apply_billing_event(same, never, T0)
+    await store.apply_billing_event(event("evt_else", "cus_else"), never, T0)
+    await store.apply_billing_event(event("evt_autumn", "cus_new", provider="autumn"), never, T0)
+    await store.set_billing_customers(org.id, {"stripe": "cus_new"})
+
+    decided: list[tuple[str, str]] = []
+
+    def decide_event(kept: BillingEvent) -> Decide:
+        def decide(state: BillingState) -> BillingChange:
+            decided.append((kept.event_id, state.payment_status))
+            if kept.event_id == "evt_same":
+                return BillingChange(state, refused="unknown plan")
+            return status("past_due" if kept.event_id == "evt_early" else "blocked")(state)
+
+        return decide
+
+    later = T0 + timedelta(days=1)
+    outcomes = await store.apply_unlinked_events("stripe", "cus_new", decide_event, later)
+    assert [outcome.status for outcome in outcomes] == ["applied", "refused", "applied"]
+    assert decided == [("evt_early", "ok"), ("evt_same", "past_due"), ("evt_late", "past_due")]
+    state = await store.billing_state(org.id)
+    assert state is not None and state.payment_status == "blocked"
+    assert statuses(await store.webhook_events()) == {
+        "evt_late": ("applied", org.id, None),
+        "evt_early": ("applied", org.id, None),
+        "evt_same": ("refused", org.id, "unknown plan"),
+        "evt_else": ("unlinked", None, None),
+        "evt_autumn": ("unlinked", None, None),
+    }
+    rows = [row for row in await store.audit_log(org.id) if row["field"] == "payment_status"]
+    assert [(row["new"], row["actor"], row["at"]) for row in rows] == [
+        ("blocked", "webhook:stripe", iso(later)),
+        ("past_due", "webhook:stripe", iso(later)),
+    ]
+
+
+async def test_an_exception_stops_there_and_leaves_the_rest_unlinked(store: Store) -> None:
+    org = await store.create_org("acme", Limits(), None)
+    for n in range(3):
+        kept = event(f"evt_{n}", "cus_new", occurred_at=T0 + timedelta(seconds=n))
+        await store.apply_billing_event(replace(kept, amount_minor=100), never, T0)
+    await store.set_billing_customers(org.id, {"stripe": "cus_new"})
+
+    def broken(state: BillingState) -> BillingChange:
+        raise RuntimeError("bug in a policy")
+
+    def failing(kept: BillingEvent) -> Decide:
+        return broken if kept.event_id == "evt_1" else credits_of()(kept)
+
+    with pytest.raises(RuntimeError, match="bug in a policy"):
+        await store.apply_unlinked_events("stripe", "cus_new", failing, T0)
+    assert await store.balance(org.id) == 100
+    assert [row[0] for row in statuses(await store.webhook_events()).values()] == [
+        "unlinked",
+        "unlinked",
+        "applied",
+    ]
+    retried = await store.apply_unlinked_events("stripe", "cus_new", credits_of(), T0)
+    assert [outcome.status for outcome in retried] == ["applied", "applied"]
+    assert await store.balance(org.id) == 300
+
+
+def fresh_keys(amount: int) -> DecideEvent:
+    """A ledger key per call: only the event's status can keep an event to one credit."""
+    calls = itertools.count()
+    return lambda _kept: credit(amount, f"topup:{next(calls)}")
+
+
+async def test_ten_links_at_once_apply_each_unlinked_event_once(store: Store) -> None:
+    org = await store.create_org("acme", Limits(), None)
+    for n in range(5):
+        await store.apply_billing_event(event(f"evt_{n}", "cus_new"), never, T0)
+    await store.set_billing_customers(org.id, {"stripe": "cus_new"})
+    decide_event = fresh_keys(100)
+    results = await asyncio.gather(
+        *(store.apply_unlinked_events("stripe", "cus_new", decide_event, T0) for _ in range(10))
+    )
+    assert sum(len(outcomes) for outcomes in results) == 5
+    assert await store.balance(org.id) == 500
+
+
+async def test_links_on_two_instances_apply_each_unlinked_event_once(durable: NewStore) -> None:
+    stores = [durable(), durable()]
+    for store in stores:
+        await store.open()
+    try:
+        org = await stores[0].create_org("acme", Limits(), None)
+        for n in range(5):
+            await stores[n % 2].apply_billing_event(event(f"evt_{n}", "cus_new"), never, T0)
+        await stores[1].set_billing_customers(org.id, {"stripe": "cus_new"})
+        decide_event = fresh_keys(100)
+        results = await asyncio.gather(
+            *(
+                stores[n % 2].apply_unlinked_events("stripe", "cus_new", decide_event, T0)
+                for n in range(20)
+            )
+        )
+        assert sum(len(outcomes) for outcomes in results) == 5
+        assert await stores[0].balance(org.id) == 500
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_deliveries_racing_the_link_are_each_applied_once(store: Store) -> None:
+    """Each delivery is kept or sees the link, never lost between (the interleaving that
+    lost one on PostgreSQL is forced in test_postgres_unlinked.py)."""
+    org = await store.create_org("acme", Limits(), None)
+    decide_event = credits_of()
+
+    async def deliver(n: int) -> None:
+        kept = event(f"evt_{n}", "cus_race", amount_minor=10)
+        await store.apply_billing_event(kept, decide_event(kept), T0)
+
+    async def link() -> None:
+        await store.set_billing_customers(org.id, {"stripe": "cus_race"})
+        await store.apply_unlinked_events("stripe", "cus_race", decide_event, T0)
+
+    await asyncio.gather(
+        *(deliver(n) for n in range(30)), link(), *(deliver(n) for n in range(30, 60))
+    )
+    rows = await store.webhook_events(limit=100)
+    assert {row["status"] for row in rows} == {"applied"} and len(rows) == 60
+    assert await store.balance(org.id) == 600
 
 
 # reconciliation
@@ -602,5 +799,25 @@ async def test_billing_survives_close_and_reopen(durable: NewStore) -> None:
         assert again.change is not None and again.change.new_period is None
         assert await second.acquire_lease("reconciler", "b", now=105.0, ttl=10.0) is False
         assert await second.exported(org.id, "stripe", MAY.key) == {"requests": 5}
+    finally:
+        await second.close()
+
+
+async def test_an_unlinked_event_survives_close_and_reopen(durable: NewStore) -> None:
+    first = durable()
+    await first.open()
+    org = await first.create_org("acme", Limits(), None)
+    kept = event("evt_kept", "cus_new", amount_minor=250, period=JUNE)
+    assert (await first.apply_billing_event(kept, never, T0)).status == "unlinked"
+    await first.close()
+
+    second = durable()
+    await second.open()
+    try:
+        await second.set_billing_customers(org.id, {"stripe": "cus_new"})
+        seen: list[BillingEvent] = []
+        outcomes = await second.apply_unlinked_events("stripe", "cus_new", credits_of(seen), T0)
+        assert [outcome.status for outcome in outcomes] == ["applied"] and seen == [kept]
+        assert await second.balance(org.id) == 250
     finally:
         await second.close()
