@@ -9,6 +9,7 @@ are gone. A response outside 2xx from the inner app refunds the request's usage.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway.responses import send_refusal
 from policies.decisions import Refusal
 from policies.model import Quantities
 
+log = logging.getLogger("gateway.ingest")
 Scope = dict[str, Any]
 
 OTLP_PATHS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
@@ -157,6 +159,7 @@ class GateMiddleware:
             await self._refuse(send, signal, REQUEST_TIMEOUT, style)
             return
         except Disconnected:
+            log.debug("client disconnected before its %s body arrived", signal)
             self._count(signal, "client_disconnected")
             return
         admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))

@@ -47,6 +47,8 @@ class ReverseProxy:
         body = scope.get("gateway.body")
         if body is None:
             body = await _read_all(receive)
+            if body is None:
+                return
         base = (admission.routing.upstream if admission else None) or self._default
         client = self._upstream if base else self._sink
         url = (base or "sink") + scope["path"]
@@ -75,10 +77,13 @@ def _style(scope: dict[str, Any]) -> str:
     return STATUS_JSON if scope["path"] in OTLP_PATHS else PLAIN_JSON
 
 
-async def _read_all(receive: Any) -> bytes:
+async def _read_all(receive: Any) -> bytes | None:
+    """The whole body, or None when the client went away first (never forward a part)."""
     chunks = []
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
