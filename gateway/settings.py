@@ -52,6 +52,7 @@ class Settings:
     plans: str = "free"
     free_plan: str = "free"
     plan_grants: str = ""
+    currency: str = "usd"
     suspension_grace: float = 3 * 86400.0
     reconcile_interval: float = 60.0
     # usage export to the billing provider
