@@ -15,7 +15,7 @@ import zstandard
 from gateway.errors import BadRequest, UnsupportedMediaType
 
 IDENTITY = frozenset({"", "identity"})
-_GZIP = frozenset({"gzip", "x-gzip"})
+_GZIP = frozenset({"gzip"})
 _DEFLATE = frozenset({"deflate", "zlib"})
 _ZSTD = frozenset({"zstd"})
 ENCODINGS = IDENTITY | _GZIP | _DEFLATE | _ZSTD
@@ -31,13 +31,18 @@ class TooLarge(Exception):
 
 
 def coding(header: bytes | None) -> str:
-    """The one content coding named by a Content-Encoding header, checked."""
-    name = "" if header is None else header.decode("latin-1").strip().lower()
+    """The one content coding named by a Content-Encoding header, checked.
+
+    Spelled exactly as the backend matches it (the Collector's lookup is case-sensitive, and
+    older ones passed unknown codings through undecoded): a body must never be decoded here
+    and read raw there.
+    """
+    name = "" if header is None else header.decode("latin-1").strip(" \t")
     if name in ENCODINGS:
         return name
     if "," in name:
         raise UnsupportedMediaType("one content coding at most (gzip, deflate or zstd)")
-    raise UnsupportedMediaType("content encoding must be gzip, deflate, zstd or identity")
+    raise UnsupportedMediaType("content encoding must be gzip, deflate, zlib, zstd or identity")
 
 
 def inflate(body: bytes, name: str, limit: int) -> bytes:

@@ -56,8 +56,10 @@ def strip_key_param(query_string: bytes) -> bytes:
 
 
 def _names_key(parameter: bytes) -> bool:
-    name = parameter.split(b"=", 1)[0].decode("latin-1")
-    return unquote_plus(name, encoding="latin-1").strip() == "key"
+    """``key`` in any case and array spellings (``key[]``) too: some upstreams read those."""
+    name = unquote_plus(parameter.split(b"=", 1)[0].decode("latin-1"), encoding="latin-1")
+    name = name.strip().lower()
+    return name == "key" or name.startswith("key[")
 
 
 class KeyHasher:

@@ -33,6 +33,7 @@ REQUEST_TIMEOUT = Refusal(408, "request_timeout")
 # Tenant headers a client may not set: whatever it sent is replaced by the real org.
 _TENANT_HEADERS = frozenset({b"x-gateway-org-id", b"x-scope-orgid", b"x-tenant-id"})
 _DROPPED = frozenset({b"x-ingest-key"}) | _TENANT_HEADERS
+_BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 _SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
@@ -78,6 +79,9 @@ class _RequestHeaders:
                 self.declared = int(value) if len(value) < 19 else 2**63
             elif name == b"connection":
                 self.named.update(t.strip().lower() for t in value.split(b","))
+                if not self.named.isdisjoint(_BODY_HEADERS):
+                    # Dropped on the way, the backend would read the body other than we counted.
+                    self.conflict = "Connection may not name a header that describes the body"
         self.protobuf = self.content_type is not None and self.content_type.startswith(
             b"application/x-protobuf"
         )

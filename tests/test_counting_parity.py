@@ -608,3 +608,65 @@ async def test_generated_json_bodies_keep_parity(env: Env, case: tuple[str, byte
     signal, body = case
     json.loads(body)  # the generator writes valid JSON
     await assert_parity(env, signal, "json", body)
+
+
+def zlib_protobuf_polyglot(spans: int) -> bytes:
+    """A valid zlib stream whose inflated bytes hold 0 spans and whose raw bytes, read as
+    OTLP protobuf, hold ``spans`` spans (found by an adversarial review)."""
+    import struct
+
+    payload = ld(1, ld(2, ld(2, b"") * spans))
+    inner = 1 + len(payload) + 2
+    data = b"\x7a" + varint(inner) + b"\x00" + payload + b"\x7a\x04"
+    assert len(varint(inner)) == 2
+    # 78 01 is field 15 varint 1; the stored block header 79 is field 15 fixed64 (it swallows
+    # LEN, NLEN and 4 bytes of data); the Adler-32 trailer is the content of the last field.
+    return (
+        b"\x78\x01\x79"
+        + struct.pack("<HH", len(data), len(data) ^ 0xFFFF)
+        + data
+        + struct.pack(">I", zlib.adler32(data))
+    )
+
+
+def test_the_polyglot_really_is_both() -> None:
+    body = zlib_protobuf_polyglot(500)
+    assert collector_rules.protobuf_items("traces", zlib.decompress(body)) == 0
+    assert collector_rules.protobuf_items("traces", body) == 500
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("content-encoding", "deflate"), ("connection", "content-encoding")],
+        [("content-encoding", "zlib"), ("connection", "keep-alive, Content-Encoding")],
+        [("content-encoding", "deflate"), ("connection", "content-type")],
+        [("content-encoding", "Deflate")],
+        [("content-encoding", "ZLIB")],
+        [("content-encoding", "x-gzip")],
+    ],
+    ids=[
+        "connection-drops-encoding",
+        "connection-list",
+        "connection-drops-type",
+        "Deflate",
+        "ZLIB",
+        "x-gzip",
+    ],
+)
+async def test_a_body_decoded_here_is_never_read_raw_there(
+    env: Env, headers: list[tuple[str, str]]
+) -> None:
+    # Regression: Connection: content-encoding made the backend read the raw bytes (5000 spans)
+    # of a body charged as inflated (0); a coding the backend spells otherwise would too.
+    body = zlib_protobuf_polyglot(500)
+    response, counted, forwarded = await env.send(
+        "/v1/traces", body, [("content-type", PROTOBUF), *headers]
+    )
+    assert 400 <= response.status_code < 500
+    assert (counted, forwarded) == (0, None)
+
+
+async def test_the_same_polyglot_with_its_coding_kept_is_counted_as_inflated(env: Env) -> None:
+    body = zlib_protobuf_polyglot(500)
+    assert await assert_parity(env, "traces", "protobuf", body, "deflate") == "counted"

@@ -360,13 +360,13 @@ def test_logpush_refuses_other_media_types(content_type: bytes) -> None:
 # --- content encodings ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding", [None, b"", b"identity", b" Identity "])
+@pytest.mark.parametrize("encoding", [None, b"", b"identity", b" identity "])
 def test_identity_leaves_the_body_alone(encoding: bytes | None) -> None:
     body = b"\x1f\x8b not really gzip"
     assert decompress(body, encoding, LIMITS) is body
 
 
-@pytest.mark.parametrize("encoding", [b"gzip", b"GZIP", b" gzip ", b"x-gzip"])
+@pytest.mark.parametrize("encoding", [b"gzip", b" gzip "])
 def test_gzip_round_trip(encoding: bytes) -> None:
     data = traces_request().SerializeToString()
     assert decompress(gzip.compress(data), encoding, LIMITS) == data
@@ -423,7 +423,12 @@ def test_malformed_gzip_is_bad_request(body: bytes) -> None:
         decompress(body, b"gzip", LIMITS)
 
 
-@pytest.mark.parametrize("encoding", [b"br", b"snappy", b"gzip, br", b"gzip, zstd", b"compress"])
+# Spelled otherwise than the backend's exact lookup, a coding could be decoded here and read raw
+# there: GZIP, x-gzip and Identity are refused like codings the gateway does not know.
+@pytest.mark.parametrize(
+    "encoding",
+    [b"br", b"snappy", b"gzip, br", b"gzip, zstd", b"compress", b"GZIP", b"x-gzip", b"Identity"],
+)
 def test_other_encodings_are_unsupported(encoding: bytes) -> None:
     with pytest.raises(UnsupportedMediaType):
         decompress(b"", encoding, LIMITS)
@@ -529,7 +534,7 @@ def test_ndjson_counts_each_object(
 # --- deflate and zstd ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding", [b"deflate", b"zlib", b"zstd", b"ZSTD"])
+@pytest.mark.parametrize("encoding", [b"deflate", b"zlib", b"zstd"])
 def test_deflate_and_zstd_are_decoded(encoding: bytes) -> None:
     data = b'{"resourceSpans":[]}' * 100
     packed = zlib.compress(data) if b"zstd" not in encoding.lower() else _zstd(data)
