@@ -136,7 +136,7 @@ class ProviderStub:
             # Echoes the credentials, as a badly behaved proxy might: the log must not.
             return web.Response(status=500, text=f"down ({request.headers['Authorization']})")
         if self.mode == "hang":
-            await asyncio.wait_for(self.release.wait(), 5)
+            await asyncio.wait_for(self.release.wait(), 60)  # released by the test or teardown
         seen = self.events.get((event.provider, event.key))
         if seen is not None and seen.fields != event.fields:
             return web.json_response({"error": {"type": "idempotency_error"}}, status=400)
@@ -212,7 +212,8 @@ async def exporter_for(
         options: dict[str, Any] = {
             "holder": "replica-a",
             "clock": clock,
-            "request_timeout": 0.3,
+            # A hang is 60 s; a loopback answer, milliseconds: 3 s splits them under any load.
+            "request_timeout": 3.0,
         }
         options.update(overrides)
         exporter = UsageExporter(
@@ -535,7 +536,7 @@ async def test_run_forever_logs_and_keeps_going(
         await task
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+async def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     async def poll() -> None:
         while not condition():
             await asyncio.sleep(0.005)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,9 +35,16 @@ async def test_two_replicas_run_the_schedule_and_suspend_an_overdue_org_once(
             return BillingChange(late, audit=())
 
         await store.update_billing(org.id, overdue, actor="test", now=four_days_ago)
-        await asyncio.sleep(1.0)
-        routing = await store.routing_for_key(replicas[1].hasher(key))
-        assert routing is not None and routing.suspended
+        # Polled, not slept: the 0.2 s schedule may run late on a loaded machine.
+        deadline = time.monotonic() + 30
+        while True:
+            routing = await store.routing_for_key(replicas[1].hasher(key))
+            assert routing is not None
+            if routing.suspended:
+                break
+            assert time.monotonic() < deadline, "no replica suspended the overdue org"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # five more passes of both replicas: none suspends it again
         suspensions = [
             e for e in await store.audit_log(org.id) if e["field"] == "suspended_at" and e["new"]
         ]

@@ -1,6 +1,7 @@
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,28 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     await backend.close()
 
 
-def gate(store: object, tmp_path: Path | None = None, **kwargs: object) -> UsageGate:
-    guard = StoreGuard(timeout=2.0)
+# Stores fail here on purpose, never by being slow: a budget no scheduling delay reaches.
+BUDGET = 30.0
+
+
+class Breaker:
+    """The guard's clock, moved by hand: a cooldown passes when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(
+    store: object,
+    tmp_path: Path | None = None,
+    *,
+    breaker: Callable[[], float] = time.monotonic,
+    **kwargs: object,
+) -> UsageGate:
+    guard = StoreGuard(timeout=BUDGET, clock=breaker)
     spool = Spool(tmp_path / "spool" if tmp_path else None, holder="h1")
     spool.open()
     return UsageGate(store, guard, spool, holder="h1", **kwargs)  # type: ignore[arg-type]
@@ -129,7 +150,8 @@ async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: P
     flaky = FlakyStore(SQLiteStore(str(tmp_path / "gw.db")))
     await flaky.open()
     routing = await org_with(flaky, requests=1_000)  # type: ignore[arg-type]
-    usage = gate(flaky, tmp_path, policy=ChunkPolicy(max_requests=2))
+    breaker = Breaker()
+    usage = gate(flaky, tmp_path, breaker=breaker, policy=ChunkPolicy(max_requests=2))
     for _ in range(3):
         assert isinstance(await usage.admit(routing, Quantities(1, 10, 1)), Admission)
     flaky.down = True
@@ -139,7 +161,7 @@ async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: P
     assert await usage.flush() > 0  # spooled, not lost
     assert read_orphan(tmp_path / "spool" / "h1.jsonl").batches
     flaky.down = False
-    await asyncio.sleep(0.6)  # breaker cooldown
+    breaker.now += 60  # past any cooldown (at most 5 s), however long the outage took
     assert await usage.flush() == 0
     await usage.close()
     period = usage.current_period(time.time())
@@ -155,7 +177,8 @@ async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: P
 async def test_a_down_store_is_not_asked_again_for_every_request(tmp_path: Path) -> None:
     flaky = FlakyStore(MemoryStore())
     routing = await org_with(flaky, requests=10**9)  # type: ignore[arg-type]
-    usage = gate(flaky, policy=ChunkPolicy(strict=True))
+    # The breaker's clock stands still: a slow loop cannot let a probe through meanwhile.
+    usage = gate(flaky, breaker=Breaker(), policy=ChunkPolicy(strict=True))
     flaky.down = True
     for _ in range(100):
         await usage.admit(routing, Quantities())
@@ -190,7 +213,7 @@ async def test_spooled_batches_of_a_dead_process_are_adopted_and_committed(tmp_p
     die(dead)
     spool = Spool(tmp_path / "spool", holder="h-new")
     spool.open()
-    heir = UsageGate(store, StoreGuard(), spool, holder="h-new")
+    heir = UsageGate(store, StoreGuard(timeout=BUDGET), spool, holder="h-new")
     assert await heir.flush() == 0
     period = heir.current_period(time.time())
     assert (await store.usage(routing.org_id, period.key))["bytes"] == 7
@@ -215,7 +238,7 @@ async def test_a_killed_process_loses_no_admitted_usage_and_its_quota_comes_back
     die(dead)
     spool = Spool(tmp_path / "spool", holder="h2")
     spool.open()
-    heir = UsageGate(store, StoreGuard(), spool, holder="h2")
+    heir = UsageGate(store, StoreGuard(timeout=BUDGET), spool, holder="h2")
     assert await heir.flush() == 0
     period = heir.current_period(time.time())
     assert await store.usage(routing.org_id, period.key) == {"requests": 4, "bytes": 12, "items": 4}
@@ -268,7 +291,11 @@ async def test_a_budget_running_low_is_refilled_before_a_request_has_to_wait() -
     usage = gate(flaky, policy=ChunkPolicy(max_requests=100))
     for _ in range(80):
         assert isinstance(await usage.admit(routing, Quantities()), Admission)
-    await asyncio.sleep(0.05)  # below a quarter of the chunk: refilled in the background
+    # Below a quarter of the chunk: refilled in the background, once.
+    deadline = time.monotonic() + 10
+    while flaky.calls["reserve"] < 2:
+        assert time.monotonic() < deadline, "no background refill"
+        await asyncio.sleep(0.01)
     assert flaky.calls["reserve"] == 2
     flaky.delay = 3600  # the store now hangs: any request waiting for it would never finish
 

@@ -38,6 +38,8 @@ STALE = "stale_timestamp"
 BAD = "bad_signature"
 MALFORMED = "malformed_header"
 MISSING = "missing_signature"
+# The exact edge of the 300 s window, both ways, on a clock the test holds (now=NOW).
+WINDOW = [(-299, True), (299, True), (-300, True), (300, True), (-301, False), (301, False)]
 
 
 def hmac_hex(secret: str, signed: bytes) -> str:
@@ -184,9 +186,7 @@ def test_stripe_refuses_tampering_and_wrong_secret(body: bytes, secret: str) -> 
         verify_stripe(body, header, [secret], NOW)
 
 
-@pytest.mark.parametrize(
-    ("offset", "accepted"), [(-300, True), (300, True), (-301, False), (301, False)]
-)
+@pytest.mark.parametrize(("offset", "accepted"), WINDOW)
 def test_stripe_window_is_300_seconds_both_ways(offset: int, accepted: bool) -> None:
     header = stripe_header(BODY, STRIPE_SECRET, NOW + offset)
     if accepted:
@@ -295,9 +295,7 @@ def test_svix_refuses_tampering_wrong_secret_and_wrong_id() -> None:
         verify_svix(BODY, {**headers, "svix-id": "msg_replayed"}, [SVIX_SECRET], NOW)
 
 
-@pytest.mark.parametrize(
-    ("offset", "accepted"), [(-300, True), (300, True), (-301, False), (301, False)]
-)
+@pytest.mark.parametrize(("offset", "accepted"), WINDOW)
 def test_svix_window_is_300_seconds_both_ways(offset: int, accepted: bool) -> None:
     headers = svix_headers(svix_signature(BODY, SVIX_SECRET, t=NOW + offset), NOW + offset)
     if accepted:
@@ -356,9 +354,7 @@ def test_paddle_refusals() -> None:
             verify_paddle(BODY, bad, [PADDLE_SECRET], NOW)
 
 
-@pytest.mark.parametrize(
-    ("offset", "accepted"), [(-300, True), (300, True), (-301, False), (301, False)]
-)
+@pytest.mark.parametrize(("offset", "accepted"), WINDOW)
 def test_paddle_window_is_300_seconds_both_ways(offset: int, accepted: bool) -> None:
     header = paddle_header(BODY, PADDLE_SECRET, NOW + offset)
     if accepted:
@@ -388,7 +384,8 @@ def check_refusal(err: SignatureError, *leaks: str) -> None:
     assert str(err) in REASONS and err.reason == str(err)
     assert err.__context__ is None and err.__cause__ is None
     for leak in leaks:
-        if len(leak) > 8:
+        # Regression: hypothesis drew a header that is part of a reason code ("malformed...").
+        if len(leak) > 8 and not any(leak in reason for reason in REASONS):
             assert leak not in str(err)
 
 

@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 from tests.harness import Gateway, Upstream, start_gateway
+from tests.refusals import error_of
+from tests.security.signing import stripe_headers
 from tests.services import postgres_url, unique_name
 
 SECRET = "whsec_e2e_stripe_secret"
@@ -78,7 +80,7 @@ def reconcile(gateway: Gateway, now: datetime) -> list[dict[str, str]]:
     return changed
 
 
-def until(check: object, seconds: float = 1.5) -> bool:
+def until(check: object, seconds: float = 15.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
@@ -116,7 +118,7 @@ def test_overdue_three_days_suspends_and_paying_restores(billing_gateway: Gatewa
     assert suspended == [{"org_id": org_id, "action": "suspended"}]
     assert until(lambda: send(gw, key).status_code == 402)
     refused = send(gw, key)
-    assert refused.json() == {"error": "billing_suspended"}
+    assert error_of(refused) == ("billing_suspended", {})
 
     paid = invoice_event("invoice.paid", "evt_paid_1", "cus_e2e", int(time.time()))
     assert webhook(gw, paid).json() == {"status": "applied"}
@@ -146,3 +148,47 @@ def test_forged_stale_and_duplicate_webhooks(billing_gateway: Gateway) -> None:
     events = gw.admin("GET", "/admin/webhooks/events").json()["events"]
     assert [e["event_id"] for e in events] == ["evt_dup"]
     assert httpx.post(f"{gw.url}/webhooks/paddle", content=b"{}").status_code == 404
+
+
+def checkout_event(event_id: str, customer: str, amount: int) -> bytes:
+    session = {
+        "id": f"cs_{event_id}",
+        "object": "checkout.session",
+        "customer": customer,
+        "mode": "payment",
+        "payment_status": "paid",
+        "amount_total": amount,
+        "currency": "eur",
+    }
+    event = {"id": event_id, "type": "checkout.session.completed", "created": int(time.time())}
+    return json.dumps({**event, "data": {"object": session}}).encode()
+
+
+def test_a_top_up_sent_before_the_link_is_credited_once(billing_gateway: Gateway) -> None:
+    gw = billing_gateway
+    org_id, _key = gw.new_tenant("acme")
+    body = checkout_event("evt_early_topup", "cus_not_yet", 700)
+
+    def deliver() -> httpx.Response:
+        headers = stripe_headers(body, secret=SECRET)
+        return httpx.post(f"{gw.url}/webhooks/stripe", content=body, headers=headers)
+
+    def statuses() -> list[tuple[str, str | None]]:
+        events = gw.admin("GET", "/admin/webhooks/events").json()["events"]
+        return [(e["status"], e["org_id"]) for e in events if e["event_id"] == "evt_early_topup"]
+
+    def balance() -> int:
+        return int(gw.admin("GET", f"/admin/orgs/{org_id}/billing").json()["balance_minor"])
+
+    first = deliver()
+    assert (first.status_code, first.json()) == (200, {"status": "unlinked"})
+    assert statuses() == [("unlinked", None)] and balance() == 0
+
+    link = {"billing_customers": {"stripe": "cus_not_yet"}}
+    assert gw.admin("PATCH", f"/admin/orgs/{org_id}", link).status_code == 200
+    assert balance() == 700
+    assert statuses() == [("applied", org_id)]
+
+    assert gw.admin("PATCH", f"/admin/orgs/{org_id}", link).status_code == 200
+    assert deliver().json() == {"status": "duplicate"}
+    assert balance() == 700

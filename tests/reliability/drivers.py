@@ -214,6 +214,7 @@ class Load:
     body: bytes = BODY
     force_close: bool = False
     until_refused: bool = False
+    request_timeout: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _issued: int = field(default=0, init=False)
@@ -222,7 +223,7 @@ class Load:
         # RELIABILITY_SCALE=10 runs every fault under ten times the load and time (RELIABILITY.md).
         self.requests = int(self.requests * SCALE)
         connector = aiohttp.TCPConnector(limit=self.concurrency, force_close=self.force_close)
-        timeout = aiohttp.ClientTimeout(total=10)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             deadline = time.monotonic() + self.seconds * SCALE
             workers = [self._worker(session, deadline) for _ in range(self.concurrency)]
@@ -271,7 +272,15 @@ def _error_code(raw: bytes) -> str | None:
         data = json.loads(raw)
     except ValueError:
         return None
-    return data.get("error") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    if "error" in data:
+        return str(data["error"])
+    # OTLP/JSON refusals are a google.rpc.Status; the code is its ErrorInfo reason.
+    for detail in data.get("details", []):
+        if isinstance(detail, dict) and "reason" in detail:
+            return str(detail["reason"])
+    return None
 
 
 def drive(url: str, key: str, **options: Any) -> Load:
@@ -304,8 +313,8 @@ class Footprint:
 
 
 def settled_footprint(gateway: Gateway, before: Footprint, fd_bound: int) -> Footprint:
-    """The footprint once client connections are closed (polled for at most 3 s)."""
-    deadline = time.monotonic() + 3.0
+    """The footprint once client connections are closed (polled for at most 15 s)."""
+    deadline = time.monotonic() + 15.0
     now = Footprint.of(gateway)
     while now.fds - before.fds >= fd_bound and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -219,7 +219,8 @@ async def test_a_stopped_server_fails_fast_and_a_restarted_one_is_used_again(
             started = time.monotonic()
             with pytest.raises(StoreError):
                 await store.get_org(org.id)
-            assert time.monotonic() - started < 2
+            # Refused at once; the bound only has to stay under the 5 s command timeout.
+            assert time.monotonic() - started < 4
 
         own_server.start()
         # Connections the pool held across the restart fail once each, then are replaced.

@@ -313,11 +313,10 @@ async def test_grant_abandoned_by_a_timed_out_caller_is_given_back(
     store = await make_store(truth=_StuckTruth())
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(store.reserve(ask(org, Limits(requests=5), requests=5)), 0.2)
-    for _ in range(50):
-        if (await hash_of(raw, store, org))["res:replica-a:requests"] == "0":
-            break
+    deadline = time.monotonic() + 10  # the give-back runs in the background
+    while (await hash_of(raw, store, org))["res:replica-a:requests"] != "0":
+        assert time.monotonic() < deadline, "the abandoned grant was never given back"
         await asyncio.sleep(0.01)
-    assert (await hash_of(raw, store, org))["res:replica-a:requests"] == "0"
 
 
 async def test_stopped_redis_raises_store_error_fast_and_a_restart_loses_nothing(
@@ -336,7 +335,7 @@ async def test_stopped_redis_raises_store_error_fast_and_a_restart_loses_nothing
         started = time.monotonic()
         with pytest.raises(StoreError):
             await store.reserve(ask(org, limits, requests=1))
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 10  # refused at once; 10 s only rules out a hang
 
         server.start()  # empty: the hash comes back from the truth
         results = [await store.reserve(ask(org, limits, requests=1)) for _ in range(3)]
