@@ -3,7 +3,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY policies ./policies
-RUN pip install --no-cache-dir . && useradd --system --home /data gateway && mkdir -p /data && chown gateway /data
+# /data/spool exists, owned by the image's user, so a named volume mounted there is writable.
+RUN pip install --no-cache-dir . && useradd --system --home /data gateway \
+    && mkdir -p /data/spool && chown -R gateway /data
 USER gateway
 ENV GATEWAY_DATA_DIR=/data \
     GATEWAY_STORE_URL=sqlite:////data/gateway.db \

@@ -21,8 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import Runtime
-from gateway.body import BodyDeadlines, Disconnected
-from gateway.control import Conflict, Control, NotFound, UpstreamAllowlist, org_json
+from gateway.body import BodyDeadlines, Disconnected, replaying
+from gateway.control import Conflict, Control, NotFound, UpstreamAllowlist
 from gateway.errors import BadRequest, PayloadTooLarge, StoreError
 from gateway.metrics import Metrics
 from gateway.openapi import SPEC
@@ -175,16 +175,7 @@ class AdminBodies:
         except Disconnected:
             log.debug("admin client disconnected before its body arrived")
             return
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return dict(await receive())
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(body, receive), send)
 
 
 async def _json(request: Request) -> Any:
@@ -210,14 +201,15 @@ def build_admin_app(runtime: Runtime) -> Any:
 
     async def create_org(request: Request) -> Response:
         org = await control.create_org(await _json(request))
-        return JSONResponse(org_json(org), status_code=201)
+        return JSONResponse(await control.org_view(org), status_code=201)
 
     async def get_org(request: Request) -> Response:
-        return JSONResponse(org_json(await control.get_org(request.path_params["org_id"])))
+        org = await control.get_org(request.path_params["org_id"])
+        return JSONResponse(await control.org_view(org))
 
     async def update_org(request: Request) -> Response:
         org = await control.update_org(request.path_params["org_id"], await _json(request))
-        return JSONResponse(org_json(org))
+        return JSONResponse(await control.org_view(org))
 
     async def create_key(request: Request) -> Response:
         record, key = await control.create_key(request.path_params["org_id"])
@@ -247,7 +239,7 @@ def build_admin_app(runtime: Runtime) -> Any:
 
     async def suspension(request: Request) -> Response:
         org = await control.set_suspension(request.path_params["org_id"], await _json(request))
-        return JSONResponse(org_json(org))
+        return JSONResponse(await control.org_view(org))
 
     async def openapi(_request: Request) -> Response:
         return JSONResponse(SPEC)

@@ -41,6 +41,8 @@ from policies.model import Period
 from policies.reservations import ChunkPolicy
 
 log = logging.getLogger("gateway")
+# Invalidation messages are org ids; this prefix asks holders to return an org's quota.
+GIVE_BACK = "giveback:"
 
 
 def build_store(settings: Settings) -> Store:
@@ -93,14 +95,24 @@ class Runtime:
             policy=ChunkPolicy(strict=settings.strict_limits),
             reservation_ttl=settings.reservation_ttl,
             on_new_period=self._claim_period,
+            idle_after=2 * settings.flush_interval,
+            on_contention=self._ask_give_back,
+            clock=clock,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self.exporter: UsageExporter | None = None
+        # Rates are shared among the holders live in the store, counted once a flush tick. A
+        # holder stays live for 5 ticks (at least 2 s): late ticks never make the others
+        # over-admit, and a dead holder stops counting within seconds, not a reservation TTL.
+        self.rates = RateLimiter()
+        self._presence_ttl = max(2.0, 5 * settings.flush_interval)
+        # A guard of its own: a slow count must not open the circuit for reservations.
+        self._presence = StoreGuard(max(settings.gate_timeout, settings.flush_interval))
         self.gates = Gates(
             self.hasher,
             self.routing,
             self.usage,
-            RateLimiter(),
+            self.rates,
             self.metrics,
             (self.guard, lookups),
             shadow=settings.shadow,
@@ -123,10 +135,11 @@ class Runtime:
 
     async def start(self) -> None:
         await self.store.open()
-        await self.invalidation.start(self._drop_org)
+        await self.invalidation.start(self._on_message)
         self.spool.open()
         await self.upstream.start()
         await self.usage.flush()
+        await self._share_rates(self._presence_ttl)
         self._flusher = asyncio.create_task(self._flush_forever())
         self._background(
             reconciler.run_forever(
@@ -154,8 +167,19 @@ class Runtime:
             except Exception:
                 log.exception("usage flush failed")
                 continue
+            await self._share_rates(self._presence_ttl)
             self.metrics.spool_pending.set(pending)
             self.metrics.store_reads.set(self.routing.store_reads)
+
+    async def _share_rates(self, ttl: float) -> None:
+        """Divide every org's rate among the live holders; keep the last count if none comes."""
+        holder, now = self.usage.holder, self.clock()
+        try:
+            holders = await self._presence.call(lambda: self.store.live_holders(holder, now, ttl))
+        except StoreError:
+            return
+        self.rates.share_among(holders)
+        self.metrics.live_holders.set(holders)
 
     async def close(self) -> None:
         if self._flusher is not None:
@@ -164,6 +188,7 @@ class Runtime:
                 await self._flusher
             self._flusher = None
         left = await self.usage.close()
+        await self._share_rates(0.0)  # leave: the others' share grows at their next tick
         if left:
             log.warning("%d usage batches stay spooled until the store answers again", left)
         await asyncio.to_thread(self.spool.close)
@@ -204,6 +229,31 @@ class Runtime:
         except StoreError:
             log.warning("could not tell other replicas; they refresh within the cache TTL")
 
+    async def _on_message(self, message: str) -> None:
+        """An org id to drop, or ``giveback:<org>:<holder>`` from a holder the store refused."""
+        kind, _, rest = message.partition(GIVE_BACK)
+        if kind:
+            await self._drop_org(message)
+            return
+        org_id, _, holder = rest.rpartition(":")
+        if holder != self.usage.holder and self.usage.give_back(org_id):
+            self._background(self._flush_quietly())
+
+    def _ask_give_back(self, org_id: str) -> None:
+        async def ask() -> None:
+            try:
+                await self.invalidation.publish(f"{GIVE_BACK}{org_id}:{self.usage.holder}")
+            except StoreError:
+                log.debug("could not ask other replicas to give back quota of %s", org_id)
+
+        self._background(ask())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.usage.flush()
+        except Exception:
+            log.exception("usage flush failed")
+
     async def _drop_org(self, org_id: str) -> None:
         self.routing.invalidate_org(org_id)
         self.usage.invalidate_org(org_id)
@@ -232,7 +282,12 @@ class IngestApp:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        proxy = ReverseProxy(runtime.upstream, runtime.settings.upstream_url, runtime.sink)
+        proxy = ReverseProxy(
+            runtime.upstream,
+            runtime.settings.upstream_url,
+            runtime.sink,
+            runtime.metrics.upstream_seconds,
+        )
         # --no-gates: forwarding alone, to measure what the gates cost.
         self.gated = runtime.middleware(proxy) if runtime.settings.gates else proxy
         self.webhooks = WebhookEndpoint(runtime)

@@ -35,6 +35,20 @@ async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def replaying(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands an app the body already read, then the client's own messages."""
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return dict(await receive())
+
+    return replay
+
+
 class BodyDeadlines:
     """Ends body reads that take longer than the timeout (slow clients), with one sweeper task
     per second instead of a timer per request: the common read costs two dict operations."""

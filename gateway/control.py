@@ -40,7 +40,9 @@ class Conflict(Exception):
     pass
 
 
-def org_json(org: OrgRecord) -> dict[str, Any]:
+def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, Any]:
+    """An org as the API shows it; ``suspended`` is the admin's suspension, ``billing_*`` the
+    billing one (the reconciler's or a provider's), which blocks ingest just the same."""
     return {
         "id": org.id,
         "name": org.name,
@@ -48,6 +50,10 @@ def org_json(org: OrgRecord) -> dict[str, Any]:
         "upstream": org.upstream,
         "suspended": org.suspended,
         "suspension_reason": org.suspension_reason,
+        "billing_suspended": org.billing_suspended,
+        "billing_suspension_reason": billing.suspension_reason
+        if billing is not None and org.billing_suspended
+        else None,
         "payment_status": org.payment_status,
         "shadow": org.shadow,
         "prices": org.prices.as_dict(),
@@ -406,6 +412,11 @@ class Control:
 
     async def get_org(self, org_id: str) -> OrgRecord:
         return await self._org(org_id)
+
+    async def org_view(self, org: OrgRecord) -> dict[str, Any]:
+        """The org's JSON with its billing suspension's reason, when it has one."""
+        billing = await self.store.billing_state(org.id) if org.billing_suspended else None
+        return org_json(org, billing)
 
     async def create_key(self, org_id: str) -> tuple[KeyRecord, str]:
         key = generate_key()

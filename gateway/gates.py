@@ -95,3 +95,7 @@ class Gates:
     def refund(self, admission: Admission) -> None:
         self._metrics.refunds.inc()
         self._usage.refund(admission)
+
+    def refund_items(self, admission: Admission, items: int) -> None:
+        """The upstream accepted the batch but rejected ``items`` of it (partial success)."""
+        self._metrics.refunded_items.inc(self._usage.refund_items(admission, items))

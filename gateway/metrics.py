@@ -4,13 +4,37 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+#: Every ingest request ends with exactly one of these outcomes: the refusal codes clients see,
+#: or what became of a batch that was admitted.
+OUTCOMES = frozenset(
+    {
+        "forwarded",
+        "upstream_rejected",  # the upstream answered, but not 2xx: refunded
+        "upstream_unavailable",
+        "upstream_timeout",
+        "client_disconnected",
+        "internal_error",
+        "bad_request",
+        "invalid_ingest_key",
+        "billing_suspended",
+        "usage_limit_exceeded",
+        "prepaid_credit_exhausted",
+        "rate_limited",
+        "payload_too_large",
+        "unsupported_media_type",
+        "method_not_allowed",
+        "request_timeout",
+        "store_unavailable",
+    }
+)
+
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gateway_requests",
-            "Ingest requests by signal and outcome (forwarded or an error code).",
+            "Ingest requests by signal and outcome (one of OUTCOMES, never a raw status).",
             ["signal", "outcome"],
             registry=self.registry,
         )
@@ -28,6 +52,16 @@ class Metrics:
         self.refunds = Counter(
             "gateway_usage_refunds",
             "Admitted batches refunded because the upstream did not accept them.",
+            registry=self.registry,
+        )
+        self.refunded_items = Counter(
+            "gateway_refunded_items",
+            "Items of accepted batches that the upstream rejected (partial success), refunded.",
+            registry=self.registry,
+        )
+        self.live_holders = Gauge(
+            "gateway_live_holders",
+            "Gateway processes the store saw live at the last flush tick (rates are shared by it).",
             registry=self.registry,
         )
         self.spool_pending = Gauge(

@@ -13,11 +13,12 @@ import logging
 import re
 from typing import Any
 
-from gateway.body import BodyDeadlines, Disconnected
+from gateway.body import BodyDeadlines, Disconnected, replaying
 from gateway.errors import BadRequest, ClientError
 from gateway.gates import Gates
 from gateway.keys import extract_key, strip_key_param
-from gateway.metrics import Metrics
+from gateway.metrics import OUTCOMES, Metrics
+from gateway.partial import MAX_ANSWER, rejected_items
 from gateway.payload import BodyLimits, PayloadInspector
 from gateway.responses import send_refusal
 from policies.decisions import Refusal
@@ -103,6 +104,38 @@ class _RequestHeaders:
         ]
 
 
+class _Answer:
+    """The start of a 2xx answer's body, to read a partial success from (never all of it)."""
+
+    __slots__ = ("body", "content_type", "encoding")
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.content_type: bytes | None = None
+        self.encoding: bytes | None = None
+
+    def start(self, message: dict[str, Any]) -> None:
+        for name, value in message.get("headers", ()):
+            name = name.lower()
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-encoding":
+                self.encoding = value
+
+    def add(self, chunk: bytes) -> None:
+        if chunk and len(self.body) + len(chunk) <= MAX_ANSWER:
+            self.body += chunk
+
+
+def _outcome(status: int, failed: bool) -> str:
+    """The outcome of an admitted request from its answer (the proxy may have named it)."""
+    if 200 <= status < 300:
+        return "forwarded"
+    if status:
+        return "upstream_rejected"
+    return "internal_error" if failed else "client_disconnected"
+
+
 class GateMiddleware:
     def __init__(
         self,
@@ -183,35 +216,41 @@ class GateMiddleware:
         inner["gateway.body"] = body
         inner["gateway.signal"] = signal
 
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return dict(await receive())
-
         status = 0
+        answer = _Answer()
 
         async def watch(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                answer.start(message)
+            elif 200 <= status < 300:
+                answer.add(message.get("body", b""))
             await send(message)
 
+        failed = False
         try:
-            await self.app(inner, replay, watch)
+            await self.app(inner, replaying(body, receive), watch)
+        except BaseException:
+            failed = True
+            raise
         finally:
             if not 200 <= status < 300:
                 self.gates.refund(admission)
-            self._count(signal, "forwarded" if status < 400 else str(status))
+            elif answer.body:
+                # An OTLP partial success: the org pays only for what the backend accepted.
+                rejected = rejected_items(signal, answer.content_type, answer.encoding, answer.body)
+                if rejected:
+                    self.gates.refund_items(admission, rejected)
+            self._count(signal, inner.get("gateway.outcome") or _outcome(status, failed))
 
     async def _refuse(self, send: Any, signal: str, refusal: Refusal, style: str) -> None:
         self._count(signal, refusal.code)
         await send_refusal(send, refusal, style)
 
     def _count(self, signal: str, outcome: str) -> None:
+        if outcome not in OUTCOMES:
+            outcome = "internal_error"  # a code nobody declared must not become a label
         counter = self._counters.get((signal, outcome))
         if counter is None:
             counter = self._counters[(signal, outcome)] = self.metrics.requests.labels(

@@ -29,6 +29,8 @@ _ORG = {
         "upstream": {"type": "string", "nullable": True},
         "suspended": {"type": "boolean"},
         "suspension_reason": {"type": "string", "nullable": True},
+        "billing_suspended": {"type": "boolean"},
+        "billing_suspension_reason": {"type": "string", "nullable": True},
         "payment_status": {"type": "string", "enum": ["ok", "past_due", "blocked"]},
         "shadow": {"type": "boolean"},
         "prices": {"type": "object", "additionalProperties": {"type": "integer"}},

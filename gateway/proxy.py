@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+from prometheus_client import Histogram
 
 from gateway.errors import UpstreamError
 from gateway.middleware import OTLP_PATHS
@@ -37,10 +40,21 @@ def _spoofable(name: bytes) -> bool:
 
 
 class ReverseProxy:
-    def __init__(self, upstream: Upstream, default_url: str | None, sink: Upstream) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        default_url: str | None,
+        sink: Upstream,
+        upstream_seconds: Histogram | None = None,
+    ) -> None:
         self._upstream = upstream
         self._default = default_url.rstrip("/") if default_url else None
         self._sink = sink
+        self._seconds = upstream_seconds
+
+    def _observe(self, started: float) -> None:
+        if self._seconds is not None:
+            self._seconds.observe(time.perf_counter() - started)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         admission: Admission | None = scope.get("gateway.admission")
@@ -55,11 +69,15 @@ class ReverseProxy:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         headers = _forward_headers(scope)
+        started = time.perf_counter()
         try:
             response = await client.forward(url, headers, body)
         except UpstreamError as exc:
+            self._observe(started)
+            scope["gateway.outcome"] = exc.code
             await send_refusal(send, exc.refusal(), _style(scope))
             return
+        self._observe(started)
         response_headers = [
             *response.headers,
             (b"content-length", str(len(response.body)).encode()),

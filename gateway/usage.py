@@ -28,7 +28,7 @@ from gateway.spool import Spool
 from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
 from policies.decisions import Refusal, usage_exceeded
 from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
-from policies.periods import calendar_month
+from policies.periods import calendar_month, period_for
 from policies.reservations import ChunkPolicy
 
 log = logging.getLogger("gateway.usage")
@@ -41,11 +41,12 @@ CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tz
 
 @dataclass(slots=True)
 class _Known:
-    """The store's last word that a meter was exhausted: refuse needs above ``left``."""
+    """The store's last word that a meter was exhausted: refuse needs above ``left``;
+    ``used`` is the committed usage it reported, for the refusal body."""
 
     left: int
     limit: int
-    taken: int
+    used: int
     until: float
 
 
@@ -60,9 +61,15 @@ class _Budget:
     exhausted: dict[str, _Known] = field(default_factory=dict)
     refill: asyncio.Future[None] | None = None
     low_water: dict[str, int] = field(default_factory=dict)  # refill ahead below this
+    active: float = 0.0  # when it was last granted or spent from: idle budgets go back
+    committing: dict[str, int] = field(default_factory=dict)  # taken for a flush, not yet in
 
     def pending(self) -> bool:
         return any(self.used.values()) or any(self.reserved.values())
+
+    def local_used(self, meter: str) -> int:
+        """What this process spent that the store may not have yet."""
+        return self.used.get(meter, 0) + self.committing.get(meter, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +128,16 @@ class UsageGate:
         flush_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_new_period: Callable[[str, Period], None] | None = None,
+        idle_after: float | None = None,
+        on_contention: Callable[[str], None] | None = None,
     ) -> None:
         self._on_new_period = on_new_period
+        # A budget nobody spent from for this long goes back to the store at the next flush.
+        self._idle_after = idle_after
+        # Called when the store refused while other holders still held unspent quota.
+        self._on_contention = on_contention
+        self._contention_asked: dict[str, float] = {}
+        self._committing: dict[str, _Budget] = {}
         self.holder = holder or uuid.uuid4().hex
         self._store = store
         self._guard = guard
@@ -142,11 +157,13 @@ class UsageGate:
         self.stats = UsageStats()
 
     def period_of(self, routing: OrgRouting, now: float) -> Period:
-        """The org's billing period while ``now`` is inside it, else the calendar month."""
+        """The org's billing period (rolled forward past its end), else the calendar month."""
         period = routing.period
-        if period is not None and period.start.timestamp() <= now < period.end.timestamp():
+        if period is None:
+            return self.current_period(now)
+        if period.start.timestamp() <= now < period.end.timestamp():
             return period
-        return self.current_period(now)
+        return period_for(datetime.fromtimestamp(now, UTC), period)
 
     def current_period(self, now: float) -> Period:
         start, end = self._period_bounds
@@ -270,7 +287,8 @@ class UsageGate:
         for meter, need in deficit.items():
             known = budget.exhausted.get(meter)
             if known is not None and known.until > now and need > known.left:
-                return usage_exceeded(meter, known.limit, known.taken, budget.period.end)
+                used = known.used + budget.local_used(meter)
+                return usage_exceeded(meter, known.limit, used, budget.period.end)
         return None
 
     async def _refill(
@@ -294,12 +312,16 @@ class UsageGate:
             )
             result = await self._guard.call(lambda: self._store.reserve(request))
             if isinstance(result, Exhausted):
-                left = result.limit - result.used
+                left = result.limit - result.taken
+                committed = result.taken if result.committed is None else result.committed
                 until = self._clock() + self._known_ttl
-                budget.exhausted[result.meter] = _Known(left, result.limit, result.used, until)
-                return usage_exceeded(result.meter, result.limit, result.used, budget.period.end)
+                budget.exhausted[result.meter] = _Known(left, result.limit, committed, until)
+                self._ask_others(routing.org_id, budget, result.meter, result.taken - committed)
+                used = committed + budget.local_used(result.meter)
+                return usage_exceeded(result.meter, result.limit, used, budget.period.end)
             if budget.generation != generation:
                 return None  # forfeited meanwhile; the grant stays unused until it expires
+            budget.active = self._clock()
             for meter, amount in result.amounts.items():
                 budget.remaining[meter] = budget.remaining.get(meter, 0) + amount
                 budget.low_water[meter] = amount // 4
@@ -308,6 +330,34 @@ class UsageGate:
         finally:
             budget.refill = None
             future.set_result(None)
+
+    def _ask_others(self, org_id: str, budget: _Budget, meter: str, reserved: int) -> None:
+        """Refused while reservations are live: if some are not ours, ask their holders to
+        give their unspent quota back now (at most once a second per org)."""
+        if self._on_contention is None:
+            return
+        ours = budget.remaining.get(meter, 0) + budget.local_used(meter)
+        now = self._clock()
+        if reserved <= ours or now - self._contention_asked.get(org_id, -1e18) < 1.0:
+            return
+        self._contention_asked[org_id] = now
+        self._on_contention(org_id)
+
+    def _committed(self, batch: UsageBatch) -> None:
+        budget = self._committing.pop(batch.batch_id, None)
+        if budget is not None:
+            for meter, n in batch.used.items():
+                budget.committing[meter] = budget.committing.get(meter, 0) - n
+
+    def give_back(self, org_id: str) -> bool:
+        """Return the org's unspent reservations at the next flush (another holder needs them);
+        True when there was something to return."""
+        returned = False
+        for (org, _), budget in self._budgets.items():
+            if org == org_id and budget.refill is None and any(budget.remaining.values()):
+                self._forfeit(budget)
+                returned = True
+        return returned
 
     def _spend(
         self,
@@ -322,6 +372,7 @@ class UsageGate:
         for budget, limited, counted in accounts:
             taken = []
             if reserved:
+                budget.active = self._clock()
                 for meter, _ in limited:
                     n = counted[meter]
                     if n:
@@ -353,16 +404,38 @@ class UsageGate:
 
     def refund(self, admission: Admission) -> None:
         """The upstream did not accept the batch: the org pays nothing for it."""
-        org_id = admission.routing.org_id
         for part in admission.parts:
-            budget = self._budgets.get((org_id, part.period_key))
-            if budget is None:
-                budget = _Budget(self.current_period(self._clock()), generation=-1)
-                self._budgets[(org_id, part.period_key)] = budget
-            self._count(org_id, budget, {m: -n for m, n in part.counted})
-            if part.generation != budget.generation:
-                continue  # its reservation was forfeited: no longer ours to reuse
-            for meter, n in part.reserved:
+            self._give_back_part(admission.routing.org_id, part, dict(part.counted))
+
+    def refund_items(self, admission: Admission, items: int) -> int:
+        """The upstream rejected ``items`` of an accepted batch: those (and their price) are
+        not charged. Returns the items refunded (never more than were counted)."""
+        items = min(items, admission.quantities.items)
+        if items <= 0:
+            return 0
+        credit = items * (admission.routing.prices.items or 0)
+        for part in admission.parts:
+            counted = dict(part.counted)
+            deltas = {
+                m: min(n, counted[m])
+                for m, n in (("items", items), ("credit", credit))
+                if n and counted.get(m)
+            }
+            if deltas:
+                self._give_back_part(admission.routing.org_id, part, deltas)
+        return items
+
+    def _give_back_part(self, org_id: str, part: Spent, deltas: dict[str, int]) -> None:
+        budget = self._budgets.get((org_id, part.period_key))
+        if budget is None:
+            budget = _Budget(self.current_period(self._clock()), generation=-1)
+            self._budgets[(org_id, part.period_key)] = budget
+        self._count(org_id, budget, {m: -n for m, n in deltas.items()})
+        if part.generation != budget.generation:
+            return  # its reservation was forfeited: no longer ours to reuse
+        for meter, n in part.reserved:
+            n = min(n, deltas.get(meter, 0))
+            if n:
                 budget.remaining[meter] = budget.remaining.get(meter, 0) + n
                 budget.reserved[meter] = budget.reserved.get(meter, 0) + n
 
@@ -382,23 +455,34 @@ class UsageGate:
     def _take_batches(self, *, release: bool) -> list[UsageBatch]:
         now = self._clock()
         batches = []
+        idle_after = self._idle_after
         for (org_id, period_key), budget in list(self._budgets.items()):
             over = budget.period.end.timestamp() <= now
+            if (
+                idle_after is not None
+                and not (release or over)
+                and budget.refill is None
+                and now - budget.active >= idle_after
+                and any(budget.remaining.values())
+            ):
+                self._forfeit(budget)  # idle: the unspent part goes back with this batch
             if release or over:
                 for meter, left in budget.remaining.items():
                     budget.reserved[meter] = budget.reserved.get(meter, 0) - left
                 budget.remaining.clear()
             if budget.pending():
-                batches.append(
-                    UsageBatch(
-                        batch_id=uuid.uuid4().hex,
-                        holder=self.holder,
-                        org_id=org_id,
-                        period_start=period_key,
-                        used={m: v for m, v in budget.used.items() if v},
-                        reserved={m: v for m, v in budget.reserved.items() if v},
-                    )
+                batch = UsageBatch(
+                    batch_id=uuid.uuid4().hex,
+                    holder=self.holder,
+                    org_id=org_id,
+                    period_start=period_key,
+                    used={m: v for m, v in budget.used.items() if v},
+                    reserved={m: v for m, v in budget.reserved.items() if v},
                 )
+                batches.append(batch)
+                for meter, n in batch.used.items():
+                    budget.committing[meter] = budget.committing.get(meter, 0) + n
+                self._committing[batch.batch_id] = budget
                 budget.used = {}
                 budget.reserved = {}
             if over and budget.refill is None:
@@ -423,6 +507,7 @@ class UsageGate:
                     commit = partial(self._store.commit, batch)
                     await self._guard.call(commit, budget=self._flush_timeout)
                     done.append(batch.batch_id)
+                    self._committed(batch)
                 await self._guard.call(
                     lambda: self._store.heartbeat(self.holder, self._clock(), self._ttl),
                     budget=self._flush_timeout,

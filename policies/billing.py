@@ -30,6 +30,15 @@ EventKind = Literal[
 ]
 
 DEFAULT_GRACE = timedelta(days=3)
+# The stores' integer range (signed 64-bit): ledger amounts and balances stay inside it.
+MAX_MINOR = 2**63 - 1
+MIN_MINOR = -(2**63)
+
+# Refusal reasons, as recorded with the event.
+UNKNOWN_PLAN = "unknown plan"
+OTHER_CURRENCY = "other currency"
+OUT_OF_RANGE = "amount out of range"
+ALREADY_PAID = "invoice already paid"
 
 
 class MalformedEvent(ValueError):
@@ -48,7 +57,7 @@ class BillingEvent:
     occurred_at: datetime  # when the provider created the event (orders deliveries)
     object_id: str | None = None  # invoice, subscription, session, charge or transaction id
     invoice_id: str | None = None
-    metered: bool = False  # an invoice for metered usage (payment failure blocks at once)
+    metered: bool = False  # every line is metered usage (payment failure blocks at once)
     billing_reason: str | None = None  # e.g. "subscription_cycle"
     subscription_id: str | None = None
     subscription_status: str | None = None  # the provider's status string
@@ -77,6 +86,8 @@ class BillingState:
     status_at: datetime | None = None  # the newest event that set payment_status
     subscription_at: datetime | None = None  # the newest event that set plan/period/cancel
     refunded: Mapping[str, int] = field(default_factory=dict)  # charge id -> refunded so far
+    paid_invoice_id: str | None = None  # the newest invoice paid: a late failure of it is void
+    paid_at: datetime | None = None  # when it was paid: a failure stamped then loses the tie
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +112,11 @@ class BillingChange:
     """The new state and what else to write, in the same transaction as the event claim.
 
     ``new_period``: claim (org, period) once; only the claimant sets the period (resetting
-    usage, which is counted per period) and writes ``period_grants``.
+    usage, which is counted per period) and writes ``period_grants``. Without ``new_period``,
+    ``period_grants`` are the grant of the state's own period, written if not written yet.
+    A grant's key names its period; the store adds the org. ``plan_refused``: the plan the
+    event named, not applied (not a known plan) while the rest was; a redelivery of the
+    event may apply it (``apply_event(..., redelivered=True)``).
     """
 
     state: BillingState
@@ -110,6 +125,7 @@ class BillingChange:
     period_grants: tuple[CreditEntry, ...] = ()
     audit: tuple[AuditEntry, ...] = ()
     refused: str | None = None  # the event was understood but not applied, and why
+    plan_refused: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -330,7 +346,8 @@ def _stripe_invoice(base: BillingEvent, kind: EventKind, inv: Mapping[str, Any])
         customer_id=_ref(inv, "customer", f"{_OBJ}.customer"),
         object_id=invoice_id,
         invoice_id=invoice_id,
-        metered=any(_stripe_metered(line) for line in lines),
+        # A renewal with a licensed line is a plan invoice even when usage is billed with it.
+        metered=bool(lines) and all(_stripe_metered(line) for line in lines),
         billing_reason=_opt_text(inv, "billing_reason", f"{_OBJ}.billing_reason"),
         subscription_id=subscription,
         period=period,
@@ -579,7 +596,14 @@ class _Context:
     plans: frozenset[str]
     free_plan: str
     plan_grants: Mapping[str, int]
+    currency: str
     now: datetime
+
+    @property
+    def reason(self) -> str:
+        """How audit rows name the event."""
+        event = self.event
+        return f"{event.provider} {event.type} {event.object_id or event.event_id}"
 
 
 def apply_event(
@@ -589,20 +613,33 @@ def apply_event(
     plans: frozenset[str],
     free_plan: str = "free",
     plan_grants: Mapping[str, int] | None = None,
+    currency: str = "usd",
     now: datetime,
+    redelivered: bool = False,
 ) -> BillingChange:
     """The effect of one event on an org's billing state.
 
     Status effects are ordered by ``status_at``, plan/period/cancellation by
     ``subscription_at``: a part older than its marker is skipped. Ledger entries and period
     claims are idempotent by key, so they are never stale. ``refused`` is set only when the
-    event changes nothing at all (stores write nothing then); a partly stale event applies
-    the rest with ``refused`` None.
+    event changes nothing at all (stores write only its ``audit`` then, a refusal's own
+    entry); a partly stale event applies the rest with ``refused`` None. An unknown plan
+    refuses the plan alone (``plan_refused``). ``redelivered``: the event was applied before
+    with its plan refused; only its plan is decided again. ``currency`` is the ledger's.
     """
-    ctx = _Context(event, plans, free_plan, plan_grants or {}, now)
-    change = _HANDLERS[event.kind](state, ctx) if event.kind in _HANDLERS else BillingChange(state)
-    reason = f"{event.provider} {event.type} {event.object_id or event.event_id}"
-    change = replace(change, audit=_audit(state, change.state, reason))
+    ctx = _Context(event, plans, free_plan, plan_grants or {}, currency.lower(), now)
+    if redelivered:
+        change = _redelivered(state, ctx)
+    elif event.kind in _HANDLERS:
+        change = _HANDLERS[event.kind](state, ctx)
+    else:
+        change = BillingChange(state)
+    entries = (*change.credits, *change.period_grants)
+    if any(not MIN_MINOR <= entry.amount_minor <= MAX_MINOR for entry in entries):
+        amounts = ",".join(str(entry.amount_minor) for entry in entries)
+        refusal = AuditEntry("credit_refused", None, amounts, f"{ctx.reason}: {OUT_OF_RANGE}")
+        return BillingChange(state, refused=OUT_OF_RANGE, audit=(refusal,))
+    change = replace(change, audit=(*_audit(state, change.state, ctx.reason), *change.audit))
     if change.refused == _STALE and change.changed:
         return replace(change, refused=None)
     return change
@@ -660,6 +697,14 @@ def _is_current(state: BillingState, event: BillingEvent) -> bool:
     )
 
 
+def _known_plan(event: BillingEvent, ctx: _Context) -> bool:
+    return event.plan is None or event.plan in ctx.plans
+
+
+def _plan_refusal(state: BillingState, ctx: _Context) -> AuditEntry:
+    return AuditEntry("plan_refused", state.plan, ctx.event.plan, f"{ctx.reason}: {UNKNOWN_PLAN}")
+
+
 def _ended(state: BillingState, ctx: _Context) -> BillingState:
     return replace(
         state,
@@ -670,31 +715,77 @@ def _ended(state: BillingState, ctx: _Context) -> BillingState:
     )
 
 
+def _in_period(state: BillingState, before: str, ctx: _Context) -> BillingChange:
+    """A plan adopted within the org's period writes its grant for that period, unless one
+    was written: a first subscription whose invoice claimed the period on the old plan."""
+    period = ctx.event.period
+    current = state.period
+    if current is None or state.plan == before:
+        return BillingChange(state)
+    if period is not None and period.start != current.start:
+        return BillingChange(state)
+    return BillingChange(state, period_grants=_grants(state.plan, current, ctx))
+
+
 def _adopt(state: BillingState, ctx: _Context) -> BillingChange:
-    """The event's plan, subscription, cancellation and period; a new period is claimed."""
+    """The event's plan, subscription, cancellation and period; a new period is claimed.
+
+    A plan not in ``plans`` is refused alone: the org keeps its plan, and a new period
+    its grant until a redelivery names a known plan."""
     event = ctx.event
+    known = _known_plan(event, ctx)
     cancel = event.cancel_at_period_end
+    before = state
     state = replace(
         state,
-        plan=event.plan or state.plan,
+        plan=event.plan if known and event.plan else state.plan,
         subscription_id=event.subscription_id or state.subscription_id,
         cancel_at_period_end=state.cancel_at_period_end if cancel is None else cancel,
         subscription_at=event.occurred_at,
     )
-    period = event.period
-    if period is None or not _forward(state.period, period):
+    refusal = () if known else (_plan_refusal(before, ctx),)
+    change = _period_of_adopted(state, before.plan, ctx, grant=known)
+    return replace(change, plan_refused=None if known else event.plan, audit=refusal)
+
+
+def _period_of_adopted(
+    state: BillingState, before: str, ctx: _Context, *, grant: bool
+) -> BillingChange:
+    period = ctx.event.period
+    if period is None:
+        return _in_period(state, before, ctx)
+    if not _forward(state.period, period):
         return BillingChange(state)
     previous, state = state.period, replace(state, period=period)
     if previous is not None and previous.start == period.start:
-        return BillingChange(state)
-    return BillingChange(state, new_period=period, period_grants=_grants(state.plan, period, ctx))
+        return _in_period(state, before, ctx)
+    grants = _grants(state.plan, period, ctx) if grant else ()
+    return BillingChange(state, new_period=period, period_grants=grants)
+
+
+def _redelivered(state: BillingState, ctx: _Context) -> BillingChange:
+    """The plan part of an event applied before with its plan refused, and no other part:
+    those were applied then, and events since may have changed them."""
+    event = ctx.event
+    if event.plan is None or event.plan not in ctx.plans:
+        return BillingChange(state, refused=UNKNOWN_PLAN, audit=(_plan_refusal(state, ctx),))
+    if _older(event, state.subscription_at):
+        return BillingChange(state, refused=_STALE)
+    adopted = replace(state, plan=event.plan, subscription_at=event.occurred_at)
+    return _in_period(adopted, state.plan, ctx)
 
 
 def _payment_failed(state: BillingState, ctx: _Context) -> BillingChange:
-    if _older(ctx.event, state.status_at):
+    event = ctx.event
+    if event.invoice_id is not None and event.invoice_id == state.paid_invoice_id:
+        return BillingChange(state, refused=ALREADY_PAID)
+    # On equal timestamps payment wins: a failure stamped when the newest payment was is older.
+    if _older(event, state.status_at) or (
+        state.paid_at is not None and event.occurred_at <= state.paid_at
+    ):
         return BillingChange(state, refused=_STALE)
     # Metered usage that could not be charged blocks at once; a licensed invoice has grace.
-    status = _worse(state, "blocked" if ctx.event.metered else "past_due")
+    status = _worse(state, "blocked" if event.metered else "past_due")
     return BillingChange(_overdue(state, status, ctx))
 
 
@@ -712,6 +803,8 @@ def _payment_succeeded(state: BillingState, ctx: _Context) -> BillingChange:
             never_paid=state.never_paid and not paid,
             suspended_at=None,
             suspension_reason=None,
+            paid_invoice_id=event.invoice_id or state.paid_invoice_id,
+            paid_at=event.occurred_at,
         )
     period = event.period
     if event.billing_reason != "subscription_cycle" or period is None:
@@ -740,8 +833,6 @@ def _status_effect(state: BillingState, status: str | None) -> PaymentStatus | N
 
 def _subscription_updated(state: BillingState, ctx: _Context) -> BillingChange:
     event = ctx.event
-    if event.plan is not None and event.plan not in ctx.plans:
-        return BillingChange(state, refused="unknown plan")
     ending = event.subscription_status in _ENDED
     if ending and not _is_current(state, event):
         return BillingChange(state, refused="not the current subscription")
@@ -768,11 +859,25 @@ def _subscription_deleted(state: BillingState, ctx: _Context) -> BillingChange:
     return BillingChange(_ended(state, ctx))
 
 
+def _currency_refusal(state: BillingState, amount: int, ctx: _Context) -> BillingChange | None:
+    """A ledger entry in another currency than the ledger's is refused, never taken at face
+    value; codes compare case-insensitively. One that names none is in the ledger's."""
+    currency = (ctx.event.currency or ctx.currency).lower()
+    if currency == ctx.currency:
+        return None
+    shown = f"{amount} {currency[:16]}"
+    why = f"{ctx.reason}: {OTHER_CURRENCY} (the ledger's is {ctx.currency})"
+    audit = (AuditEntry("credit_refused", None, shown, why),)
+    return BillingChange(state, refused=OTHER_CURRENCY, audit=audit)
+
+
 def _credit_purchased(state: BillingState, ctx: _Context) -> BillingChange:
     event = ctx.event
     amount = _money(event.amount_minor)
     if event.object_id is None or amount is None:
         return BillingChange(state, refused="incomplete event")
+    if (refusal := _currency_refusal(state, amount, ctx)) is not None:
+        return refusal
     if amount <= 0:
         return BillingChange(state)
     source = f"{event.provider}:{event.object_id}"
@@ -786,6 +891,8 @@ def _charge_refunded(state: BillingState, ctx: _Context) -> BillingChange:
     amount = _money(event.amount_minor)
     if charge is None or amount is None:
         return BillingChange(state, refused="incomplete event")
+    if (refusal := _currency_refusal(state, amount, ctx)) is not None:
+        return refusal
     delta = amount - state.refunded.get(charge, 0)
     if delta <= 0:
         return BillingChange(state)
@@ -799,8 +906,6 @@ def _charge_refunded(state: BillingState, ctx: _Context) -> BillingChange:
 def _past_due_changed(state: BillingState, ctx: _Context) -> BillingChange:
     event = ctx.event
     expired = event.subscription_status == "expired"
-    if event.plan is not None and not expired and event.plan not in ctx.plans:
-        return BillingChange(state, refused="unknown plan")
     stale = False
     if event.past_due is not None:
         if _older(event, state.status_at):

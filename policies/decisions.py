@@ -53,11 +53,13 @@ def suspension_gate(routing: OrgRouting) -> Refusal | None:
 def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Refusal:
     if meter == "credit":
         # The credit meter counts millionths of a minor unit; clients see minor units.
+        # The limit is everything ever credited; what is left rounds down, as spending rounds up.
         return Refusal(
             402,
             "prepaid_credit_exhausted",
             detail={
-                "balance_minor": limit // MICROS_PER_MINOR,
+                "balance_minor": max(0, limit - used) // MICROS_PER_MINOR,
+                "credited_minor": limit // MICROS_PER_MINOR,
                 "used_minor": -(-used // MICROS_PER_MINOR),
             },
         )

@@ -19,7 +19,16 @@ def calendar_month(now: datetime) -> Period:
 
 
 def period_for(now: datetime, anchor: Period | None = None) -> Period:
-    """The org's current period: its billing period while ``now`` is inside it, else the month."""
-    if anchor is not None and anchor.start <= now < anchor.end:
+    """The org's current period: its billing period while ``now`` is inside it; past its end
+    (the renewal event has not arrived yet) the periods of the same length that follow it, so a
+    renewal starting at the old end continues that same counter; the month without a period."""
+    if anchor is None:
+        return calendar_month(now)
+    if anchor.start <= now < anchor.end:
         return anchor
-    return calendar_month(now)
+    length = anchor.end - anchor.start
+    if length.total_seconds() <= 0:
+        return calendar_month(now)
+    steps = (now - anchor.start) // length  # negative before the period starts
+    start = anchor.start + steps * length
+    return Period(start, start + length)

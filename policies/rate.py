@@ -1,4 +1,9 @@
-"""Token buckets for per-org rates (requests/s, bytes/s)."""
+"""Token buckets for per-org rates (requests/s, bytes/s), and one holder's share of a rate.
+
+An org's rate is a limit of the org, not of a process: each of ``holders`` live gateway
+processes enforces ``rate / holders`` (refill and capacity alike), so the sum over
+processes that each get a fair part of the org's traffic is one bucket's allowance.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,12 @@ class BucketResult:
     wait: float = 0.0
 
 
-def take(bucket: Bucket | None, rate: int, cost: int, now: float) -> BucketResult:
+def share(rate: int, holders: int) -> float:
+    """One holder's part of an org's ``rate`` among ``holders`` live ones (at least one)."""
+    return rate / max(1, holders)
+
+
+def take(bucket: Bucket | None, rate: float, cost: int, now: float) -> BucketResult:
     """Take ``cost`` tokens from a bucket refilled at ``rate`` per second, capacity ``rate``.
 
     A cost above the capacity passes on a full bucket (leaving a debt), so one large

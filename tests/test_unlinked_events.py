@@ -62,6 +62,7 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         stripe_webhook_secret=STRIPE_SECRET,
         plans="pro",
         plan_grants="pro=1000",
+        currency="eur",
         cache_ttl=3600,  # only an invalidation can show the routing a new balance
         flush_interval=3600,
     )
@@ -180,4 +181,4 @@ async def test_the_link_decides_with_the_settings_plans_and_grants(gateway: Gate
     assert (billing["plan"], billing["balance_minor"]) == ("pro", 1000)
     rows = (await gw.admin.get("/admin/webhooks/events")).json()["events"]
     outcomes = {row["event_id"]: (row["status"], row["reason"]) for row in rows}
-    assert outcomes == {"evt_pro": ("applied", None), "evt_gold": ("refused", "unknown plan")}
+    assert outcomes == {"evt_pro": ("applied", None), "evt_gold": ("applied", "plan_refused")}

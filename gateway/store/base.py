@@ -25,7 +25,16 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.billing import (
+    MAX_MINOR,
+    MIN_MINOR,
+    OUT_OF_RANGE,
+    AuditEntry,
+    BillingChange,
+    BillingEvent,
+    BillingState,
+    CreditEntry,
+)
 from policies.model import MICROS_PER_MINOR, Limits, OrgRouting, PaymentStatus, Period, Prices
 from policies.reservations import ChunkPolicy
 
@@ -73,8 +82,9 @@ class OrgRecord:
         """The credit meter's limit: the balance, when it blocks priced usage."""
         if not (self.prices.block_over_balance and self.prices.priced):
             return None
-        # A negative balance (a refund after spending) blocks like an empty one.
-        return max(0, self.balance_minor) * MICROS_PER_MINOR
+        # A negative balance (a refund after spending) blocks like an empty one; in micros,
+        # a balance the ledger holds may exceed the counters' range, which then caps it.
+        return min(MAX_MINOR, max(0, self.balance_minor) * MICROS_PER_MINOR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,14 +163,19 @@ class Granted:
 
 @dataclass(frozen=True, slots=True)
 class Exhausted:
-    """One meter did not fit, so nothing was granted."""
+    """One meter did not fit, so nothing was granted: ``taken`` is committed usage plus every
+    live reservation; ``committed`` the usage alone, where the store knows it cheaply."""
 
     meter: str
     limit: int
-    used: int
+    taken: int
+    committed: int | None = field(default=None, compare=False)
 
 
 ReserveResult = Granted | Exhausted
+
+#: A live gateway process is a lease on its own name, ``holder:<holder>`` (Store.live_holders).
+HOLDER_LEASE = "holder:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +227,10 @@ class Store(Protocol):
     async def reserve(self, request: ReserveRequest) -> ReserveResult: ...
     async def commit(self, batch: UsageBatch) -> bool: ...
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None: ...
+    async def live_holders(self, holder: str, now: float, ttl: float) -> int:
+        """Keep ``holder`` live until ``now + ttl`` (a lease named ``holder:<holder>``) and
+        count the live holders: 1 + the others live at ``now``. ``ttl=0`` leaves."""
+
     async def release(self, holder: str) -> None: ...
     async def usage(self, org_id: str, period_start: str) -> dict[str, int]: ...
     async def live_reservations(
@@ -275,11 +294,19 @@ class Store(Protocol):
         """The sum of the org's credit ledger, in minor units."""
 
     async def apply_billing_event(
-        self, event: BillingEvent, decide: Decide, now: datetime
+        self,
+        event: BillingEvent,
+        decide: Decide,
+        now: datetime,
+        redelivered: Decide | None = None,
     ) -> WebhookOutcome:
         """Claim the event, run ``decide`` on the org's locked state and write its change,
         in one transaction. Any exception rolls everything back (the claim too) and is
-        raised, so a retry of the event is processed."""
+        raised, so a retry of the event is processed. An event applied before with its
+        plan refused (reason ``PLAN_REFUSED``) is no duplicate when ``redelivered`` is
+        given: that runs instead on the same org, and once it applies the reason is cleared.
+        A change whose ledger entries leave the integer range is refused (``ledger_refusal``).
+        """
 
     async def apply_unlinked_events(
         self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
@@ -353,18 +380,59 @@ def stored_state(state: BillingState) -> BillingState:
         status_at=at(state.status_at),
         subscription_at=at(state.subscription_at),
         refunded=dict(state.refunded),
+        paid_at=at(state.paid_at),
     )
 
 
-def applied_change(change: BillingChange, claimed: bool) -> BillingChange:
+def applied_change(change: BillingChange, claimed: bool, org_id: str) -> BillingChange:
     """The change to write: only the claimant of ``new_period`` sets it and writes its
-    grants; anyone else keeps the state's period and drops both."""
+    grants; anyone else keeps the state's period and drops both. Grant keys get the org:
+    two orgs' periods that start at the same second are two grants."""
+    grants = tuple(
+        replace(entry, idempotency_key=f"{org_id}:{entry.idempotency_key}")
+        for entry in change.period_grants
+    )
+    change = replace(change, period_grants=grants)
     if change.new_period is None:
         return replace(change, state=stored_state(change.state))
     if claimed:
         period = utc_period(change.new_period)
         return replace(change, state=stored_state(replace(change.state, period=period)))
     return replace(change, state=stored_state(change.state), new_period=None, period_grants=())
+
+
+# The reason kept with an event applied with its plan refused: a redelivery may apply it.
+PLAN_REFUSED = "plan_refused"
+BALANCE_OUT_OF_RANGE = "balance out of range"
+
+
+def event_reason(change: BillingChange | None) -> str | None:
+    """The reason an event's row keeps once ``change`` was written (or refused)."""
+    if change is None:
+        return None
+    if change.refused is not None:
+        return change.refused
+    return PLAN_REFUSED if change.plan_refused is not None else None
+
+
+def ledger_refusal(
+    state: BillingState, change: BillingChange, balance: int, why: str
+) -> BillingChange | None:
+    """``change`` refused when an entry, or the balance after all of them, would leave the
+    stores' integer range (signed 64-bit); None when they fit. Entries a claim would drop
+    count too: the check comes before the claim."""
+    entries: tuple[CreditEntry, ...] = (*change.credits, *change.period_grants)
+    if not entries:
+        return None
+    if any(not MIN_MINOR <= entry.amount_minor <= MAX_MINOR for entry in entries):
+        refused = OUT_OF_RANGE
+    elif MIN_MINOR <= balance + sum(entry.amount_minor for entry in entries) <= MAX_MINOR:
+        return None
+    else:
+        refused = BALANCE_OUT_OF_RANGE
+    amounts = ",".join(str(entry.amount_minor) for entry in entries)
+    audit = AuditEntry("credit_refused", str(balance), amounts, f"{why}: {refused}")
+    return BillingChange(state, refused=refused, audit=(audit,))
 
 
 def event_json(event: BillingEvent) -> str:

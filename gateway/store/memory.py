@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gateway.store.base import (
+    HOLDER_LEASE,
+    PLAN_REFUSED,
     AuditRow,
     CustomerTaken,
     Decide,
@@ -27,7 +29,9 @@ from gateway.store.base import (
     UsageBatch,
     WebhookOutcome,
     applied_change,
+    event_reason,
     iso,
+    ledger_refusal,
     org_audit,
     suspension_audit,
     utc,
@@ -128,7 +132,7 @@ class MemoryStore:
             taken = used + self._reserved(request.org_id, request.period_start, meter, request.now)
             remaining = limit - taken
             if remaining < need:
-                return Exhausted(meter, limit, taken)
+                return Exhausted(meter, limit, taken, used)
             grants[meter] = request.policy.want(meter, need, remaining)
         for meter, amount in grants.items():
             if _limit(limits, request, meter) is None:
@@ -156,6 +160,16 @@ class MemoryStore:
         for (h, *_), reservation in list(self.reservations.items()):
             if h == holder and reservation.expires_at > now:
                 reservation.expires_at = now + ttl
+
+    async def live_holders(self, holder: str, now: float, ttl: float) -> int:
+        name = HOLDER_LEASE + holder
+        # A presence no longer live is forgotten, so that restarts don't pile up rows.
+        for lease, (_, expires_at) in list(self.leases.items()):
+            if lease.startswith(HOLDER_LEASE) and expires_at <= now:
+                del self.leases[lease]
+        others = sum(1 for n in self.leases if n.startswith(HOLDER_LEASE) and n != name)
+        self.leases[name] = (holder, now + ttl)
+        return 1 + others
 
     async def release(self, holder: str) -> None:
         for key in [k for k in self.reservations if k[0] == holder]:
@@ -348,10 +362,21 @@ class MemoryStore:
         return self.balances.get(org_id, 0)
 
     async def apply_billing_event(
-        self, event: BillingEvent, decide: Decide, now: datetime
+        self,
+        event: BillingEvent,
+        decide: Decide,
+        now: datetime,
+        redelivered: Decide | None = None,
     ) -> WebhookOutcome:
         if (event.provider, event.event_id) in self.events:
-            return WebhookOutcome("duplicate", None, None)
+            _, row = self.events[(event.provider, event.event_id)]
+            org = row["org_id"]
+            if redelivered is None or row["reason"] != PLAN_REFUSED or not isinstance(org, str):
+                return WebhookOutcome("duplicate", None, None)
+            outcome = self._apply(org, event, redelivered, now)
+            if outcome.status == "applied":
+                row.update(reason=event_reason(outcome.change))
+            return outcome
         if event.customer_id is None:
             self._record_event(event, None, "unknown_customer", None, now)
             return WebhookOutcome("unknown_customer", None, None)
@@ -361,7 +386,7 @@ class MemoryStore:
             self.unlinked[(event.provider, event.event_id)] = event
             return WebhookOutcome("unlinked", None, None)
         outcome = self._apply(org_id, event, decide, now)
-        self._record_event(event, org_id, outcome.status, _refused(outcome), now)
+        self._record_event(event, org_id, outcome.status, event_reason(outcome.change), now)
         return outcome
 
     async def apply_unlinked_events(
@@ -380,7 +405,7 @@ class MemoryStore:
             outcome = self._apply(org_id, event, decide(event), now)
             del self.unlinked[key]
             _, row = self.events[key]
-            row.update(org_id=org_id, status=outcome.status, reason=_refused(outcome))
+            row.update(org_id=org_id, status=outcome.status, reason=event_reason(outcome.change))
             outcomes.append(outcome)
         return outcomes
 
@@ -388,19 +413,29 @@ class MemoryStore:
         self, org_id: str, event: BillingEvent, decide: Decide, now: datetime
     ) -> WebhookOutcome:
         # Nothing is written before decide returns: an exception leaves no trace.
-        change = decide(self.billing.get(org_id, BillingState()))
+        actor = f"webhook:{event.provider}"
+        change = self._checked(org_id, decide, f"{event.provider} {event.event_id}")
         if change.refused is not None:
+            self._write_audit(org_id, change, actor, now)
             return WebhookOutcome("refused", org_id, change)
-        applied = self._write_change(org_id, change, f"webhook:{event.provider}", now)
+        applied = self._write_change(org_id, change, actor, now)
         return WebhookOutcome("applied", org_id, applied)
+
+    def _checked(self, org_id: str, decide: Decide, why: str) -> BillingChange:
+        state = self.billing.get(org_id, BillingState())
+        change = decide(state)
+        if change.refused is not None:
+            return change
+        return ledger_refusal(state, change, self.balances.get(org_id, 0), why) or change
 
     async def update_billing(
         self, org_id: str, decide: Decide, *, actor: str, now: datetime
     ) -> BillingChange | None:
         if org_id not in self.orgs:
             return None
-        change = decide(self.billing.get(org_id, BillingState()))
+        change = self._checked(org_id, decide, actor)
         if change.refused is not None:
+            self._write_audit(org_id, change, actor, now)
             return change
         return self._write_change(org_id, change, actor, now)
 
@@ -412,16 +447,19 @@ class MemoryStore:
             claim = (org_id, utc(change.new_period.start))
             claimed = claim not in self.period_claims
             self.period_claims.add(claim)
-        applied = applied_change(change, claimed)
+        applied = applied_change(change, claimed, org_id)
         self.billing[org_id] = applied.state
         for entry in (*applied.credits, *applied.period_grants):
             if entry.idempotency_key in self.ledger:
                 continue
             self.ledger[entry.idempotency_key] = (org_id, entry.amount_minor)
             self.balances[org_id] = self.balances.get(org_id, 0) + entry.amount_minor
-        for audit in applied.audit:
-            self._audit(org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
+        self._write_audit(org_id, applied, actor, now)
         return applied
+
+    def _write_audit(self, org_id: str, change: BillingChange, actor: str, now: datetime) -> None:
+        for audit in change.audit:
+            self._audit(org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
 
     def _record_event(
         self,
@@ -498,10 +536,6 @@ def _limit(limits: Limits, request: ReserveRequest, meter: str) -> int | None:
     if meter == "credit":
         return request.limits.credit
     return limits.usage_limit(meter)
-
-
-def _refused(outcome: WebhookOutcome) -> str | None:
-    return outcome.change.refused if outcome.change is not None else None
 
 
 def _newest(rows: list[tuple[_Order, dict[str, object]]], limit: int) -> list[dict[str, object]]:

@@ -36,6 +36,8 @@ import asyncpg
 
 from gateway.errors import ConfigError, StoreError
 from gateway.store.base import (
+    HOLDER_LEASE,
+    PLAN_REFUSED,
     AuditRow,
     CustomerTaken,
     Decide,
@@ -54,8 +56,10 @@ from gateway.store.base import (
     applied_change,
     event_from_json,
     event_json,
+    event_reason,
     has_suspension_row,
     iso,
+    ledger_refusal,
     org_audit,
     suspension_audit,
     utc,
@@ -118,6 +122,7 @@ _SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_
 # NO KEY: billing rows referencing the org (KEY SHARE) are not blocked by it.
 _LOCK_ORG = "SELECT id FROM orgs WHERE id = $1 FOR NO KEY UPDATE"
 
+_USED_OF = "SELECT used FROM usage_counters WHERE org_id = $1 AND period_start = $2 AND meter = $3"
 _RESERVE = """SELECT meter_name, granted, meter_limit, taken
     FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"""
 
@@ -172,6 +177,17 @@ _HEARTBEAT = """UPDATE quota_reservations q SET expires_at = $3::float8 + $4::fl
     ) s
     WHERE q.holder = $1 AND q.org_id = s.org_id AND q.period_start = s.period_start
         AND q.meter = s.meter"""
+# Keep holder $1 (lease $2) live until $4 + $5 and count 1 + the others live at $4. Presences
+# no longer live are forgotten, skipping those another replica is forgetting at the same time.
+_LIVE_HOLDERS = """WITH gone AS (
+        DELETE FROM leases WHERE name IN (
+            SELECT name FROM leases WHERE name LIKE $3 AND name <> $2 AND expires_at <= $4
+            FOR UPDATE SKIP LOCKED)
+    ), present AS (
+        INSERT INTO leases (name, holder, expires_at) VALUES ($2, $1, $4::float8 + $5::float8)
+        ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at
+    )
+    SELECT 1 + count(*) FROM leases WHERE name LIKE $3 AND name <> $2 AND expires_at > $4"""
 _RELEASE = """DELETE FROM quota_reservations q
     USING (
         SELECT s.org_id, s.period_start, s.meter FROM quota_reservations s
@@ -235,14 +251,14 @@ _ENSURE_STATE = """INSERT INTO billing_state (org_id)
 _LOCK_STATE = """SELECT b.payment_status, b.plan, b.period_start, b.period_end,
         b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
         b.subscription_at, b.refunded::text AS refunded, s.overdue_since, s.invoice_id,
-        s.suspended_at, s.reason
+        s.suspended_at, s.reason, b.paid_invoice_id, b.paid_at
     FROM billing_state b LEFT JOIN billing_suspensions s ON s.org_id = b.org_id
     WHERE b.org_id = $1
     FOR UPDATE OF b"""
 _SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.period_end,
         b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
         b.subscription_at, b.refunded::text AS refunded, s.overdue_since, s.invoice_id,
-        s.suspended_at, s.reason
+        s.suspended_at, s.reason, b.paid_invoice_id, b.paid_at
     FROM orgs o
     LEFT JOIN billing_state b ON b.org_id = o.id
     LEFT JOIN billing_suspensions s ON s.org_id = o.id
@@ -252,7 +268,7 @@ _SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.peri
 _WRITE_STATE = """UPDATE billing_state SET payment_status = $2, plan = $3,
         period_start = $4, period_end = $5, subscription_id = $6, never_paid = $7,
         cancel_at_period_end = $8, status_at = $9, subscription_at = $10,
-        refunded = $11::jsonb, updated_at = now()
+        refunded = $11::jsonb, paid_invoice_id = $12, paid_at = $13, updated_at = now()
     WHERE org_id = $1"""
 
 _WRITE_SUSPENSION = """INSERT INTO billing_suspensions
@@ -286,6 +302,11 @@ _CLAIM_EVENT = """INSERT INTO webhook_events
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (provider, event_id) DO NOTHING
     RETURNING event_id"""
+# A redelivery of an event applied with its plan refused, waiting for another redelivery.
+_TAKE_PLAN_REFUSED = """SELECT org_id FROM webhook_events
+    WHERE provider = $1 AND event_id = $2 AND status = 'applied' AND reason = $3
+        AND org_id IS NOT NULL
+    FOR UPDATE"""
 _FINISH_EVENT = """UPDATE webhook_events SET org_id = $3, status = $4, reason = $5, event = $6
     WHERE provider = $1 AND event_id = $2"""
 _CUSTOMER_ORG = "SELECT org_id FROM billing_customers WHERE provider = $1 AND customer_id = $2"
@@ -478,6 +499,8 @@ def _state_from_row(row: Any) -> BillingState:
         overdue_invoice_id=row["invoice_id"],
         suspended_at=row["suspended_at"],
         suspension_reason=row["reason"],
+        paid_invoice_id=row["paid_invoice_id"],
+        paid_at=row["paid_at"],
     )
 
 
@@ -518,7 +541,7 @@ async def _write_change(
     if change.new_period is not None:
         start = utc(change.new_period.start)
         claimed = await conn.fetchval(_CLAIM_BILLING_PERIOD, org_id, start) is not None
-    applied = applied_change(change, claimed)
+    applied = applied_change(change, claimed, org_id)
     state = applied.state
     period = state.period
     await conn.execute(
@@ -534,6 +557,8 @@ async def _write_change(
         state.status_at,
         state.subscription_at,
         json.dumps(dict(state.refunded), sort_keys=True),
+        state.paid_invoice_id,
+        state.paid_at,
     )
     if has_suspension_row(state):
         await conn.execute(
@@ -556,24 +581,53 @@ async def _write_change(
             [entry.idempotency_key for entry in entries],
             utc(now),
         )
-    rows = [(entry.field, entry.old, entry.new) for entry in applied.audit]
-    await _audit(conn, org_id, rows, [entry.reason for entry in applied.audit], actor, now)
+    await _write_audit(conn, org_id, applied, actor, now)
     return applied
 
 
-async def _apply_to_org(
-    conn: Any, org_id: str, event: BillingEvent, decide: Decide, now: datetime
-) -> WebhookOutcome:
-    """Decide on the org's locked state and write the change; the event's row is claimed."""
-    key = (event.provider, event.event_id)
+async def _write_audit(
+    conn: Any, org_id: str, change: BillingChange, actor: str, now: datetime
+) -> None:
+    rows = [(entry.field, entry.old, entry.new) for entry in change.audit]
+    await _audit(conn, org_id, rows, [entry.reason for entry in change.audit], actor, now)
+
+
+async def _checked(conn: Any, org_id: str, decide: Decide, why: str) -> BillingChange | None:
+    """``decide`` on the org's locked state, refused if its ledger entries leave the integer
+    range; None for an unknown org."""
     state = await _lock_state(conn, org_id)
-    assert state is not None  # billing_customers references orgs
+    if state is None:
+        return None
     change = decide(state)
+    if change.refused is not None or not (change.credits or change.period_grants):
+        return change
+    balance = await conn.fetchval(
+        "SELECT balance_minor FROM billing_state WHERE org_id = $1", org_id
+    )
+    return ledger_refusal(state, change, int(balance or 0), why) or change
+
+
+async def _apply_to_org(
+    conn: Any,
+    org_id: str,
+    event: BillingEvent,
+    decide: Decide,
+    now: datetime,
+    redelivery: bool = False,
+) -> WebhookOutcome:
+    """Decide on the org's locked state and write the change; the event's row is claimed.
+    A redelivery that is refused leaves the row as it was (its first delivery applied)."""
+    key = (event.provider, event.event_id)
+    actor = f"webhook:{event.provider}"
+    change = await _checked(conn, org_id, decide, f"{event.provider} {event.event_id}")
+    assert change is not None  # billing_customers references orgs
     if change.refused is not None:
-        await conn.execute(_FINISH_EVENT, *key, org_id, "refused", change.refused, None)
+        await _write_audit(conn, org_id, change, actor, now)
+        if not redelivery:
+            await conn.execute(_FINISH_EVENT, *key, org_id, "refused", change.refused, None)
         return WebhookOutcome("refused", org_id, change)
-    applied = await _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
-    await conn.execute(_FINISH_EVENT, *key, org_id, "applied", None, None)
+    applied = await _write_change(conn, org_id, change, actor, now)
+    await conn.execute(_FINISH_EVENT, *key, org_id, "applied", event_reason(applied), None)
     return WebhookOutcome("applied", org_id, applied)
 
 
@@ -675,7 +729,12 @@ class PostgresStore:
             )
         for row in rows:
             if row["granted"] is None:
-                return Exhausted(row["meter_name"], row["meter_limit"], row["taken"])
+                # Refusals are rare and cached by the caller: one more read says what is used.
+                async with self._connection("reserve") as conn:
+                    used = await conn.fetchval(
+                        _USED_OF, request.org_id, request.period_start, row["meter_name"]
+                    )
+                return Exhausted(row["meter_name"], row["meter_limit"], row["taken"], used or 0)
         return Granted({row["meter_name"]: row["granted"] for row in rows})
 
     async def commit(self, batch: UsageBatch) -> bool:
@@ -696,6 +755,12 @@ class PostgresStore:
             await conn.execute(_HEARTBEAT, holder, _METERS, now, ttl)
         if time.monotonic() >= self._next_prune:
             await self._prune_batches()
+
+    async def live_holders(self, holder: str, now: float, ttl: float) -> int:
+        name = HOLDER_LEASE + holder
+        async with self._connection("live holders") as conn:
+            live = await conn.fetchval(_LIVE_HOLDERS, holder, name, HOLDER_LEASE + "%", now, ttl)
+        return int(live)
 
     async def _prune_batches(self) -> None:
         """Forget applied batches older than the retention, a bounded number at a time."""
@@ -935,12 +1000,22 @@ class PostgresStore:
         return int(total)
 
     async def apply_billing_event(
-        self, event: BillingEvent, decide: Decide, now: datetime
+        self,
+        event: BillingEvent,
+        decide: Decide,
+        now: datetime,
+        redelivered: Decide | None = None,
     ) -> WebhookOutcome:
         key = (event.provider, event.event_id)
         claim = (*key, utc(now), event.type, event.customer_id, utc(event.occurred_at))
         async with self._transaction("apply billing event") as conn:
             if await conn.fetchval(_CLAIM_EVENT, *claim) is None:
+                if redelivered is not None:
+                    org_id = await conn.fetchval(_TAKE_PLAN_REFUSED, *key, PLAN_REFUSED)
+                    if org_id is not None:
+                        return await _apply_to_org(
+                            conn, org_id, event, redelivered, now, redelivery=True
+                        )
                 return WebhookOutcome("duplicate", None, None)
             if event.customer_id is None:
                 await conn.execute(_FINISH_EVENT, *key, None, "unknown_customer", None, None)
@@ -981,11 +1056,11 @@ class PostgresStore:
         self, org_id: str, decide: Decide, *, actor: str, now: datetime
     ) -> BillingChange | None:
         async with self._transaction("update billing") as conn:
-            state = await _lock_state(conn, org_id)
-            if state is None:
+            change = await _checked(conn, org_id, decide, actor)
+            if change is None:
                 return None
-            change = decide(state)
             if change.refused is not None:
+                await _write_audit(conn, org_id, change, actor, now)
                 return change
             return await _write_change(conn, org_id, change, actor, now)
 

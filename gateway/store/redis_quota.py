@@ -230,7 +230,8 @@ class RedisQuotaStore:
         else:
             raise StoreError(f"could not load the quota hash {key} in {_REBUILD_ATTEMPTS} rebuilds")
         if reply[0] == _EXHAUSTED:
-            return Exhausted(str(reply[1]), int(reply[2]), int(reply[3]))
+            committed = int(reply[4]) if len(reply) > 4 else None
+            return Exhausted(str(reply[1]), int(reply[2]), int(reply[3]), committed)
 
         token = str(reply[1])
         amounts = dict(zip(limited, (int(n) for n in reply[2:]), strict=True))
@@ -345,6 +346,10 @@ class RedisQuotaStore:
                     )
                 await pipe.execute()
 
+    async def live_holders(self, holder: str, now: float, ttl: float) -> int:
+        # Once a flush tick: the truth's leases are enough, Redis holds no presence.
+        return await self.truth.live_holders(holder, now, ttl)
+
     def _holder_key(self, holder: str) -> str:
         return f"{self._prefix}:holder:{holder}"
 
@@ -458,9 +463,13 @@ class RedisQuotaStore:
         return await self.truth.balance(org_id)
 
     async def apply_billing_event(
-        self, event: BillingEvent, decide: Decide, now: datetime
+        self,
+        event: BillingEvent,
+        decide: Decide,
+        now: datetime,
+        redelivered: Decide | None = None,
     ) -> WebhookOutcome:
-        return await self.truth.apply_billing_event(event, decide, now)
+        return await self.truth.apply_billing_event(event, decide, now, redelivered)
 
     async def apply_unlinked_events(
         self, provider: str, customer_id: str, decide: DecideEvent, now: datetime

@@ -24,6 +24,8 @@ from typing import Any, TypeVar, cast
 
 from gateway.errors import StoreError
 from gateway.store.base import (
+    HOLDER_LEASE,
+    PLAN_REFUSED,
     AuditRow,
     CustomerTaken,
     Decide,
@@ -42,8 +44,10 @@ from gateway.store.base import (
     applied_change,
     event_from_json,
     event_json,
+    event_reason,
     has_suspension_row,
     iso,
+    ledger_refusal,
     org_audit,
     suspension_audit,
 )
@@ -55,7 +59,7 @@ T = TypeVar("T")
 
 log = logging.getLogger("gateway.store.sqlite")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
 # as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
@@ -241,6 +245,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE INDEX IF NOT EXISTS webhook_events_unlinked
             ON webhook_events (provider, customer_id, occurred_at) WHERE status = 'unlinked'""",
     ),
+    6: (
+        # The newest invoice paid and when: a failure of it, or stamped then, is void.
+        "ALTER TABLE billing_state ADD COLUMN paid_invoice_id TEXT",
+        "ALTER TABLE billing_state ADD COLUMN paid_at TEXT",
+    ),
 }
 
 # One statement reads an org with its limits (one row per limit, or one row of NULLs),
@@ -273,7 +282,8 @@ _SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_
 
 _SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.period_end,
         b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
-        b.subscription_at, b.refunded, s.overdue_since, s.invoice_id, s.suspended_at, s.reason
+        b.subscription_at, b.refunded, s.overdue_since, s.invoice_id, s.suspended_at, s.reason,
+        b.paid_invoice_id, b.paid_at
     FROM orgs o
     LEFT JOIN billing_state b ON b.org_id = o.id
     LEFT JOIN billing_suspensions s ON s.org_id = o.id
@@ -282,15 +292,17 @@ _SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.peri
 # balance_minor is left alone: only ledger inserts move it.
 _WRITE_STATE = """INSERT INTO billing_state (org_id, payment_status, plan, period_start,
         period_end, subscription_id, never_paid, cancel_at_period_end, status_at,
-        subscription_at, refunded, updated_at)
+        subscription_at, refunded, paid_invoice_id, paid_at, updated_at)
     VALUES (:org, :payment_status, :plan, :period_start, :period_end, :subscription_id,
-        :never_paid, :cancel_at_period_end, :status_at, :subscription_at, :refunded, :now)
+        :never_paid, :cancel_at_period_end, :status_at, :subscription_at, :refunded,
+        :paid_invoice_id, :paid_at, :now)
     ON CONFLICT (org_id) DO UPDATE SET
         payment_status = excluded.payment_status, plan = excluded.plan,
         period_start = excluded.period_start, period_end = excluded.period_end,
         subscription_id = excluded.subscription_id, never_paid = excluded.never_paid,
         cancel_at_period_end = excluded.cancel_at_period_end, status_at = excluded.status_at,
         subscription_at = excluded.subscription_at, refunded = excluded.refunded,
+        paid_invoice_id = excluded.paid_invoice_id, paid_at = excluded.paid_at,
         updated_at = excluded.updated_at"""
 
 _WRITE_SUSPENSION = """INSERT INTO billing_suspensions
@@ -466,6 +478,8 @@ def _select_state(conn: sqlite3.Connection, org_id: str) -> BillingState | None:
         overdue_invoice_id=row[12],
         suspended_at=_at(row[13]),
         suspension_reason=row[14],
+        paid_invoice_id=row[15],
+        paid_at=_at(row[16]),
     )
 
 
@@ -483,7 +497,7 @@ def _write_change(
             ).rowcount
             == 1
         )
-    applied = applied_change(change, claimed)
+    applied = applied_change(change, claimed, org_id)
     state = applied.state
     period = state.period
     conn.execute(
@@ -500,6 +514,8 @@ def _write_change(
             "status_at": _stamp(state.status_at),
             "subscription_at": _stamp(state.subscription_at),
             "refunded": json.dumps(dict(state.refunded), sort_keys=True),
+            "paid_invoice_id": state.paid_invoice_id,
+            "paid_at": _stamp(state.paid_at),
             "now": iso(now),
         },
     )
@@ -526,9 +542,32 @@ def _write_change(
             "UPDATE billing_state SET balance_minor = balance_minor + ? WHERE org_id = ?",
             (added, org_id),
         )
-    for audit in applied.audit:
-        _audit(conn, org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
+    _write_audit(conn, org_id, applied, actor, now)
     return applied
+
+
+def _write_audit(
+    conn: sqlite3.Connection, org_id: str, change: BillingChange, actor: str, now: datetime
+) -> None:
+    for audit in change.audit:
+        _audit(conn, org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
+
+
+def _checked(
+    conn: sqlite3.Connection, org_id: str, decide: Decide, why: str
+) -> BillingChange | None:
+    """``decide`` on the org's state, refused if its ledger entries leave the integer range;
+    None for an unknown org."""
+    state = _select_state(conn, org_id)
+    if state is None:
+        return None
+    change = decide(state)
+    if change.refused is not None or not (change.credits or change.period_grants):
+        return change
+    row = conn.execute(
+        "SELECT balance_minor FROM billing_state WHERE org_id = ?", (org_id,)
+    ).fetchone()
+    return ledger_refusal(state, change, int(row[0]) if row else 0, why) or change
 
 
 def _finish_event(
@@ -547,7 +586,11 @@ def _finish_event(
 
 
 def _apply_event(
-    conn: sqlite3.Connection, event: BillingEvent, decide: Decide, now: datetime
+    conn: sqlite3.Connection,
+    event: BillingEvent,
+    decide: Decide,
+    now: datetime,
+    redelivered: Decide | None = None,
 ) -> WebhookOutcome:
     claim = (
         event.provider,
@@ -558,7 +601,10 @@ def _apply_event(
         iso(event.occurred_at),
     )
     if conn.execute(_CLAIM_EVENT, claim).rowcount == 0:
-        return WebhookOutcome("duplicate", None, None)
+        org_id = _plan_refused_org(conn, event) if redelivered is not None else None
+        if redelivered is None or org_id is None:
+            return WebhookOutcome("duplicate", None, None)
+        return _apply_to_org(conn, org_id, event, redelivered, now, redelivery=True)
     if event.customer_id is None:
         _finish_event(conn, event, None, "unknown_customer", None)
         return WebhookOutcome("unknown_customer", None, None)
@@ -577,18 +623,35 @@ def _customer_org(conn: sqlite3.Connection, provider: str, customer_id: str) -> 
     return None if row is None else str(row[0])
 
 
+def _plan_refused_org(conn: sqlite3.Connection, event: BillingEvent) -> str | None:
+    row = conn.execute(
+        "SELECT org_id FROM webhook_events WHERE provider = ? AND event_id = ?"
+        " AND status = 'applied' AND reason = ? AND org_id IS NOT NULL",
+        (event.provider, event.event_id, PLAN_REFUSED),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
 def _apply_to_org(
-    conn: sqlite3.Connection, org_id: str, event: BillingEvent, decide: Decide, now: datetime
+    conn: sqlite3.Connection,
+    org_id: str,
+    event: BillingEvent,
+    decide: Decide,
+    now: datetime,
+    redelivery: bool = False,
 ) -> WebhookOutcome:
-    """Decide on the org's state and write the change; the event's row is claimed."""
-    state = _select_state(conn, org_id)
-    assert state is not None  # billing_customers references orgs
-    change = decide(state)
+    """Decide on the org's state and write the change; the event's row is claimed. A
+    redelivery that is refused leaves the row as it was (its first delivery applied)."""
+    actor = f"webhook:{event.provider}"
+    change = _checked(conn, org_id, decide, f"{event.provider} {event.event_id}")
+    assert change is not None  # billing_customers references orgs
     if change.refused is not None:
-        _finish_event(conn, event, org_id, "refused", change.refused)
+        _write_audit(conn, org_id, change, actor, now)
+        if not redelivery:
+            _finish_event(conn, event, org_id, "refused", change.refused)
         return WebhookOutcome("refused", org_id, change)
-    applied = _write_change(conn, org_id, change, f"webhook:{event.provider}", now)
-    _finish_event(conn, event, org_id, "applied", None)
+    applied = _write_change(conn, org_id, change, actor, now)
+    _finish_event(conn, event, org_id, "applied", event_reason(applied))
     return WebhookOutcome("applied", org_id, applied)
 
 
@@ -668,7 +731,7 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn)
         # WAL + NORMAL: a crash of the process loses nothing; usage is fsynced to the spool
         # before it is committed here, so an fsync per commit would only add latency.
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -678,6 +741,19 @@ def _connect(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switching to WAL takes the file's lock and does not wait on busy_timeout: workers that
+    open a fresh file at once must retry instead of failing."""
+    for attempt in range(50):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.1)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -804,7 +880,7 @@ class SQLiteStore:
                 taken = (used or 0) + (reserved or 0)
                 remaining = limit - taken
                 if remaining < need:
-                    return Exhausted(meter, limit, taken)
+                    return Exhausted(meter, limit, taken, used or 0)
                 grants[meter] = request.policy.want(meter, need, remaining)
                 recorded.append((meter, grants[meter]))
             conn.executemany(
@@ -860,6 +936,25 @@ class SQLiteStore:
         await self._write(work)
         if time.monotonic() >= self._next_prune:
             await self._prune_batches()
+
+    async def live_holders(self, holder: str, now: float, ttl: float) -> int:
+        def work(conn: sqlite3.Connection) -> int:
+            name, presences = HOLDER_LEASE + holder, HOLDER_LEASE + "%"
+            # A presence no longer live is forgotten, so that restarts don't pile up rows.
+            conn.execute(
+                "DELETE FROM leases WHERE name LIKE ? AND expires_at <= ?", (presences, now)
+            )
+            (others,) = conn.execute(
+                "SELECT count(*) FROM leases WHERE name LIKE ? AND name <> ?", (presences, name)
+            ).fetchone()
+            conn.execute(
+                """INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at""",
+                (name, holder, now + ttl),
+            )
+            return 1 + int(others)
+
+        return await self._write(work)
 
     async def _prune_batches(self) -> None:
         """Forget applied batches older than the retention, a bounded number at a time."""
@@ -1121,9 +1216,13 @@ class SQLiteStore:
         return await self._run(work)
 
     async def apply_billing_event(
-        self, event: BillingEvent, decide: Decide, now: datetime
+        self,
+        event: BillingEvent,
+        decide: Decide,
+        now: datetime,
+        redelivered: Decide | None = None,
     ) -> WebhookOutcome:
-        return await self._write(lambda conn: _apply_event(conn, event, decide, now))
+        return await self._write(lambda conn: _apply_event(conn, event, decide, now, redelivered))
 
     async def apply_unlinked_events(
         self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
@@ -1148,11 +1247,11 @@ class SQLiteStore:
         self, org_id: str, decide: Decide, *, actor: str, now: datetime
     ) -> BillingChange | None:
         def work(conn: sqlite3.Connection) -> BillingChange | None:
-            state = _select_state(conn, org_id)
-            if state is None:
+            change = _checked(conn, org_id, decide, actor)
+            if change is None:
                 return None
-            change = decide(state)
             if change.refused is not None:
+                _write_audit(conn, org_id, change, actor, now)
                 return change
             return _write_change(conn, org_id, change, actor, now)
 

@@ -5,7 +5,10 @@ apply the policy's change in one transaction; invalidate the org's routing every
 event whose customer is linked to no org yet is kept (200 ``unlinked``) and applied through
 the same ``EventPolicy`` when the customer is linked. A provider whose secret is not
 configured does not exist here (404). A store failure answers 503, so the provider retries;
-a duplicate answers 200 with no effect.
+a duplicate answers 200 with no effect. An amount or balance beyond the store's integer range
+is refused and recorded, and answers 400 (a retry is then a duplicate). An event applied with
+its plan refused (not in ``GATEWAY_PLANS``) is no duplicate when delivered again: its plan is
+decided again, so resending it once the plan is configured applies the plan.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.body import Disconnected
 from gateway.errors import ClientError, StoreError
-from gateway.store.base import Decide
+from gateway.store.base import BALANCE_OUT_OF_RANGE, Decide
 from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
 from policies.billing import (
+    OTHER_CURRENCY,
+    OUT_OF_RANGE,
+    UNKNOWN_PLAN,
     BillingEvent,
     MalformedEvent,
     apply_event,
@@ -48,25 +54,33 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], BillingEvent]] = {
 class EventPolicy:
     """How a provider event is decided, whether it arrives for a linked customer or is
     applied when its customer is linked later: ``apply_event`` with the settings' plans,
-    free plan and plan grants."""
+    free plan, plan grants and ledger currency."""
 
     plans: frozenset[str]
     free_plan: str
     plan_grants: Mapping[str, int]
+    currency: str = "usd"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EventPolicy:
-        return cls(settings.plan_names(), settings.free_plan, settings.grants())
+        currency = settings.currency.strip().lower()
+        return cls(settings.plan_names(), settings.free_plan, settings.grants(), currency)
 
-    def decide(self, event: BillingEvent, now: datetime) -> Decide:
+    def decide(self, event: BillingEvent, now: datetime, redelivered: bool = False) -> Decide:
         return lambda state: apply_event(
             state,
             event,
             plans=self.plans,
             free_plan=self.free_plan,
             plan_grants=self.plan_grants,
+            currency=self.currency,
             now=now,
+            redelivered=redelivered,
         )
+
+    def redelivery(self, event: BillingEvent, now: datetime) -> Decide | None:
+        """The plan part alone, for a delivery of an event applied with its plan refused."""
+        return None if event.plan is None else self.decide(event, now, redelivered=True)
 
 
 async def _answer(
@@ -146,20 +160,47 @@ class WebhookEndpoint:
             return
         moment = datetime.fromtimestamp(now, UTC)
         decide = self.policy.decide(event, moment)
+        redelivered = self.policy.redelivery(event, moment)
         try:
-            outcome = await self.runtime.store.apply_billing_event(event, decide, moment)
+            outcome = await self.runtime.store.apply_billing_event(
+                event, decide, moment, redelivered
+            )
         except StoreError:
             self._count(provider, "store_unavailable")
             await _answer(send, 503, {"error": "store_unavailable"}, retry=True)
             return
-        if outcome.change is not None and outcome.change.refused:
-            log.warning(
-                "%s event %s not applied: %s", provider, event.event_id, outcome.change.refused
-            )
+        refused = outcome.change.refused if outcome.change is not None else None
+        if outcome.change is not None:
+            plan = outcome.change.plan_refused or (event.plan if refused == UNKNOWN_PLAN else None)
+            self._log_refusal(event, refused, plan)
         if outcome.status == "applied" and outcome.org_id:
             await self.runtime.invalidate_org(outcome.org_id)
         self._count(provider, outcome.status)
+        if refused in (OUT_OF_RANGE, BALANCE_OUT_OF_RANGE):
+            await _answer(send, 400, {"error": "bad_request", "message": refused})
+            return
         await _answer(send, 200, {"status": outcome.status})
+
+    def _log_refusal(self, event: BillingEvent, refused: str | None, plan: str | None) -> None:
+        name = f"{event.provider} event {event.event_id}"
+        if plan is not None:
+            log.warning(
+                "%s: plan %r is not in GATEWAY_PLANS; the rest of the event is applied, and"
+                " delivering it again once the plan is configured applies the plan",
+                name,
+                plan[:100],
+            )
+        if refused in (None, UNKNOWN_PLAN):
+            return
+        if refused == OTHER_CURRENCY:
+            log.warning(
+                "%s not applied: currency %r is not GATEWAY_CURRENCY (%s)",
+                name,
+                (event.currency or "")[:16],
+                self.policy.currency,
+            )
+        else:
+            log.warning("%s not applied: %s", name, refused)
 
     def _count(self, provider: str, outcome: str) -> None:
         self.runtime.metrics.webhooks.labels(provider, outcome).inc()

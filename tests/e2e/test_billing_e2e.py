@@ -158,7 +158,7 @@ def checkout_event(event_id: str, customer: str, amount: int) -> bytes:
         "mode": "payment",
         "payment_status": "paid",
         "amount_total": amount,
-        "currency": "eur",
+        "currency": "usd",
     }
     event = {"id": event_id, "type": "checkout.session.completed", "created": int(time.time())}
     return json.dumps({**event, "data": {"object": session}}).encode()

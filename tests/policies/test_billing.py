@@ -49,12 +49,16 @@ PLANS = frozenset({"free", "pro", "team"})
 GRANTS = {"pro": 5_000, "team": 20_000}
 
 
+CURRENCY = "eur"  # the ledger's; the Stripe checkout and charge samples below are in euros
+
+
 def apply(state: BillingState, event: BillingEvent, now: datetime = NOW) -> BillingChange:
-    return apply_event(state, event, plans=PLANS, plan_grants=GRANTS, now=now)
+    return apply_event(state, event, plans=PLANS, plan_grants=GRANTS, currency=CURRENCY, now=now)
 
 
 def event(kind: EventKind, at: datetime = NOW, **fields: Any) -> BillingEvent:
     fields.setdefault("object_id", "obj_1")
+    fields.setdefault("currency", CURRENCY)
     return BillingEvent("stripe", "evt_1", f"test.{kind}", kind, "cus_1", at, **fields)
 
 
@@ -211,11 +215,21 @@ def test_stripe_paid_invoices_are_payment_succeeded(type_: str) -> None:
     assert (parsed.period, parsed.amount_minor) == (JUNE, 1200)
 
 
-def test_stripe_metered_line_by_price_marks_the_invoice_metered() -> None:
+def test_stripe_renewal_with_a_licensed_and_a_metered_line_is_a_plan_invoice() -> None:
+    """Regression: a renewal billing the plan and last period's usage blocked at once."""
     lines = [invoice_line(JUNE), invoice_line(MAY, metered=True)]
     parsed = parse_stripe(stripe_event("invoice.payment_failed", stripe_invoice(lines=lines)))
-    assert parsed.metered
+    assert not parsed.metered
     assert parsed.period == JUNE  # the licensed line's, billed in advance
+    change = apply(BillingState(plan="pro"), parsed)
+    assert (change.state.payment_status, change.state.overdue_since) == ("past_due", NOW)
+
+
+def test_stripe_invoice_whose_lines_are_all_metered_is_metered() -> None:
+    lines = [invoice_line(MAY, metered=True), invoice_line(MAY, metered=True)]
+    parsed = parse_stripe(stripe_event("invoice.payment_failed", stripe_invoice(lines=lines)))
+    assert parsed.metered
+    assert apply(BillingState(plan="pro"), parsed).state.payment_status == "blocked"
 
 
 def test_stripe_metered_line_by_legacy_plan_usage_type() -> None:
@@ -772,8 +786,11 @@ def test_payment_clears_everything_overdue() -> None:
         status_at=NOW,
     )
     later = NOW + timedelta(days=4)
-    change = apply(state, event("payment_succeeded", later, amount_minor=2900), now=later)
-    assert change.state == BillingState(never_paid=False, status_at=later)
+    paid = event("payment_succeeded", later, amount_minor=2900, invoice_id="in_1")
+    change = apply(state, paid, now=later)
+    assert change.state == BillingState(
+        never_paid=False, status_at=later, paid_invoice_id="in_1", paid_at=later
+    )
 
 
 def test_zero_invoice_paid_is_not_a_payment() -> None:
@@ -899,10 +916,66 @@ def sub_event(at: datetime = NOW, **fields: Any) -> BillingEvent:
     return event("subscription_updated", at, **fields)
 
 
-def test_unknown_plan_is_refused_with_no_change_at_all() -> None:
-    state = BillingState(plan="pro", period=MAY)
-    change = apply(state, sub_event(plan="enterprise", subscription_status="past_due"))
-    assert change == BillingChange(state, refused="unknown plan")
+def test_unknown_plan_refuses_the_plan_alone() -> None:
+    """Regression: past_due with an unknown plan left payment_status ok (all was refused)."""
+    state = BillingState(plan="pro", period=MAY, subscription_id="sub_1")
+    late = sub_event(plan="enterprise", subscription_status="past_due", cancel_at_period_end=True)
+    change = apply(state, late)
+    assert change.state == replace(
+        state,
+        payment_status="past_due",
+        overdue_since=NOW,
+        status_at=NOW,
+        period=JUNE,
+        cancel_at_period_end=True,
+        subscription_at=NOW,
+    )
+    assert (change.refused, change.plan_refused) == (None, "enterprise")
+    # The new period starts (usage resets); its grant waits for the plan.
+    assert (change.new_period, change.period_grants) == (JUNE, ())
+    assert (
+        AuditEntry(
+            "plan_refused",
+            "pro",
+            "enterprise",
+            "stripe test.subscription_updated obj_1: unknown plan",
+        )
+        in change.audit
+    )
+
+
+def test_redelivery_applies_a_refused_plan_once_it_is_known() -> None:
+    state = BillingState(plan="pro", period=MAY, subscription_id="sub_1")
+    late = sub_event(plan="enterprise", subscription_status="past_due")
+    first = apply(state, late)
+    # Paid meanwhile: the redelivery decides the plan alone, not the status again.
+    paid = apply(first.state, event("payment_succeeded", NOW, amount_minor=100)).state
+    plans, grants = PLANS | {"enterprise"}, {**GRANTS, "enterprise": 90_000}
+    again = apply_event(paid, late, plans=plans, plan_grants=grants, now=NOW, redelivered=True)
+    assert again.refused is None and again.plan_refused is None
+    assert again.state == replace(paid, plan="enterprise")
+    assert again.period_grants == (CreditEntry(90_000, "grant:enterprise", f"grant:{JUNE.key}"),)
+    assert again.new_period is None
+    assert [a.field for a in again.audit] == ["plan"]
+
+
+def test_redelivery_with_the_plan_still_unknown_or_superseded_changes_nothing() -> None:
+    state = BillingState(plan="pro", period=MAY, subscription_id="sub_1")
+    late = sub_event(plan="enterprise")
+    first = apply(state, late).state
+    still = apply_event(first, late, plans=PLANS, now=NOW, redelivered=True)
+    assert (still.refused, still.state) == ("unknown plan", first)
+    assert [a.field for a in still.audit] == ["plan_refused"]
+    newer = apply(first, sub_event(NOW + timedelta(hours=1), plan="team")).state
+    plans = PLANS | {"enterprise"}
+    stale = apply_event(newer, late, plans=plans, now=NOW, redelivered=True)
+    assert (stale.refused, stale.state, stale.audit) == ("stale", newer, ())
+
+
+def test_an_ending_subscription_of_an_unknown_plan_still_ends() -> None:
+    state = BillingState(plan="pro", subscription_id="sub_1")
+    change = apply(state, sub_event(plan="enterprise", subscription_status="canceled"))
+    assert (change.state.plan, change.plan_refused, change.refused) == ("free", None, None)
 
 
 def test_subscription_update_syncs_plan_cancel_and_period_and_claims_the_period() -> None:
@@ -1079,10 +1152,11 @@ def test_autumn_plan_and_period_are_adopted() -> None:
     assert change.period_grants == (CreditEntry(20_000, "grant:team", f"grant:{JUNE.key}"),)
 
 
-def test_autumn_unknown_plan_is_refused() -> None:
+def test_autumn_unknown_plan_refuses_the_plan_alone() -> None:
     state = BillingState(plan="pro")
     change = apply(state, autumn_event(past_due=True, plan="mystery"))
-    assert change == BillingChange(state, refused="unknown plan")
+    assert (change.state.plan, change.state.payment_status) == ("pro", "past_due")
+    assert (change.refused, change.plan_refused) == (None, "mystery")
 
 
 @pytest.mark.parametrize(("current", "expected"), [("pro", "free"), ("team", "team")])
@@ -1161,6 +1235,131 @@ def test_suspension_cleared_once_paid() -> None:
     assert suspension_decision(replace(suspended, never_paid=False), NOW).action == "clear"
 
 
+# --- regressions: plan grants, paid invoices, currencies, amounts ------------------------------
+
+
+def written(changes: list[BillingChange]) -> dict[str, int]:
+    """The ledger a store keeps from ``changes`` applied in order: one claim per period, one
+    entry per key."""
+    claimed: set[datetime] = set()
+    ledger: dict[str, int] = {}
+    for change in changes:
+        grants = change.period_grants
+        if change.new_period is not None:
+            grants = () if change.new_period.start in claimed else grants
+            claimed.add(change.new_period.start)
+        for entry in (*change.credits, *grants):
+            ledger.setdefault(entry.idempotency_key, entry.amount_minor)
+    return ledger
+
+
+def in_order(state: BillingState, events: list[BillingEvent]) -> list[BillingChange]:
+    changes = []
+    for one in events:
+        changes.append(apply(state, one))
+        state = changes[-1].state
+    return changes
+
+
+@pytest.mark.parametrize("invoice_first", [True, False], ids=["invoice-first", "update-first"])
+def test_first_subscription_grants_the_new_plan_once_whichever_event_lands_first(
+    invoice_first: bool,
+) -> None:
+    """Regression: with invoice.paid first, it claimed the period on the free plan (no grant)
+    and the subscription update, finding the period claimed, granted nothing: 0."""
+    paid = parse_stripe(stripe_event("invoice.paid", stripe_invoice()))
+    updated = parse_stripe(stripe_event("customer.subscription.updated", stripe_subscription()))
+    events = [paid, updated] if invoice_first else [updated, paid]
+    changes = in_order(BillingState(), events)
+    assert written(changes) == {f"grant:{JUNE.key}": 5_000}
+    assert (changes[-1].state.plan, changes[-1].state.period) == ("pro", JUNE)
+
+
+def test_a_plan_changed_within_a_granted_period_grants_nothing_more() -> None:
+    state = BillingState(plan="pro", period=MAY, subscription_id="sub_1")
+    changes = in_order(state, [sub_event(plan="pro"), sub_event(plan="team"), sub_event()])
+    assert written(changes) == {f"grant:{JUNE.key}": 5_000}
+
+
+def test_a_failure_of_an_invoice_already_paid_is_ignored() -> None:
+    """Regression: invoice.paid, then a same-second invoice.payment_failed of the same
+    (metered) invoice, left the org blocked."""
+    lines = [invoice_line(MAY, metered=True)]
+    paid = parse_stripe(stripe_event("invoice.paid", stripe_invoice(lines=lines)))
+    failed = parse_stripe(stripe_event("invoice.payment_failed", stripe_invoice(lines=lines)))
+    state = apply(BillingState(plan="pro"), paid).state
+    for late in (failed, replace(failed, occurred_at=NOW + timedelta(hours=1))):
+        change = apply(state, late)
+        assert (change.refused, change.state, change.changed) == (
+            "invoice already paid",
+            state,
+            False,
+        )
+
+
+def test_on_equal_timestamps_payment_wins() -> None:
+    paid = apply(BillingState(), event("payment_succeeded", invoice_id="in_1")).state
+    same = apply(paid, event("payment_failed", invoice_id="in_2"))
+    assert (same.refused, same.state.payment_status) == ("stale", "ok")
+    later = apply(paid, event("payment_failed", NOW + timedelta(seconds=1), invoice_id="in_2"))
+    assert later.state.payment_status == "past_due"
+    # The other order: the failure first, then the payment at the same second, settles.
+    failed = apply(BillingState(), event("payment_failed", invoice_id="in_1")).state
+    assert apply(failed, event("payment_succeeded", invoice_id="in_1")).state.payment_status == (
+        "ok"
+    )
+
+
+@pytest.mark.parametrize("kind", ["credit_purchased", "charge_refunded"])
+def test_a_ledger_entry_in_another_currency_is_refused_and_audited(kind: EventKind) -> None:
+    """Regression: a ¥1000 top-up was credited as 1000 cents."""
+    change = apply(BillingState(), event(kind, amount_minor=1000, currency="jpy"))
+    assert (change.refused, change.credits, change.state) == (
+        "other currency",
+        (),
+        BillingState(),
+    )
+    (audit,) = change.audit
+    assert (audit.field, audit.new) == ("credit_refused", "1000 jpy")
+    assert audit.reason.endswith("other currency (the ledger's is eur)")
+
+
+@pytest.mark.parametrize("currency", ["EUR", "eur", None], ids=["upper", "lower", "none"])
+def test_currency_codes_compare_case_insensitively(currency: str | None) -> None:
+    topup = event("credit_purchased", amount_minor=1000, currency=currency)
+    assert [c.amount_minor for c in apply(BillingState(), topup).credits] == [1000]
+    ledger_upper = apply_event(BillingState(), topup, plans=PLANS, currency="EUR", now=NOW)
+    assert [c.amount_minor for c in ledger_upper.credits] == [1000]
+
+
+@pytest.mark.parametrize(
+    ("kind", "amount"),
+    [("credit_purchased", 2**63), ("charge_refunded", 2**63 + 5), ("credit_purchased", 10**30)],
+)
+def test_an_amount_beyond_the_stores_integer_range_is_refused(kind: EventKind, amount: int) -> None:
+    change = apply(BillingState(), event(kind, amount_minor=amount))
+    assert (change.refused, change.credits, change.state) == (
+        "amount out of range",
+        (),
+        BillingState(),
+    )
+    assert [a.field for a in change.audit] == ["credit_refused"]
+    # The largest amount the stores hold is taken.
+    largest = apply(BillingState(), event("credit_purchased", amount_minor=2**63 - 1))
+    assert [c.amount_minor for c in largest.credits] == [2**63 - 1]
+
+
+def test_a_plan_grant_beyond_the_integer_range_is_refused() -> None:
+    state = BillingState(plan="pro", period=MAY)
+    renewal = event("payment_succeeded", billing_reason="subscription_cycle", period=JUNE)
+    change = apply_event(state, renewal, plans=PLANS, plan_grants={"pro": 2**63}, now=NOW)
+    assert (change.refused, change.new_period, change.period_grants) == (
+        "amount out of range",
+        None,
+        (),
+    )
+
+
 # --- properties --------------------------------------------------------------------------------
 
 _OFFSETS = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
@@ -1172,7 +1371,11 @@ moments = st.datetimes(
 periods = st.tuples(moments, moments).map(lambda p: Period(min(p), max(p)))
 names = st.sampled_from(["free", "pro", "team", "legacy", "sub_1", "sub_2", "ch_1", "in_1", ""])
 maybe_names = st.none() | names
-amounts = st.none() | st.integers(min_value=-(10**15), max_value=10**15)
+amounts = (
+    st.none()
+    | st.integers(min_value=-(10**15), max_value=10**15)
+    | st.integers(min_value=2**62, max_value=2**64)
+)
 statuses = st.none() | st.sampled_from(
     ["active", "trialing", "past_due", "unpaid", "canceled", "incomplete_expired", "expired"]
 )
@@ -1195,7 +1398,7 @@ events = st.builds(
     period=st.none() | periods,
     cancel_at_period_end=st.none() | st.booleans(),
     amount_minor=amounts,
-    currency=st.none() | st.just("usd"),
+    currency=st.none() | st.sampled_from(["usd", "USD", "eur"]),
     past_due=st.none() | st.booleans(),
 )
 states = st.builds(
@@ -1213,6 +1416,8 @@ states = st.builds(
     status_at=st.none() | moments,
     subscription_at=st.none() | moments,
     refunded=st.dictionaries(names, st.integers(min_value=0, max_value=10**12), max_size=3),
+    paid_invoice_id=maybe_names,
+    paid_at=st.none() | moments,
 )
 
 
@@ -1226,6 +1431,7 @@ def _is_int(value: object) -> bool:
     plans=st.frozensets(names, max_size=4),
     grants=st.dictionaries(names, st.integers(min_value=-100, max_value=10**9), max_size=3),
     now=moments,
+    redelivered=st.booleans(),
 )
 def test_apply_event_is_total_and_money_stays_integer(
     state: BillingState,
@@ -1233,16 +1439,32 @@ def test_apply_event_is_total_and_money_stays_integer(
     plans: frozenset[str],
     grants: dict[str, int],
     now: datetime,
+    redelivered: bool,
 ) -> None:
-    change = apply_event(state, event, plans=plans, plan_grants=grants, now=now)
+    change = apply_event(
+        state, event, plans=plans, plan_grants=grants, now=now, redelivered=redelivered
+    )
     entries = (*change.credits, *change.period_grants)
     assert all(_is_int(e.amount_minor) and e.amount_minor != 0 for e in entries)
+    assert all(-(2**63) <= e.amount_minor < 2**63 for e in entries)
     assert all(_is_int(v) for v in change.state.refunded.values())
     assert all(e.amount_minor > 0 for e in change.period_grants)
-    assert (change.state != state) == bool(change.audit)
-    if change.refused is not None:  # stores write nothing for a refused change
-        assert change == BillingChange(state, refused=change.refused)
-    if event.kind == "ignored":
+    refusals = {"plan_refused", "credit_refused"}
+    diff = [a for a in change.audit if a.field not in refusals]
+    assert (change.state != state) == bool(diff)
+    refused_plan = any(a.field == "plan_refused" for a in change.audit)
+    assert (change.plan_refused is not None or change.refused == "unknown plan") == refused_plan
+    if redelivered:  # the plan alone, and its grant within the period
+        assert replace(change.state, plan=state.plan, subscription_at=state.subscription_at) == (
+            state
+        )
+        assert (change.credits, change.new_period, change.plan_refused) == ((), None, None)
+    if change.refused is not None:  # stores write only a refusal's own audit entry
+        assert replace(change, audit=()) == BillingChange(state, refused=change.refused)
+        assert {a.field for a in change.audit} <= refusals
+    if entries and event.kind in ("credit_purchased", "charge_refunded"):
+        assert (event.currency or "usd").lower() == "usd"
+    if event.kind == "ignored" and not redelivered:
         assert change == BillingChange(state)
     assert len({e.idempotency_key for e in entries}) == len(entries)
 

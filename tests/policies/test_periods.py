@@ -74,13 +74,23 @@ def test_period_for_inside_anchor_is_the_anchor(now: datetime) -> None:
 @pytest.mark.parametrize(
     ("now", "expected"),
     [
-        (utc(2024, 6, 15), Period(utc(2024, 6, 1), utc(2024, 7, 1))),
-        (utc(2024, 5, 14, 23), Period(utc(2024, 5, 1), utc(2024, 6, 1))),
+        (utc(2024, 6, 15), Period(utc(2024, 6, 15), utc(2024, 7, 16))),
+        (utc(2024, 7, 16), Period(utc(2024, 7, 16), utc(2024, 8, 16))),
+        (utc(2024, 8, 1), Period(utc(2024, 7, 16), utc(2024, 8, 16))),
+        (utc(2024, 5, 14, 23), Period(utc(2024, 4, 14), utc(2024, 5, 15))),
     ],
-    ids=["at-end", "before-start"],
+    ids=["at-end", "two-lengths-on", "inside-the-second", "before-start"],
 )
-def test_period_for_outside_anchor_is_the_calendar_month(now: datetime, expected: Period) -> None:
+def test_outside_its_period_an_org_counts_in_periods_of_the_same_length(
+    now: datetime, expected: Period
+) -> None:
+    # Regression: the gap before a late renewal event was a calendar-month counter of its own,
+    # a third quota; now it is the next period, which the renewal (starting at the end) continues.
     assert period_for(now, ANCHOR) == expected
+
+
+def test_without_a_billing_period_an_org_counts_by_calendar_month() -> None:
+    assert period_for(utc(2024, 6, 15), None) == Period(utc(2024, 6, 1), utc(2024, 7, 1))
 
 
 def test_period_for_compares_non_utc_time_by_instant() -> None:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.rate import Bucket, take
+from policies.rate import Bucket, share, take
 
 
 def test_full_bucket_admits() -> None:
@@ -96,3 +96,46 @@ def test_admitted_cost_never_exceeds_capacity_plus_refill_plus_one_cost(
             admitted += cost
             largest = max(largest, cost)
     assert admitted <= rate + rate * now + largest + 1e-6
+
+
+def test_share_divides_a_rate_among_live_holders() -> None:
+    assert share(50, 2) == 25.0
+    assert share(10, 4) == 2.5
+    assert share(50, 1) == 50.0
+
+
+def test_share_counts_at_least_one_holder() -> None:
+    assert share(50, 0) == 50.0
+    assert share(50, -3) == 50.0
+
+
+def test_a_share_smaller_than_one_request_still_admits_at_its_rate() -> None:
+    # rate 1/s over 4 holders: each admits one request on a full bucket, then one per 4 s.
+    first = take(None, share(1, 4), cost=1, now=0.0)
+    assert first.admitted
+    assert not take(first.bucket, share(1, 4), cost=1, now=3.9).admitted
+    assert take(first.bucket, share(1, 4), cost=1, now=4.0).admitted
+
+
+@given(
+    rate=st.integers(1, 500),
+    holders=st.integers(1, 8),
+    seconds=st.floats(min_value=0.1, max_value=5, allow_nan=False),
+)
+def test_holders_saturated_with_their_shares_admit_one_buckets_allowance(
+    rate: int, holders: int, seconds: float
+) -> None:
+    """Every holder busy with the org's traffic: together they admit what one bucket of the
+    whole rate would (burst + rate x duration), within one request per holder."""
+    admitted = 0
+    for _ in range(holders):
+        bucket: Bucket | None = None
+        for tick in range(101):  # asked until refused, 100 times over the duration
+            now = seconds * tick / 100
+            while (result := take(bucket, share(rate, holders), 1, now)).admitted:
+                bucket = result.bucket
+                admitted += 1
+            bucket = result.bucket
+    allowance = rate + rate * seconds
+    # Each holder may leave a partial token unspent at the end (and the sum one more).
+    assert allowance - holders - 1 <= admitted <= allowance + holders

@@ -638,6 +638,148 @@ async def test_deliveries_racing_the_link_are_each_applied_once(store: Store) ->
     assert await store.balance(org.id) == 600
 
 
+# grants per org, plans refused and redelivered, the ledger's integer range
+
+
+async def test_two_orgs_renewing_periods_that_start_at_the_same_second_each_get_a_grant(
+    store: Store,
+) -> None:
+    """Regression: the grant's key named the period alone, so the second org got 0."""
+    orgs = [await billed_org(store, f"cus_{n}") for n in range(2)]
+    for n in range(2):
+        outcome = await store.apply_billing_event(
+            event(f"evt_{n}", f"cus_{n}"), renewal(JUNE, 1_000), T0
+        )
+        assert outcome.change is not None and outcome.change.new_period == JUNE
+    assert [await store.balance(org.id) for org in orgs] == [1_000, 1_000]
+
+
+def grant_of(period: Period, amount: int) -> Decide:
+    """A grant of the state's own period, as a plan adopted within it writes."""
+    entry = CreditEntry(amount, "grant:pro", f"grant:{period.key}")
+    return lambda state: BillingChange(state, period_grants=(entry,))
+
+
+async def test_a_grant_without_a_claim_is_written_once_per_org_and_period(store: Store) -> None:
+    org = await billed_org(store)
+    # The period claimed on a plan without a grant (an invoice before the subscription update).
+    claimed = await store.apply_billing_event(
+        event("evt_1"), lambda state: BillingChange(state, new_period=JUNE), T0
+    )
+    assert claimed.change is not None and claimed.change.new_period == JUNE
+    for n in range(3):
+        await store.apply_billing_event(event(f"evt_g{n}"), grant_of(JUNE, 700), T0)
+    assert await store.balance(org.id) == 700
+
+
+def plan_refused(state: BillingState) -> BillingChange:
+    new = replace(state, payment_status="past_due", status_at=T0)
+    audit = (AuditEntry("plan_refused", "pro", "gold", "unknown plan"),)
+    return BillingChange(new, audit=audit, plan_refused="gold")
+
+
+def adopt_gold(state: BillingState) -> BillingChange:
+    audit = (AuditEntry("plan", state.plan, "gold", "redelivered"),)
+    entry = CreditEntry(500, "grant:gold", "grant:june")
+    return BillingChange(replace(state, plan="gold"), audit=audit, period_grants=(entry,))
+
+
+async def test_an_event_applied_with_its_plan_refused_is_redelivered_once(store: Store) -> None:
+    org = await billed_org(store)
+    first = await store.apply_billing_event(event(), plan_refused, T0)
+    assert (first.status, first.org_id) == ("applied", org.id)
+    assert statuses(await store.webhook_events()) == {"evt_1": ("applied", org.id, "plan_refused")}
+    assert ("plan_refused", "pro", "gold") in [
+        (row["field"], row["old"], row["new"]) for row in await store.audit_log(org.id)
+    ]
+    # Without a redelivery decision, a delivery is a duplicate as ever.
+    assert (await store.apply_billing_event(event(), plan_refused, T0)).status == "duplicate"
+
+    def still_unknown(state: BillingState) -> BillingChange:
+        return BillingChange(state, refused="unknown plan")
+
+    refused = await store.apply_billing_event(event(), plan_refused, T0, still_unknown)
+    assert refused.status == "refused"
+    assert statuses(await store.webhook_events()) == {"evt_1": ("applied", org.id, "plan_refused")}
+
+    later = T0 + timedelta(days=1)
+    outcomes = await asyncio.gather(
+        *(store.apply_billing_event(event(), never, later, adopt_gold) for _ in range(10))
+    )
+    assert sorted(outcome.status for outcome in outcomes) == ["applied"] + ["duplicate"] * 9
+    state = await store.billing_state(org.id)
+    assert state is not None and (state.plan, state.payment_status) == ("gold", "past_due")
+    assert await store.balance(org.id) == 500
+    assert statuses(await store.webhook_events()) == {"evt_1": ("applied", org.id, None)}
+
+
+async def test_a_refused_change_writes_its_own_audit_entry_only(store: Store) -> None:
+    org = await billed_org(store)
+
+    def refuse(state: BillingState) -> BillingChange:
+        audit = (AuditEntry("credit_refused", None, "1000 jpy", "other currency"),)
+        return BillingChange(state, refused="other currency", audit=audit)
+
+    assert (await store.apply_billing_event(event(), refuse, T0)).status == "refused"
+    rows = await store.audit_log(org.id)
+    assert [
+        (r["field"], r["new"], r["actor"]) for r in rows if r["field"] != "billing_customers.stripe"
+    ] == [("credit_refused", "1000 jpy", "webhook:stripe")]
+    assert await store.billing_state(org.id) == BillingState()
+
+
+@pytest.mark.parametrize("amount", [2**63, -(2**63) - 1, 10**30])
+async def test_an_amount_beyond_the_integer_range_is_refused_not_raised(
+    store: Store, amount: int
+) -> None:
+    """Regression: SQLite raised OverflowError (a 500), PostgreSQL a DataError (a 503 loop)."""
+    org = await billed_org(store)
+    outcome = await store.apply_billing_event(event(), credit(amount, "topup:huge"), T0)
+    assert outcome.status == "refused" and outcome.change is not None
+    assert outcome.change.refused == "amount out of range"
+    assert await store.balance(org.id) == 0
+    (row,) = await store.webhook_events()
+    assert (row["status"], row["reason"]) == ("refused", "amount out of range")
+    changed = await store.update_billing(org.id, credit(amount, "k"), actor="test", now=T0)
+    assert changed is not None and changed.refused == "amount out of range"
+
+
+async def test_a_balance_beyond_the_integer_range_is_refused(store: Store) -> None:
+    org = await billed_org(store)
+    top = 2**63 - 1
+    await store.apply_billing_event(event("evt_1"), credit(top, "topup:1"), T0)
+    over = await store.apply_billing_event(event("evt_2"), credit(1, "topup:2"), T0)
+    assert over.change is not None and over.change.refused == "balance out of range"
+    assert await store.balance(org.id) == top
+    record = await store.get_org(org.id)
+    assert record is not None and record.balance_minor == top
+    await store.update_billing(org.id, credit(-top, "refund:1"), actor="test", now=T0)
+    under = await store.update_billing(org.id, credit(-2, "refund:2"), actor="test", now=T0)
+    assert under is not None and under.refused is None
+    assert await store.balance(org.id) == -2
+    floor = await store.update_billing(org.id, credit(-(2**63) + 1, "r3"), actor="test", now=T0)
+    assert floor is not None and floor.refused == "balance out of range"
+
+
+async def test_the_newest_paid_invoice_is_kept(durable: NewStore) -> None:
+    first = durable()
+    await first.open()
+    org = await billed_org(first)
+
+    def paid(state: BillingState) -> BillingChange:
+        return BillingChange(replace(state, paid_invoice_id="in_1", paid_at=T0))
+
+    await first.apply_billing_event(event(), paid, T0)
+    await first.close()
+    second = durable()
+    await second.open()
+    try:
+        state = await second.billing_state(org.id)
+        assert state is not None and (state.paid_invoice_id, state.paid_at) == ("in_1", T0)
+    finally:
+        await second.close()
+
+
 # reconciliation
 
 

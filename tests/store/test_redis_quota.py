@@ -73,7 +73,7 @@ async def test_100_concurrent_strict_reserves_from_two_instances_grant_exactly_5
     results = await asyncio.gather(*calls)
     assert granted(results) == 5
     refused = [r for r in results if isinstance(r, Exhausted)]
-    assert {(r.meter, r.limit, r.used) for r in refused} == {("requests", 5, 5)}
+    assert {(r.meter, r.limit, r.taken) for r in refused} == {("requests", 5, 5)}
     rows = await truth.live_reservations(org, PERIOD, NOW)
     assert sum(row.amount for row in rows) == 5
 

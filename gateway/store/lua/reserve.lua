@@ -12,7 +12,7 @@
 -- ARGV[7..] four per limited meter, in METERS order: meter, need, limit, max chunk
 --
 -- Returns {0} when the hash is not loaded (the caller rebuilds it from the truth),
--- {1, meter, limit, taken} when a meter cannot cover its need (nothing changes),
+-- {1, meter, limit, taken, used} when a meter cannot cover its need (nothing changes),
 -- {2, ready token, grant...} with one grant per meter, in ARGV order.
 -- taken = used + every live holder's reservation; dead holders' fields are dropped.
 
@@ -69,7 +69,7 @@ for i = 7, #ARGV, 4 do
   local taken = (used[meter] or 0) + (reserved[meter] or 0)
   local remaining = limit - taken
   if remaining < need then
-    return {1, meter, limit, taken}
+    return {1, meter, limit, taken, used[meter] or 0}
   end
   local grant = need
   if not strict and need < remaining then

@@ -1,0 +1,94 @@
+"""How many items an upstream's 2xx answer says it rejected (OTLP partial success).
+
+``Export*ServiceResponse.partial_success`` holds ``rejected_spans``, ``rejected_log_records``
+or ``rejected_data_points``: in protobuf (field 1, then field 1, int64) or in JSON
+(``partialSuccess.rejectedSpans``, an int64 that may be a string; snake_case accepted too).
+An answer that cannot be read rejects nothing: the batch was accepted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+MAX_ANSWER = 64 * 1024
+_RESPONSES: dict[str, Any] = {
+    "traces": ExportTraceServiceResponse,
+    "logs": ExportLogsServiceResponse,
+    "metrics": ExportMetricsServiceResponse,
+}
+_REJECTED = {
+    "traces": "rejected_spans",
+    "logs": "rejected_log_records",
+    "metrics": "rejected_data_points",
+}
+
+
+def rejected_items(
+    signal: str, content_type: bytes | None, content_encoding: bytes | None, body: bytes
+) -> int:
+    """Items the upstream rejected out of an accepted batch; 0 when it says none or nothing."""
+    if signal not in _RESPONSES or not body:
+        return 0
+    try:
+        body = _decoded(body, content_encoding)
+    except (OSError, EOFError, zlib.error):
+        return 0
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/x-protobuf":
+        try:
+            answer = _RESPONSES[signal].FromString(body)
+        except DecodeError:
+            return 0
+        return max(0, int(getattr(answer.partial_success, _REJECTED[signal])))
+    if media == b"application/json":
+        return _rejected_json(signal, body)
+    return 0
+
+
+def _decoded(body: bytes, content_encoding: bytes | None) -> bytes:
+    coding = (content_encoding or b"").strip().lower()
+    if coding == b"gzip":
+        return _bounded(zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), body)
+    if coding in (b"deflate", b"zlib"):
+        return _bounded(zlib.decompressobj(), body)
+    return body
+
+
+def _bounded(inflater: Any, body: bytes) -> bytes:
+    data: bytes = inflater.decompress(body, MAX_ANSWER)
+    if inflater.unconsumed_tail:
+        raise gzip.BadGzipFile("answer too large")
+    return data
+
+
+def _rejected_json(signal: str, body: bytes) -> int:
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return 0
+    if not isinstance(answer, dict):
+        return 0
+    partial = answer.get("partialSuccess", answer.get("partial_success"))
+    if not isinstance(partial, dict):
+        return 0
+    snake = _REJECTED[signal]
+    head, *rest = snake.split("_")
+    camel = head + "".join(p.title() for p in rest)
+    value = partial.get(camel, partial.get(snake, 0))
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(0, value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
+        return int(value)
+    return 0
