@@ -50,16 +50,27 @@ def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, A
         "upstream": org.upstream,
         "suspended": org.suspended,
         "suspension_reason": org.suspension_reason,
-        "billing_suspended": org.billing_suspended,
-        "billing_suspension_reason": billing.suspension_reason
-        if billing is not None and org.billing_suspended
-        else None,
+        "billing_suspended": _billing_blocked(org),
+        "billing_suspension_reason": _billing_reason(org, billing),
         "payment_status": org.payment_status,
         "shadow": org.shadow,
         "prices": org.prices.as_dict(),
         "block_over_balance": org.prices.block_over_balance,
         "billing_customers": dict(org.billing_customers),
     }
+
+
+def _billing_blocked(org: OrgRecord) -> bool:
+    """Refused for billing: suspended by the reconciler, or a payment the provider blocked."""
+    return org.billing_suspended or org.payment_status == "blocked"
+
+
+def _billing_reason(org: OrgRecord, billing: BillingState | None) -> str | None:
+    if org.billing_suspended and billing is not None and billing.suspension_reason:
+        return billing.suspension_reason
+    if org.payment_status == "blocked":
+        return "payment blocked by the provider"
+    return None
 
 
 def billing_json(state: BillingState, balance_minor: int) -> dict[str, Any]:
@@ -415,7 +426,7 @@ class Control:
 
     async def org_view(self, org: OrgRecord) -> dict[str, Any]:
         """The org's JSON with its billing suspension's reason, when it has one."""
-        billing = await self.store.billing_state(org.id) if org.billing_suspended else None
+        billing = await self.store.billing_state(org.id) if _billing_blocked(org) else None
         return org_json(org, billing)
 
     async def create_key(self, org_id: str) -> tuple[KeyRecord, str]:

@@ -9,10 +9,12 @@ An answer that cannot be read rejects nothing: the batch was accepted.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from typing import Any
 
+import zstandard
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -41,7 +43,7 @@ def rejected_items(
         return 0
     try:
         body = _decoded(body, content_encoding)
-    except (OSError, EOFError, zlib.error):
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError):
         return 0
     media = (content_type or b"").split(b";", 1)[0].strip().lower()
     if media == b"application/x-protobuf":
@@ -61,6 +63,12 @@ def _decoded(body: bytes, content_encoding: bytes | None) -> bytes:
         return _bounded(zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), body)
     if coding in (b"deflate", b"zlib"):
         return _bounded(zlib.decompressobj(), body)
+    if coding == b"zstd":
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
+            data: bytes = reader.read(MAX_ANSWER + 1)
+        if len(data) > MAX_ANSWER:
+            raise gzip.BadGzipFile("answer too large")
+        return data
     return body
 
 

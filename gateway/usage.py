@@ -26,7 +26,7 @@ from gateway.errors import StoreError
 from gateway.guard import StoreGuard
 from gateway.spool import Spool
 from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
-from policies.decisions import Refusal, usage_exceeded
+from policies.decisions import Refusal, quota_held_elsewhere, usage_exceeded
 from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
 from policies.periods import calendar_month, period_for
 from policies.reservations import ChunkPolicy
@@ -42,12 +42,13 @@ CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tz
 @dataclass(slots=True)
 class _Known:
     """The store's last word that a meter was exhausted: refuse needs above ``left``;
-    ``used`` is the committed usage it reported, for the refusal body."""
+    ``used`` is the usage (committed, or spent here) at that moment, for the refusal body."""
 
     left: int
     limit: int
     used: int
     until: float
+    held_elsewhere: bool = False  # other holders still had unspent quota: retry, not final
 
 
 @dataclass(slots=True)
@@ -287,8 +288,9 @@ class UsageGate:
         for meter, need in deficit.items():
             known = budget.exhausted.get(meter)
             if known is not None and known.until > now and need > known.left:
-                used = known.used + budget.local_used(meter)
-                return usage_exceeded(meter, known.limit, used, budget.period.end)
+                if known.held_elsewhere:
+                    return quota_held_elsewhere(meter)
+                return usage_exceeded(meter, known.limit, known.used, budget.period.end)
         return None
 
     async def _refill(
@@ -297,6 +299,10 @@ class UsageGate:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         budget.refill = future
         generation = budget.generation
+        # What this process holds of each meter before asking: our commits during the call
+        # move quota from our reservation to usage, so only this snapshot compares with the
+        # store's answer.
+        held = {m: budget.remaining.get(m, 0) + budget.local_used(m) for m in deficit}
         try:
             self.stats.refills += 1
             request = ReserveRequest(
@@ -315,10 +321,18 @@ class UsageGate:
                 left = result.limit - result.taken
                 committed = result.taken if result.committed is None else result.committed
                 until = self._clock() + self._known_ttl
-                budget.exhausted[result.meter] = _Known(left, result.limit, committed, until)
-                self._ask_others(routing.org_id, budget, result.meter, result.taken - committed)
-                used = committed + budget.local_used(result.meter)
-                return usage_exceeded(result.meter, result.limit, used, budget.period.end)
+                meter = result.meter
+                elsewhere = result.taken - committed > held.get(meter, 0)
+                # Usage is what is taken less what this process still holds unspent: our
+                # commits move quota from our reservation to usage, never change the sum.
+                used = max(committed, result.taken - budget.remaining.get(meter, 0))
+                budget.exhausted[meter] = _Known(left, result.limit, used, until, elsewhere)
+                if elsewhere:
+                    # The org is not at its limit: others hold its quota. Ask for it, and tell
+                    # the client to retry (429) rather than drop the batch (402 is final).
+                    self._ask_others(routing.org_id)
+                    return quota_held_elsewhere(meter)
+                return usage_exceeded(meter, result.limit, used, budget.period.end)
             if budget.generation != generation:
                 return None  # forfeited meanwhile; the grant stays unused until it expires
             budget.active = self._clock()
@@ -331,14 +345,10 @@ class UsageGate:
             budget.refill = None
             future.set_result(None)
 
-    def _ask_others(self, org_id: str, budget: _Budget, meter: str, reserved: int) -> None:
-        """Refused while reservations are live: if some are not ours, ask their holders to
-        give their unspent quota back now (at most once a second per org)."""
-        if self._on_contention is None:
-            return
-        ours = budget.remaining.get(meter, 0) + budget.local_used(meter)
+    def _ask_others(self, org_id: str) -> None:
+        """Ask the other holders to give the org's unspent quota back now (once a second)."""
         now = self._clock()
-        if reserved <= ours or now - self._contention_asked.get(org_id, -1e18) < 1.0:
+        if self._on_contention is None or now - self._contention_asked.get(org_id, -1e18) < 1.0:
             return
         self._contention_asked[org_id] = now
         self._on_contention(org_id)

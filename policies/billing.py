@@ -144,7 +144,8 @@ class SuspensionDecision:
 # --- parsing helpers: messages name our own field paths, never payload values -------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DIGITS = re.compile(r"[0-9]{1,18}")
+# Any length: an amount past the stores' range is refused and recorded, not malformed.
+_DIGITS = re.compile(r"[0-9]{1,100}")
 
 
 def _obj(value: object, path: str) -> Mapping[str, Any]:
@@ -634,15 +635,34 @@ def apply_event(
         change = _HANDLERS[event.kind](state, ctx)
     else:
         change = BillingChange(state)
-    entries = (*change.credits, *change.period_grants)
-    if any(not MIN_MINOR <= entry.amount_minor <= MAX_MINOR for entry in entries):
-        amounts = ",".join(str(entry.amount_minor) for entry in entries)
+    change, dropped = _in_range(change)
+    if dropped:
+        amounts = ",".join(str(entry.amount_minor) for entry in dropped)
         refusal = AuditEntry("credit_refused", None, amounts, f"{ctx.reason}: {OUT_OF_RANGE}")
-        return BillingChange(state, refused=OUT_OF_RANGE, audit=(refusal,))
+        if any(entry in change.credits for entry in dropped) or (
+            change.state == state and not change.changed
+        ):
+            # A top-up or refund is the event itself: past the range, all of it is refused.
+            return BillingChange(state, refused=OUT_OF_RANGE, audit=(refusal,))
+        # A plan's grant past the range is refused alone: the period and status still change.
+        change = replace(change, audit=(*change.audit, refusal))
     change = replace(change, audit=(*_audit(state, change.state, ctx.reason), *change.audit))
     if change.refused == _STALE and change.changed:
         return replace(change, refused=None)
     return change
+
+
+def _in_range(change: BillingChange) -> tuple[BillingChange, tuple[CreditEntry, ...]]:
+    """The change without ledger entries past the stores' signed 64-bit range (symmetric, so a
+    refund can never take a balance to its most negative value), and the entries dropped."""
+
+    def fits(entry: CreditEntry) -> bool:
+        return -MAX_MINOR <= entry.amount_minor <= MAX_MINOR
+
+    dropped = tuple(e for e in (*change.credits, *change.period_grants) if not fits(e))
+    if not dropped or any(not fits(e) for e in change.credits):
+        return change, dropped
+    return replace(change, period_grants=tuple(e for e in change.period_grants if fits(e))), dropped
 
 
 def _older(event: BillingEvent, marker: datetime | None) -> bool:

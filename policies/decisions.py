@@ -75,6 +75,12 @@ def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Re
     )
 
 
+def quota_held_elsewhere(meter: str) -> Refusal:
+    """The store refused, but other gateway processes still hold unspent quota of the org,
+    which they are asked to return: a retry soon succeeds, so this is 429, never a final 402."""
+    return Refusal(429, "rate_limited", retry_after=1, detail={"meter": meter, "held": "elsewhere"})
+
+
 def rate_limited(meter: str, wait_seconds: float) -> Refusal:
     return Refusal(
         429,
@@ -105,6 +111,11 @@ def describe(refusal: Refusal) -> str:
         )
     if refusal.code == "prepaid_credit_exhausted":
         return f"prepaid credit exhausted: balance {d.get('balance_minor')} (minor units)"
+    if refusal.code == "rate_limited" and d.get("held") == "elsewhere":
+        return (
+            f"{d.get('meter')} quota is held by another gateway process and is being returned;"
+            f" retry after {refusal.retry_after} s"
+        )
     if refusal.code == "rate_limited":
         return f"rate limited on {d.get('meter')}; retry after {refusal.retry_after} s"
     if "message" in d:

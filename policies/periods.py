@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import UTC, datetime
 
 from policies.model import Period
@@ -19,9 +20,14 @@ def calendar_month(now: datetime) -> Period:
 
 
 def period_for(now: datetime, anchor: Period | None = None) -> Period:
-    """The org's current period: its billing period while ``now`` is inside it; past its end
-    (the renewal event has not arrived yet) the periods of the same length that follow it, so a
-    renewal starting at the old end continues that same counter; the month without a period."""
+    """The org's current period: its billing period while ``now`` is inside it; outside it (a
+    renewal event not arrived yet, or one that arrived early) the neighbouring periods of the
+    same cycle, so the renewal continues that same counter; the month without a period.
+
+    Providers bill monthly and yearly periods on an anchor day, so those step by calendar
+    months (the day clamped to the month's length, as Stripe does); other lengths step by
+    their own length.
+    """
     if anchor is None:
         return calendar_month(now)
     if anchor.start <= now < anchor.end:
@@ -29,6 +35,39 @@ def period_for(now: datetime, anchor: Period | None = None) -> Period:
     length = anchor.end - anchor.start
     if length.total_seconds() <= 0:
         return calendar_month(now)
-    steps = (now - anchor.start) // length  # negative before the period starts
-    start = anchor.start + steps * length
-    return Period(start, start + length)
+    cycle = _monthly_cycle(anchor)
+    if cycle is None:
+        steps = (now - anchor.start) // length  # negative before the period starts
+        start = anchor.start + steps * length
+        return Period(start, start + length)
+    months, day = cycle
+    step = 1 if now >= anchor.end else -1
+    k = 0
+    for _ in range(10_000):  # far beyond any real gap: a bound, not a loop forever
+        start = _on_anchor(anchor.start, k * months, day)
+        end = _on_anchor(anchor.start, (k + 1) * months, day)
+        if start <= now < end:
+            return Period(start, end)
+        k += step
+    return calendar_month(now)
+
+
+def _monthly_cycle(period: Period) -> tuple[int, int] | None:
+    """(months, anchor day) when ``period`` is one month or one year on an anchor day."""
+    day = max(period.start.day, period.end.day)
+    for months in (1, 12):
+        if (
+            _on_anchor(period.start, 0, day) == period.start
+            and _on_anchor(period.start, months, day) == period.end
+        ):
+            return months, day
+    return None
+
+
+def _on_anchor(start: datetime, months: int, day: int) -> datetime:
+    """``start`` moved ``months`` on, on the anchor ``day`` clamped to that month's length."""
+    index = start.year * 12 + start.month - 1 + months
+    year, month = divmod(index, 12)
+    return start.replace(
+        year=year, month=month + 1, day=min(day, calendar.monthrange(year, month + 1)[1])
+    )

@@ -41,17 +41,17 @@ def stripe(event_id: str, type_: str, obj: dict[str, Any], created: int) -> byte
     return json.dumps(body).encode()
 
 
-def subscribed(event_id: str, start: int, created: int) -> bytes:
+def subscribed(event_id: str, start: int, created: int, end: int | None = None) -> bytes:
     item = {"price": {"lookup_key": "pro"}, "current_period_start": start,
-            "current_period_end": start + 30 * DAY}  # fmt: skip
+            "current_period_end": end or start + 30 * DAY}  # fmt: skip
     obj = {"id": "sub_1", "customer": "cus_roll", "status": "active",
            "items": {"data": [item]}}  # fmt: skip
     return stripe(event_id, "customer.subscription.updated", obj, created)
 
 
-def renewed(event_id: str, start: int, created: int) -> bytes:
+def renewed(event_id: str, start: int, created: int, end: int | None = None) -> bytes:
     line = {"type": "subscription", "subscription": "sub_1", "amount": 2900,
-            "period": {"start": start, "end": start + 30 * DAY},
+            "period": {"start": start, "end": end or start + 30 * DAY},
             "price": {"lookup_key": "pro", "recurring": {"usage_type": "licensed"}}}  # fmt: skip
     obj = {"id": f"in_{event_id}", "customer": "cus_roll", "subscription": "sub_1",
            "billing_reason": "subscription_cycle", "currency": "usd", "amount_paid": 2900,
@@ -133,3 +133,18 @@ async def test_a_renewal_before_the_end_starts_the_next_period_once(rig: Rig) ->
     assert await rig.statuses(key, 4) == [200, 200, 200, 402]
     await rig.webhook(subscribed("evt_sub2", END, END + 30))
     assert await rig.statuses(key, 1) == [402]
+
+
+async def test_an_early_renewal_into_a_shorter_month_keeps_the_old_counter(rig: Rig) -> None:
+    # Regression (adversarial review): Jan 15-Feb 15 (31 days) renewed 5 s early into Feb 15-
+    # Mar 15 (28 days) opened a fresh counter for the last seconds: 10 admitted against 5.
+    jan15, feb15, mar15 = 1_799_971_200, 1_802_649_600, 1_805_068_800
+    _, key = await tenant(rig)
+    rig.clock.now = jan15 + DAY
+    await rig.webhook(subscribed("evt_sub", jan15, jan15 + DAY, end=feb15))
+    assert await rig.statuses(key, 4) == [200, 200, 200, 402]
+    rig.clock.now = feb15 - 5
+    await rig.webhook(renewed("evt_paid", feb15, feb15 - 10, end=mar15))
+    assert await rig.statuses(key, 2) == [402, 402]
+    rig.clock.now = feb15 + 1
+    assert await rig.statuses(key, 4) == [200, 200, 200, 402]

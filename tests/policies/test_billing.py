@@ -1349,15 +1349,20 @@ def test_an_amount_beyond_the_stores_integer_range_is_refused(kind: EventKind, a
     assert [c.amount_minor for c in largest.credits] == [2**63 - 1]
 
 
-def test_a_plan_grant_beyond_the_integer_range_is_refused() -> None:
+def test_a_plan_grant_beyond_the_integer_range_is_refused_alone() -> None:
+    # The renewal still starts the period (a grant misconfigured past the range must not keep
+    # the org in its old period); the grant is refused and audited.
     state = BillingState(plan="pro", period=MAY)
     renewal = event("payment_succeeded", billing_reason="subscription_cycle", period=JUNE)
     change = apply_event(state, renewal, plans=PLANS, plan_grants={"pro": 2**63}, now=NOW)
-    assert (change.refused, change.new_period, change.period_grants) == (
-        "amount out of range",
-        None,
-        (),
-    )
+    assert (change.refused, change.new_period, change.period_grants) == (None, JUNE, ())
+    assert "credit_refused" in [a.field for a in change.audit]
+
+
+def test_a_refund_of_the_most_negative_amount_is_refused() -> None:
+    # Seen in review: a refund of 2**63 took a balance to -2**63 (the range's bottom).
+    change = apply(BillingState(), event("charge_refunded", amount_minor=2**63))
+    assert change.refused == "amount out of range" and change.credits == ()
 
 
 # --- properties --------------------------------------------------------------------------------

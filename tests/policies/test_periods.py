@@ -74,19 +74,51 @@ def test_period_for_inside_anchor_is_the_anchor(now: datetime) -> None:
 @pytest.mark.parametrize(
     ("now", "expected"),
     [
-        (utc(2024, 6, 15), Period(utc(2024, 6, 15), utc(2024, 7, 16))),
-        (utc(2024, 7, 16), Period(utc(2024, 7, 16), utc(2024, 8, 16))),
-        (utc(2024, 8, 1), Period(utc(2024, 7, 16), utc(2024, 8, 16))),
-        (utc(2024, 5, 14, 23), Period(utc(2024, 4, 14), utc(2024, 5, 15))),
+        (utc(2024, 6, 15), Period(utc(2024, 6, 15), utc(2024, 7, 15))),
+        (utc(2024, 7, 16), Period(utc(2024, 7, 15), utc(2024, 8, 15))),
+        (utc(2024, 8, 1), Period(utc(2024, 7, 15), utc(2024, 8, 15))),
+        (utc(2024, 5, 14, 23), Period(utc(2024, 4, 15), utc(2024, 5, 15))),
     ],
-    ids=["at-end", "two-lengths-on", "inside-the-second", "before-start"],
+    ids=["at-end", "two-cycles-on", "inside-the-second", "before-start"],
 )
-def test_outside_its_period_an_org_counts_in_periods_of_the_same_length(
+def test_outside_its_period_an_org_counts_in_the_neighbouring_periods_of_its_cycle(
     now: datetime, expected: Period
 ) -> None:
     # Regression: the gap before a late renewal event was a calendar-month counter of its own,
     # a third quota; now it is the next period, which the renewal (starting at the end) continues.
     assert period_for(now, ANCHOR) == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Period(utc(2027, 1, 15), utc(2027, 2, 15)), Period(utc(2027, 2, 15), utc(2027, 3, 15))),
+        (Period(utc(2027, 2, 15), utc(2027, 3, 15)), Period(utc(2027, 3, 15), utc(2027, 4, 15))),
+        (Period(utc(2027, 3, 31), utc(2027, 4, 30)), Period(utc(2027, 4, 30), utc(2027, 5, 31))),
+        (Period(utc(2027, 1, 4), utc(2027, 2, 3)), Period(utc(2027, 2, 3), utc(2027, 3, 5))),
+    ],
+    ids=["31-then-28-days", "28-then-31-days", "anchor-day-31", "every-30-days"],
+)
+def test_a_renewal_that_arrives_early_keeps_counting_in_the_old_period(
+    old: Period, new: Period
+) -> None:
+    # Regression: before the new start, stepping back by the new period's length opened a
+    # fresh counter whenever the two months differ in length (a second quota in the old one).
+    just_before = new.start - timedelta(seconds=5)
+    assert period_for(just_before, new).key == old.key
+
+
+def test_monthly_periods_keep_their_anchor_day_clamped_to_the_month() -> None:
+    january = Period(utc(2027, 1, 31), utc(2027, 2, 28))
+    assert period_for(utc(2027, 3, 1), january) == Period(utc(2027, 2, 28), utc(2027, 3, 31))
+    assert period_for(utc(2027, 4, 1), january) == Period(utc(2027, 3, 31), utc(2027, 4, 30))
+
+
+def test_yearly_and_other_lengths_step_by_their_cycle() -> None:
+    year = Period(utc(2024, 2, 29), utc(2025, 2, 28))
+    assert period_for(utc(2025, 6, 1), year) == Period(utc(2025, 2, 28), utc(2026, 2, 28))
+    week = Period(utc(2027, 1, 4), utc(2027, 1, 11))
+    assert period_for(utc(2027, 1, 20), week) == Period(utc(2027, 1, 18), utc(2027, 1, 25))
 
 
 def test_without_a_billing_period_an_org_counts_by_calendar_month() -> None:
