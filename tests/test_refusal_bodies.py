@@ -58,3 +58,32 @@ async def test_an_org_under_a_billing_suspension_says_so(tmp_path: Path) -> None
         assert shown["billing_suspension_reason"] == "3 days overdue"
     finally:
         await runtime.close()
+
+
+async def test_an_org_whose_payment_is_blocked_shows_billing_suspended(tmp_path: Path) -> None:
+    # Seen in review: refused with 402 billing_suspended, but the org said billing_suspended false.
+    runtime = Runtime(
+        Settings(data_dir=tmp_path, key_secret="b" * 32, admin_token=TOKEN),
+        store=MemoryStore(),
+        spool_dir=None,
+    )
+    await runtime.start()
+    try:
+        org = await runtime.store.create_org("metered", Limits(), None)
+        moment = datetime(2026, 11, 20, tzinfo=UTC)
+
+        def block(state):  # type: ignore[no-untyped-def]
+            return BillingChange(replace(state, payment_status="blocked"))
+
+        await runtime.store.update_billing(org.id, block, actor="test", now=moment)
+        transport = httpx.ASGITransport(app=build_admin_app(runtime))
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://admin",
+            headers={"authorization": f"Bearer {TOKEN}"},
+        ) as admin:
+            shown = (await admin.get(f"/admin/orgs/{org.id}")).json()
+        assert (shown["payment_status"], shown["billing_suspended"]) == ("blocked", True)
+        assert shown["billing_suspension_reason"] == "payment blocked by the provider"
+    finally:
+        await runtime.close()

@@ -1534,3 +1534,25 @@ def test_parsers_raise_only_malformed_event_on_mutated_payloads(data: st.DataObj
     assert parsed.occurred_at.utcoffset() == timedelta(0)
     if parsed.period is not None:
         assert parsed.period.start <= parsed.period.end
+
+
+def test_a_metadata_amount_of_forty_digits_is_recorded_as_out_of_range() -> None:
+    # Seen in review: 400 "not a non-negative integer" and nothing recorded, so every retry 400.
+    payload = {
+        "id": "evt_big",
+        "type": "checkout.session.completed",
+        "created": 1_800_000_000,
+        "data": {
+            "object": {
+                "id": "cs_big",
+                "customer": "cus_1",
+                "mode": "payment",
+                "payment_status": "paid",
+                "currency": CURRENCY,
+                "metadata": {"credit_minor": "9" * 40},
+            }
+        },
+    }
+    event = parse_stripe(payload)
+    assert event.amount_minor == int("9" * 40)
+    assert apply(BillingState(), event).refused == "amount out of range"
