@@ -20,10 +20,9 @@ from gateway.keys import KeyHasher, generate_key
 from gateway.store.base import CustomerTaken, KeyRecord, OrgChanges, OrgRecord, Store
 from gateway.usage import CREDIT_PERIOD
 from gateway.webhooks.endpoint import EventPolicy
-from policies.billing import BillingState
+from policies.billing import BillingState, manual_unsuspend
 from policies.model import MICROS_PER_MINOR, SENT_METERS, Limits, Period, Prices
 from policies.periods import period_for
-from policies.suspension import manual_unsuspend
 
 log = logging.getLogger("gateway.control")
 
