@@ -32,3 +32,11 @@ def period_for(now: datetime, anchor: Period | None = None) -> Period:
     steps = (now - anchor.start) // length  # negative before the period starts
     start = anchor.start + steps * length
     return Period(start, start + length)
+
+
+def period_at(now: float, anchor: Period | None = None) -> Period:
+    """``period_for`` at a POSIX time, for callers that read a float clock: inside ``anchor``
+    it is returned without building a datetime (the usage gate asks on every request)."""
+    if anchor is not None and anchor.start.timestamp() <= now < anchor.end.timestamp():
+        return anchor
+    return period_for(datetime.fromtimestamp(now, UTC), anchor)
