@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import UTC, datetime
 
 from policies.model import Period
@@ -16,6 +17,13 @@ def calendar_month(now: datetime) -> Period:
     else:
         end = datetime(now.year, now.month + 1, 1, tzinfo=UTC)
     return Period(start, end)
+
+
+def month_before(start: datetime) -> datetime:
+    """The same day and time a month earlier, clamped to that month's length."""
+    year, month = (start.year, start.month - 1) if start.month > 1 else (start.year - 1, 12)
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
 
 
 def period_for(now: datetime, anchor: Period | None = None) -> Period:

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policies.model import Period
-from policies.periods import calendar_month, period_at, period_for
+from policies.periods import calendar_month, month_before, period_at, period_for
 
 
 def utc(
@@ -134,3 +134,27 @@ def test_period_at_a_posix_time_is_period_for_that_instant(
 ) -> None:
     anchor = None if bounds is None else Period(min(bounds), max(bounds))
     assert period_at(now.timestamp(), anchor) == period_for(now, anchor)
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        pytest.param(utc(2024, 6, 15, 8, 30), utc(2024, 5, 15, 8, 30), id="mid-month"),
+        pytest.param(utc(2024, 1, 31), utc(2023, 12, 31), id="across-the-year"),
+        pytest.param(utc(2024, 3, 31), utc(2024, 2, 29), id="clamped-to-leap-feb"),
+        pytest.param(utc(2023, 3, 30), utc(2023, 2, 28), id="clamped-to-plain-feb"),
+        pytest.param(
+            utc(2024, 5, 31, 23, 59, 59, 999_999),
+            utc(2024, 4, 30, 23, 59, 59, 999_999),
+            id="clamped-keeps-the-time",
+        ),
+    ],
+)
+def test_month_before(start: datetime, expected: datetime) -> None:
+    assert month_before(start) == expected
+
+
+def test_month_before_keeps_the_zone() -> None:
+    start = datetime(2024, 3, 1, 9, tzinfo=timezone(timedelta(hours=2)))
+    assert month_before(start) == datetime(2024, 2, 1, 9, tzinfo=timezone(timedelta(hours=2)))
+    assert month_before(start).utcoffset() == timedelta(hours=2)
