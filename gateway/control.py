@@ -20,10 +20,10 @@ from gateway.keys import KeyHasher, generate_key
 from gateway.store.base import CustomerTaken, KeyRecord, OrgChanges, OrgRecord, Store
 from gateway.usage import CREDIT_PERIOD
 from gateway.webhooks.endpoint import EventPolicy
-from policies.billing import BillingState
-from policies.model import MICROS_PER_MINOR, SENT_METERS, Limits, Period, Prices
+from policies import money
+from policies.billing import BillingState, manual_unsuspend
+from policies.model import SENT_METERS, Limits, Period, Prices
 from policies.periods import period_for
-from policies.suspension import manual_unsuspend
 
 log = logging.getLogger("gateway.control")
 
@@ -469,8 +469,7 @@ class Control:
         state = await self.store.billing_state(org_id) or BillingState()
         credited = await self.store.balance(org_id)
         spent = (await self.store.usage(org_id, CREDIT_PERIOD.key)).get("credit", 0)
-        # Spending is counted in millionths of a minor unit; the customer's balance rounds up.
-        return billing_json(state, credited - -(-spent // MICROS_PER_MINOR))
+        return billing_json(state, money.balance_minor(credited, spent))
 
     async def period(self, org_id: str, now: datetime) -> Period:
         state = await self.store.billing_state(org_id)

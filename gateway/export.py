@@ -15,7 +15,6 @@ can count its delta twice under a different key.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import logging
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ import aiohttp
 from gateway.settings import Settings
 from policies.billing import BillingState
 from policies.model import Period
-from policies.periods import calendar_month, period_for
+from policies.periods import calendar_month, month_before, period_for
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +125,6 @@ def _providers(settings: Settings) -> list[_Provider]:
         url = settings.autumn_api_url.rstrip("/")
         found.append(_Autumn("autumn", url, settings.autumn_api_key, autumn))
     return found
-
-
-def month_before(start: datetime) -> datetime:
-    """The same day and time a month earlier, clamped to that month's length."""
-    year, month = (start.year, start.month - 1) if start.month > 1 else (start.year - 1, 12)
-    day = min(start.day, calendar.monthrange(year, month)[1])
-    return start.replace(year=year, month=month, day=day)
 
 
 def export_periods(

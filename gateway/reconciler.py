@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from gateway.errors import StoreError
 from gateway.store.base import Store
-from policies.suspension import suspension_change
+from policies.billing import suspension_change
 
 log = logging.getLogger("gateway.reconciler")
 LEASE = "reconciler"

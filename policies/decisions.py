@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from policies.model import MICROS_PER_MINOR, OrgRouting
+from policies.money import spent_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Re
             detail={
                 "balance_minor": max(0, limit - used) // MICROS_PER_MINOR,
                 "credited_minor": limit // MICROS_PER_MINOR,
-                "used_minor": -(-used // MICROS_PER_MINOR),
+                "used_minor": spent_minor(used),
             },
         )
     return Refusal(

@@ -19,6 +19,13 @@ def calendar_month(now: datetime) -> Period:
     return Period(start, end)
 
 
+def month_before(start: datetime) -> datetime:
+    """The same day and time a month earlier, clamped to that month's length."""
+    year, month = (start.year, start.month - 1) if start.month > 1 else (start.year - 1, 12)
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
 def period_for(now: datetime, anchor: Period | None = None) -> Period:
     """The org's current period: its billing period while ``now`` is inside it; outside it (a
     renewal event not arrived yet, or one that arrived early) the neighbouring periods of the
@@ -71,3 +78,11 @@ def _on_anchor(start: datetime, months: int, day: int) -> datetime:
     return start.replace(
         year=year, month=month + 1, day=min(day, calendar.monthrange(year, month + 1)[1])
     )
+
+
+def period_at(now: float, anchor: Period | None = None) -> Period:
+    """``period_for`` at a POSIX time, for callers that read a float clock: inside ``anchor``
+    it is returned without building a datetime (the usage gate asks on every request)."""
+    if anchor is not None and anchor.start.timestamp() <= now < anchor.end.timestamp():
+        return anchor
+    return period_for(datetime.fromtimestamp(now, UTC), anchor)

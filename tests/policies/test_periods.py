@@ -3,9 +3,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies.model import Period
-from policies.periods import calendar_month, period_for
+from policies.periods import calendar_month, month_before, period_at, period_for
 
 
 def utc(
@@ -129,3 +131,62 @@ def test_period_for_compares_non_utc_time_by_instant() -> None:
     # 01:00 on Jun 15 in UTC+2 is 23:00 on Jun 14 in UTC: still inside the anchor.
     now = datetime(2024, 6, 15, 1, tzinfo=timezone(timedelta(hours=2)))
     assert period_for(now, ANCHOR) is ANCHOR
+
+
+@pytest.mark.parametrize(
+    "now",
+    [utc(2024, 5, 15), utc(2024, 6, 1), utc(2024, 6, 14, 23, 59, 59, 999_999)],
+    ids=["at-start", "inside", "last-µs"],
+)
+def test_period_at_inside_anchor_is_the_anchor(now: datetime) -> None:
+    assert period_at(now.timestamp(), ANCHOR) is ANCHOR
+
+
+def test_period_at_the_anchors_end_is_the_next_period() -> None:
+    assert period_at(ANCHOR.end.timestamp(), ANCHOR) == Period(utc(2024, 6, 15), utc(2024, 7, 15))
+
+
+def test_period_at_without_anchor_is_the_utc_calendar_month() -> None:
+    assert period_at(utc(2024, 12, 31, 23, 59).timestamp()) == Period(
+        utc(2024, 12, 1), utc(2025, 1, 1)
+    )
+
+
+_OFFSETS = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+moments = st.datetimes(
+    min_value=datetime(2000, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from(_OFFSETS),
+)
+
+
+@given(now=moments, bounds=st.none() | st.tuples(moments, moments))
+def test_period_at_a_posix_time_is_period_for_that_instant(
+    now: datetime, bounds: tuple[datetime, datetime] | None
+) -> None:
+    anchor = None if bounds is None else Period(min(bounds), max(bounds))
+    assert period_at(now.timestamp(), anchor) == period_for(now, anchor)
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        pytest.param(utc(2024, 6, 15, 8, 30), utc(2024, 5, 15, 8, 30), id="mid-month"),
+        pytest.param(utc(2024, 1, 31), utc(2023, 12, 31), id="across-the-year"),
+        pytest.param(utc(2024, 3, 31), utc(2024, 2, 29), id="clamped-to-leap-feb"),
+        pytest.param(utc(2023, 3, 30), utc(2023, 2, 28), id="clamped-to-plain-feb"),
+        pytest.param(
+            utc(2024, 5, 31, 23, 59, 59, 999_999),
+            utc(2024, 4, 30, 23, 59, 59, 999_999),
+            id="clamped-keeps-the-time",
+        ),
+    ],
+)
+def test_month_before(start: datetime, expected: datetime) -> None:
+    assert month_before(start) == expected
+
+
+def test_month_before_keeps_the_zone() -> None:
+    start = datetime(2024, 3, 1, 9, tzinfo=timezone(timedelta(hours=2)))
+    assert month_before(start) == datetime(2024, 2, 1, 9, tzinfo=timezone(timedelta(hours=2)))
+    assert month_before(start).utcoffset() == timedelta(hours=2)

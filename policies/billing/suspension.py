@@ -1,17 +1,32 @@
-"""Billing suspensions as state changes: what the reconciler and a manual unsuspend write."""
+"""Billing suspensions: when the reconciler suspends or lifts one, and a manual unsuspend."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
 
-from policies.billing import (
-    DEFAULT_GRACE,
-    AuditEntry,
-    BillingChange,
-    BillingState,
-    suspension_decision,
-)
+from policies.billing.model import AuditEntry, BillingChange, BillingState, SuspensionDecision
+
+DEFAULT_GRACE = timedelta(days=3)
+
+
+def suspension_decision(
+    state: BillingState, now: datetime, grace: timedelta = DEFAULT_GRACE
+) -> SuspensionDecision:
+    """Suspend a never-paid org overdue for ``grace``; lift it once it pays or is settled."""
+    if state.suspended_at is not None:
+        if state.payment_status == "ok" or not state.never_paid:
+            return SuspensionDecision("clear", "payment settled")
+        return SuspensionDecision("none")
+    overdue = state.overdue_since
+    if (
+        state.payment_status == "past_due"
+        and state.never_paid
+        and overdue is not None
+        and now - overdue >= grace
+    ):
+        return SuspensionDecision("suspend", f"overdue since {overdue.isoformat()}")
+    return SuspensionDecision("none")
 
 
 def _iso(moment: datetime | None) -> str | None:
