@@ -106,6 +106,13 @@ class UsageStats:
     shadow_refused: int = 0
 
 
+def _held_elsewhere(others: int, need: int, left: int) -> bool:
+    """Whether a refusal should be a retry: other holders keep enough of what is left (a
+    quarter or more, and this request's need) that its return is worth waiting for. The
+    slivers busy holders keep at the very end of a burst are theirs to spend: that is final."""
+    return others >= need and 4 * others >= left
+
+
 @functools.lru_cache(maxsize=4096)
 def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
     """The period meters' limits and the credit limit, once per distinct Limits value."""
@@ -320,7 +327,11 @@ class UsageGate:
                 committed = result.taken if result.committed is None else result.committed
                 until = self._clock() + self._known_ttl
                 meter = result.meter
-                elsewhere = result.taken - committed > held.get(meter, 0)
+                elsewhere = _held_elsewhere(
+                    result.taken - committed - held.get(meter, 0),
+                    deficit[meter],
+                    result.limit - committed,
+                )
                 # Usage is what is taken less what this process still holds unspent: our
                 # commits move quota from our reservation to usage, never change the sum.
                 used = max(committed, result.taken - budget.remaining.get(meter, 0))
@@ -357,12 +368,18 @@ class UsageGate:
             for meter, n in batch.used.items():
                 budget.committing[meter] = budget.committing.get(meter, 0) - n
 
-    def give_back(self, org_id: str) -> bool:
-        """Return the org's unspent reservations at the next flush (another holder needs them);
-        True when there was something to return."""
+    def give_back(self, org_id: str, idle_for: float = 0.1) -> bool:
+        """Return the org's unspent reservations at the next flush (another holder needs them),
+        unless this process is spending them right now; True when there was something to return."""
         returned = False
+        now = self._clock()
         for (org, _), budget in self._budgets.items():
-            if org == org_id and budget.refill is None and any(budget.remaining.values()):
+            if (
+                org == org_id
+                and budget.refill is None
+                and now - budget.active >= idle_for
+                and any(budget.remaining.values())
+            ):
                 self._forfeit(budget)
                 returned = True
         return returned

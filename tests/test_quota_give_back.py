@@ -72,6 +72,16 @@ async def test_a_budget_idle_for_two_flush_intervals_goes_back(store: Store) -> 
     assert (await store.usage(routing.org_id, period.key))["requests"] == 100
 
 
+async def test_a_holder_spending_right_now_keeps_its_budget_when_asked(store: Store) -> None:
+    clock = Clock()
+    routing = (await store.create_org("burst", Limits(requests=1000), None)).routing()
+    b = replica(store, clock, "b")
+    assert await admitted(b, routing, 1) == 1
+    assert not b.give_back(routing.org_id)  # it spent this instant: its own traffic uses it
+    clock.now += 0.2
+    assert b.give_back(routing.org_id)
+
+
 async def test_a_busy_budget_is_kept(store: Store) -> None:
     clock = Clock()
     routing = (await store.create_org("busy", Limits(requests=1000), None)).routing()
@@ -95,7 +105,8 @@ async def test_a_refused_holder_asks_the_others_to_give_back_at_once(store: Stor
     while isinstance(refused, Admission):
         refused = await a.admit(routing, ONE)
     assert isinstance(refused, Refusal) and asked == [routing.org_id]
-    # B gets the message, returns its chunk and flushes; A's next ask is granted.
+    # B gets the message and, not spending right now, returns its chunk; A's next ask is granted.
+    clock.now += 0.2
     assert b.give_back(routing.org_id)
     await b.flush()
     clock.now += 1.5
@@ -172,3 +183,13 @@ async def test_the_refusal_counts_a_flush_that_lands_during_the_refused_reservat
     refusal = await gate.admit(routing, ONE)
     assert isinstance(refusal, Refusal) and refusal.detail["used"] == 5
     assert (await gate.admit(routing, ONE)).detail["used"] == 5  # type: ignore[union-attr]
+
+
+def test_only_a_real_share_held_elsewhere_makes_a_refusal_a_retry() -> None:
+    from gateway.usage import _held_elsewhere
+
+    assert _held_elsewhere(others=49, need=1, left=99)  # an idle replica sits on half
+    assert _held_elsewhere(others=130, need=1, left=130)
+    assert not _held_elsewhere(others=5, need=1, left=100)  # a busy holder's last sliver
+    assert not _held_elsewhere(others=30, need=40, left=100)  # could not cover this request
+    assert not _held_elsewhere(others=0, need=1, left=0)
