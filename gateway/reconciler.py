@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from gateway.errors import StoreError
-from gateway.store.base import Store
+from gateway.store.base import (
+    Store,
+)
 from policies.suspension import suspension_change
 
 log = logging.getLogger("gateway.reconciler")

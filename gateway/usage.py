@@ -25,7 +25,14 @@ from functools import partial
 from gateway.errors import StoreError
 from gateway.guard import StoreGuard
 from gateway.spool import Spool
-from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
+from gateway.store.base import (
+    QuotaStore,
+)
+from gateway.store.records import (
+    Exhausted,
+    ReserveRequest,
+    UsageBatch,
+)
 from policies.decisions import Refusal, usage_exceeded
 from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
 from policies.periods import calendar_month, period_for
@@ -117,7 +124,7 @@ def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str
 class UsageGate:
     def __init__(
         self,
-        store: Store,
+        store: QuotaStore,
         guard: StoreGuard,
         spool: Spool,
         *,

@@ -1,9 +1,13 @@
-"""Storage backends behind one Protocol, chosen by the ``GATEWAY_STORE_URL`` setting."""
+"""Storage backends behind small Protocols by capability, chosen by the ``GATEWAY_STORE_URL`` setting."""
 
 from __future__ import annotations
 
 from gateway.errors import ConfigError
 from gateway.store.base import (
+    Store,
+)
+from gateway.store.postgres import PostgresStore
+from gateway.store.records import (
     Exhausted,
     Granted,
     KeyRecord,
@@ -11,11 +15,8 @@ from gateway.store.base import (
     OrgRecord,
     ReserveRequest,
     ReserveResult,
-    Store,
     UsageBatch,
 )
-from gateway.store.memory import MemoryStore
-from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -49,6 +50,9 @@ def open_store(url: str) -> Store:
         raise ConfigError(f"GATEWAY_STORE_URL must be one of {_EXPECTED}")
     scheme = scheme.lower()
     if scheme == "memory":
+        # The unit-test fake, for demos; loaded only when asked for.
+        from gateway.store.memory import MemoryStore
+
         return MemoryStore()
     if scheme == "sqlite":
         if not rest:

@@ -5,12 +5,20 @@ Every method runs without awaiting anything, so each is atomic on the event loop
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from gateway.store.base import (
+from gateway.store.normal import (
+    applied_change,
+    event_reason,
+    iso,
+    ledger_refusal,
+    org_audit,
+    suspension_audit,
+    utc,
+)
+from gateway.store.records import (
     HOLDER_LEASE,
     PLAN_REFUSED,
     AuditRow,
@@ -28,22 +36,12 @@ from gateway.store.base import (
     ReserveResult,
     UsageBatch,
     WebhookOutcome,
-    applied_change,
-    event_reason,
-    iso,
-    ledger_refusal,
-    org_audit,
-    suspension_audit,
-    utc,
+    new_id,
 )
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting
 
 _Order = tuple[datetime, int]
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(8)}"
 
 
 @dataclass(slots=True)

@@ -35,9 +35,24 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.errors import ConfigError, StoreError
-from gateway.store.base import (
+from gateway.store.normal import (
+    applied_change,
+    event_from_json,
+    event_json,
+    event_reason,
+    has_suspension_row,
+    iso,
+    ledger_refusal,
+    org_audit,
+    suspension_audit,
+    utc,
+)
+from gateway.store.records import (
+    BATCH_RETENTION_SECONDS,
     HOLDER_LEASE,
     PLAN_REFUSED,
+    PRUNE_INTERVAL_SECONDS,
+    PRUNE_LIMIT,
     AuditRow,
     CustomerTaken,
     Decide,
@@ -53,18 +68,8 @@ from gateway.store.base import (
     ReserveResult,
     UsageBatch,
     WebhookOutcome,
-    applied_change,
-    event_from_json,
-    event_json,
-    event_reason,
-    has_suspension_row,
-    iso,
-    ledger_refusal,
-    org_audit,
-    suspension_audit,
-    utc,
+    new_id,
 )
-from gateway.store.memory import new_id
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
 
@@ -76,12 +81,6 @@ MIGRATION_LOCK = 0x6761_7465_7761_7900
 CUSTOMER_LOCK = 0x6375_7374
 COMMAND_TIMEOUT = 5.0
 LOCK_TIMEOUT = 60.0
-# Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
-# as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
-BATCH_RETENTION_SECONDS = 14 * 86400
-PRUNE_INTERVAL_SECONDS = 3600.0
-# Rows deleted per prune, so that a heartbeat stays short; a full prune runs again soon.
-PRUNE_LIMIT = 10_000
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _METERS = list(METERS)

@@ -46,6 +46,9 @@ from redis.exceptions import RedisError
 
 from gateway.errors import StoreError
 from gateway.store.base import (
+    Store,
+)
+from gateway.store.records import (
     Decide,
     DecideEvent,
     Exhausted,
@@ -57,7 +60,6 @@ from gateway.store.base import (
     ReservationRow,
     ReserveRequest,
     ReserveResult,
-    Store,
     UsageBatch,
     WebhookOutcome,
 )

@@ -23,9 +23,23 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from gateway.errors import StoreError
-from gateway.store.base import (
+from gateway.store.normal import (
+    applied_change,
+    event_from_json,
+    event_json,
+    event_reason,
+    has_suspension_row,
+    iso,
+    ledger_refusal,
+    org_audit,
+    suspension_audit,
+)
+from gateway.store.records import (
+    BATCH_RETENTION_SECONDS,
     HOLDER_LEASE,
     PLAN_REFUSED,
+    PRUNE_INTERVAL_SECONDS,
+    PRUNE_LIMIT,
     AuditRow,
     CustomerTaken,
     Decide,
@@ -41,17 +55,8 @@ from gateway.store.base import (
     ReserveResult,
     UsageBatch,
     WebhookOutcome,
-    applied_change,
-    event_from_json,
-    event_json,
-    event_reason,
-    has_suspension_row,
-    iso,
-    ledger_refusal,
-    org_audit,
-    suspension_audit,
+    new_id,
 )
-from gateway.store.memory import new_id
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
 
@@ -61,12 +66,6 @@ log = logging.getLogger("gateway.store.sqlite")
 
 SCHEMA_VERSION = 6
 
-# Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
-# as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
-BATCH_RETENTION_SECONDS = 14 * 86400
-PRUNE_INTERVAL_SECONDS = 3600.0
-# Rows deleted per prune, so that a heartbeat stays short; a full prune runs again soon.
-PRUNE_LIMIT = 10_000
 
 _SCHEMA: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
