@@ -1,9 +1,14 @@
-"""Storage backends behind small Protocols by capability, chosen by the ``GATEWAY_STORE_URL`` setting."""
+"""Storage backends behind small Protocols by capability, chosen by ``GATEWAY_STORE_URL``."""
 
 from __future__ import annotations
 
 from gateway.errors import ConfigError
 from gateway.store.base import (
+    BillingStore,
+    DurableQuotaStore,
+    LeaseStore,
+    OrgStore,
+    QuotaStore,
     Store,
 )
 from gateway.store.postgres import PostgresStore
@@ -20,12 +25,17 @@ from gateway.store.records import (
 from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
+    "BillingStore",
+    "DurableQuotaStore",
     "Exhausted",
     "Granted",
     "KeyRecord",
+    "LeaseStore",
     "OrgChanges",
     "OrgRecord",
+    "OrgStore",
     "PostgresStore",
+    "QuotaStore",
     "ReserveRequest",
     "ReserveResult",
     "Store",

@@ -1,4 +1,7 @@
-"""An in-memory store: the reference semantics of the Protocol, for tests and demos.
+"""An in-memory store: the reference semantics of the Protocols, for tests and demos.
+
+Accuracy and durability: exact within one process, durable not at all: everything is lost
+with the process, and no other process sees it. Never a production store.
 
 Every method runs without awaiting anything, so each is atomic on the event loop.
 """

@@ -1,5 +1,9 @@
 """The durable store for many replicas: PostgreSQL through asyncpg.
 
+Accuracy and durability: exact and durable (every step a committed transaction): the truth
+of usage, orgs and billing for any number of replicas, at one locked round trip per
+reservation; put ``RedisQuotaStore`` in front when that round trip is the bottleneck.
+
 URL: ``postgresql://user:password@host:5432/db`` (or ``postgres://``), with an optional
 ``?schema=NAME`` that puts every table in that schema (created if missing; tests use it
 to isolate themselves). Migrations are the SQL files in ``migrations/``, applied in name

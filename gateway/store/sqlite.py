@@ -1,5 +1,10 @@
 """The embedded store: SQLite through the stdlib ``sqlite3`` module.
 
+Accuracy and durability: exact (each step one ``BEGIN IMMEDIATE`` transaction); durable on
+one machine: WAL with ``synchronous=NORMAL`` loses nothing when the process dies, and may lose
+the last commits on a power loss (usage is fsynced to the spool before it is committed here).
+One node: every replica shares one file, so they must share one host.
+
 All SQLite work runs on one worker thread that owns the only connection, so the
 event loop never blocks and statements are serialized within the process. Every
 mutating method is one ``BEGIN IMMEDIATE`` transaction: it takes the database's
