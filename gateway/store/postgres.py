@@ -33,7 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -74,8 +74,11 @@ from gateway.store.records import (
     WebhookOutcome,
     new_id,
 )
+from gateway.store.sql import SQLSteps, Step, numbered
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
+
+T = TypeVar("T")
 
 log = logging.getLogger("gateway.store.postgres")
 
@@ -214,12 +217,6 @@ _USAGE = """SELECT meter, used FROM usage_counters
 _BATCH_IDS = """SELECT batch_id FROM applied_batches
     WHERE org_id = $1 AND period_start = $2 AND applied_at > now() - interval '1 hour'"""
 
-# A row comes back only when the period is new or newer than the org's last one.
-_CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES ($1, $2)
-    ON CONFLICT (org_id) DO UPDATE SET period_start = excluded.period_start
-        WHERE org_periods.period_start < excluded.period_start
-    RETURNING org_id"""
-
 _UPDATE_ORG = """UPDATE orgs SET
         name = COALESCE($2, name),
         upstream = CASE WHEN $3 THEN $4 ELSE upstream END,
@@ -323,22 +320,6 @@ _UNLINKED_EVENTS = """SELECT event_id FROM webhook_events
 _TAKE_UNLINKED = """SELECT event::text FROM webhook_events
     WHERE provider = $1 AND event_id = $2 AND status = 'unlinked'
     FOR UPDATE"""
-
-_ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
-    UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
-    ORDER BY 1"""
-
-# Free, expired or already the holder's: taken (or extended); else no row comes back.
-_ACQUIRE_LEASE = """INSERT INTO leases AS l (name, holder, expires_at)
-    VALUES ($1, $2, $3::float8 + $4::float8)
-    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE l.holder = excluded.holder OR l.expires_at <= $3
-    RETURNING name"""
-
-_RECORD_EXPORT = """INSERT INTO usage_exports AS u (org_id, provider, period_start, meter, value)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (org_id, provider, period_start, meter)
-        DO UPDATE SET value = GREATEST(u.value, excluded.value)"""
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -646,7 +627,25 @@ async def _write_limits(conn: Any, org_id: str, limits: Limits) -> None:
     )
 
 
-class PostgresStore:
+async def _drive(conn: Any, step: Step[T]) -> T:
+    """Run a shared step's statements on ``conn``, in the caller's transaction."""
+    result: Any = None
+    while True:
+        try:
+            query = step.send(result)
+        except StopIteration as done:
+            return cast(T, done.value)
+        statement = numbered(query.sql)
+        if query.want == "count":
+            # A status such as "INSERT 0 1" or "DELETE 3": the count comes last.
+            result = int((await conn.execute(statement, *query.args)).split()[-1])
+        elif query.want == "rows":
+            result = await conn.fetch(statement, *query.args)
+        else:
+            result = await conn.fetchval(statement, *query.args)
+
+
+class PostgresStore(SQLSteps):
     def __init__(self, url: str) -> None:
         self._url = url
         self._dsn, self.schema = split_url(url)
@@ -672,6 +671,14 @@ class PostgresStore:
     async def _transaction(self, doing: str) -> AsyncIterator[Any]:
         async with self._connection(doing) as conn, conn.transaction():
             yield conn
+
+    async def _read_step(self, doing: str, step: Step[T]) -> T:
+        async with self._connection(doing) as conn:
+            return await _drive(conn, step)
+
+    async def _write_step(self, doing: str, step: Step[T]) -> T:
+        async with self._transaction(doing) as conn:
+            return await _drive(conn, step)
 
     async def open(self) -> None:
         if self._pool is not None:
@@ -782,11 +789,6 @@ class PostgresStore:
         async with self._connection("release") as conn:
             await conn.execute(_RELEASE, holder, _METERS)
 
-    async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
-        async with self._connection("usage") as conn:
-            rows = await conn.fetch(_USAGE, org_id, period_start)
-        return {row["meter"]: row["used"] for row in rows}
-
     async def live_reservations(
         self, org_id: str, period_start: str, now: float
     ) -> list[ReservationRow]:
@@ -827,10 +829,6 @@ class PostgresStore:
             await conn.execute(
                 _ADD_RESERVATION, holder, org_id, period_start, meters, values, now, ttl
             )
-
-    async def claim_period(self, org_id: str, period_start: str) -> bool:
-        async with self._connection("claim period") as conn:
-            return await conn.fetchval(_CLAIM_PERIOD, org_id, period_start) is not None
 
     # control plane
 
@@ -994,14 +992,6 @@ class PostgresStore:
             row = await conn.fetchrow(_SELECT_STATE, org_id)
         return None if row is None else _state_from_row(row)
 
-    async def balance(self, org_id: str) -> int:
-        async with self._connection("balance") as conn:
-            total = await conn.fetchval(
-                "SELECT COALESCE(SUM(amount_minor), 0) FROM credit_ledger WHERE org_id = $1",
-                org_id,
-            )
-        return int(total)
-
     async def apply_billing_event(
         self,
         event: BillingEvent,
@@ -1067,11 +1057,6 @@ class PostgresStore:
                 return change
             return await _write_change(conn, org_id, change, actor, now)
 
-    async def orgs_to_reconcile(self) -> list[str]:
-        async with self._connection("orgs to reconcile") as conn:
-            rows = await conn.fetch(_ORGS_TO_RECONCILE)
-        return [row["org_id"] for row in rows]
-
     async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
         async with self._connection("webhook events") as conn:
             rows = await conn.fetch(
@@ -1097,39 +1082,3 @@ class PostgresStore:
         return [{**dict(row), "at": iso(row["at"])} for row in rows]
 
     # one-leader work and usage export
-
-    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
-        async with self._connection("acquire lease") as conn:
-            return await conn.fetchval(_ACQUIRE_LEASE, name, holder, now, ttl) is not None
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        async with self._connection("release lease") as conn:
-            await conn.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", name, holder)
-
-    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
-        async with self._connection("exported") as conn:
-            rows = await conn.fetch(
-                """SELECT meter, value FROM usage_exports
-                WHERE org_id = $1 AND provider = $2 AND period_start = $3""",
-                org_id,
-                provider,
-                period_start,
-            )
-        return {row["meter"]: row["value"] for row in rows}
-
-    async def record_export(
-        self, org_id: str, provider: str, period_start: str, meter: str, value: int
-    ) -> None:
-        async with self._connection("record export") as conn:
-            await conn.execute(_RECORD_EXPORT, org_id, provider, period_start, meter, value)
-
-    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
-        async with self._connection("billing orgs") as conn:
-            rows = await conn.fetch(
-                """SELECT org_id, provider, customer_id FROM billing_customers
-                ORDER BY org_id, provider"""
-            )
-        linked: dict[str, dict[str, str]] = {}
-        for row in rows:
-            linked.setdefault(row["org_id"], {})[row["provider"]] = row["customer_id"]
-        return list(linked.items())

@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -62,6 +64,7 @@ from gateway.store.records import (
     WebhookOutcome,
     new_id,
 )
+from gateway.store.sql import SQLSteps, Step
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
 
@@ -340,22 +343,6 @@ _WRITE_PRICES = """INSERT INTO org_prices (org_id, requests, bytes, items, block
         bytes = excluded.bytes, items = excluded.items,
         block_over_balance = excluded.block_over_balance"""
 
-# Free, expired or already the holder's: taken (or extended); else no row comes back.
-_ACQUIRE_LEASE = """INSERT INTO leases (name, holder, expires_at)
-    VALUES (:name, :holder, :now + :ttl)
-    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
-    RETURNING name"""
-
-_RECORD_EXPORT = """INSERT INTO usage_exports (org_id, provider, period_start, meter, value)
-    VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (org_id, provider, period_start, meter)
-        DO UPDATE SET value = MAX(usage_exports.value, excluded.value)"""
-
-_ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
-    UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
-    ORDER BY 1"""
-
 # used + the live reservations of every holder, for one counter.
 _SELECT_TAKEN = """SELECT
     (SELECT used FROM usage_counters
@@ -373,12 +360,6 @@ _UPSERT_RESERVATION = """INSERT INTO quota_reservations
             THEN quota_reservations.amount + excluded.amount
             ELSE excluded.amount END,
         expires_at = excluded.expires_at"""
-
-# A row comes back only when the period is new or newer than the org's last one.
-_CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES (?, ?)
-    ON CONFLICT (org_id) DO UPDATE SET period_start = excluded.period_start
-        WHERE org_periods.period_start < excluded.period_start
-    RETURNING org_id"""
 
 _ADD_USED = """INSERT INTO usage_counters (org_id, period_start, meter, used)
     VALUES (?, ?, ?, ?)
@@ -725,6 +706,32 @@ def _live_reservations(
     return [ReservationRow(*row) for row in rows]
 
 
+# SQLite has no row locks: BEGIN IMMEDIATE holds the whole database instead.
+_ROW_LOCK = re.compile(r"\s+FOR (?:NO KEY )?UPDATE(?: OF \w+)?(?: SKIP LOCKED)?")
+
+
+@lru_cache(maxsize=512)
+def _dialect(sql: str) -> str:
+    return _ROW_LOCK.sub("", sql)
+
+
+def _drive(conn: sqlite3.Connection, step: Step[T]) -> T:
+    """Run a shared step's statements on ``conn``, in the caller's transaction."""
+    result: Any = None
+    while True:
+        try:
+            query = step.send(result)
+        except StopIteration as done:
+            return cast(T, done.value)
+        # fetchall: a cursor left unfinished would hold its statement open.
+        found = conn.execute(_dialect(query.sql), query.args)
+        if query.want == "count":
+            result = found.rowcount
+        else:
+            every = found.fetchall()
+            result = every if query.want == "rows" else (every[0][0] if every else None)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     if path != ":memory:":
         try:
@@ -779,7 +786,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
-class SQLiteStore:
+class SQLiteStore(SQLSteps):
     def __init__(self, path: str) -> None:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
@@ -807,6 +814,12 @@ class SQLiteStore:
         # ``work`` must not return a cursor: one freed on the loop's thread resets its
         # statement while the worker uses the connection (SQLITE_MISUSE, "API misuse").
         return await self._call(lambda: _transaction(self._connection(), work))
+
+    async def _read_step(self, doing: str, step: Step[T]) -> T:
+        return await self._call(lambda: _read(self._connection(), lambda conn: _drive(conn, step)))
+
+    async def _write_step(self, doing: str, step: Step[T]) -> T:
+        return await self._write(lambda conn: _drive(conn, step))
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -980,16 +993,6 @@ class SQLiteStore:
 
         await self._write(work)
 
-    async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT meter, used FROM usage_counters WHERE org_id = ? AND period_start = ?",
-                (org_id, period_start),
-            ).fetchall()
-            return dict(rows)
-
-        return await self._run(work)
-
     async def live_reservations(
         self, org_id: str, period_start: str, now: float
     ) -> list[ReservationRow]:
@@ -1044,12 +1047,6 @@ class SQLiteStore:
             conn.executemany(_UPSERT_RESERVATION, rows)
 
         await self._write(work)
-
-    async def claim_period(self, org_id: str, period_start: str) -> bool:
-        def work(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute(_CLAIM_PERIOD, (org_id, period_start)).fetchall())
-
-        return await self._write(work)
 
     # control plane
 
@@ -1209,16 +1206,6 @@ class SQLiteStore:
     async def billing_state(self, org_id: str) -> BillingState | None:
         return await self._run(lambda conn: _select_state(conn, org_id))
 
-    async def balance(self, org_id: str) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(amount_minor), 0) FROM credit_ledger WHERE org_id = ?",
-                (org_id,),
-            ).fetchone()
-            return int(row[0])
-
-        return await self._run(work)
-
     async def apply_billing_event(
         self,
         event: BillingEvent,
@@ -1261,12 +1248,6 @@ class SQLiteStore:
 
         return await self._write(work)
 
-    async def orgs_to_reconcile(self) -> list[str]:
-        def work(conn: sqlite3.Connection) -> list[str]:
-            return [row[0] for row in conn.execute(_ORGS_TO_RECONCILE).fetchall()]
-
-        return await self._run(work)
-
     async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
         def work(conn: sqlite3.Connection) -> list[dict[str, object]]:
             rows = conn.execute(
@@ -1296,48 +1277,3 @@ class SQLiteStore:
         return await self._run(work)
 
     # one-leader work and usage export
-
-    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
-        def work(conn: sqlite3.Connection) -> bool:
-            lease = {"name": name, "holder": holder, "now": now, "ttl": ttl}
-            return bool(conn.execute(_ACQUIRE_LEASE, lease).fetchall())
-
-        return await self._write(work)
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
-
-        await self._write(work)
-
-    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT meter, value FROM usage_exports"
-                " WHERE org_id = ? AND provider = ? AND period_start = ?",
-                (org_id, provider, period_start),
-            ).fetchall()
-            return dict(rows)
-
-        return await self._run(work)
-
-    async def record_export(
-        self, org_id: str, provider: str, period_start: str, meter: str, value: int
-    ) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(_RECORD_EXPORT, (org_id, provider, period_start, meter, value))
-
-        await self._write(work)
-
-    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
-        def work(conn: sqlite3.Connection) -> list[tuple[str, dict[str, str]]]:
-            rows = conn.execute(
-                "SELECT org_id, provider, customer_id FROM billing_customers"
-                " ORDER BY org_id, provider"
-            ).fetchall()
-            linked: dict[str, dict[str, str]] = {}
-            for org_id, provider, customer in rows:
-                linked.setdefault(org_id, {})[provider] = customer
-            return list(linked.items())
-
-        return await self._run(work)
