@@ -10,6 +10,8 @@ event loop never blocks and statements are serialized within the process. Every
 mutating method is one ``BEGIN IMMEDIATE`` transaction: it takes the database's
 write lock before reading, so it is atomic even with several processes on one file
 (WAL lets readers go on meanwhile; ``busy_timeout`` makes writers queue).
+The schema is the versioned SQL files in ``migrations/sqlite/`` (version in
+``schema_version``), applied on open in the same transaction.
 Semantics mirror ``MemoryStore`` exactly; ``sqlite3.Error`` becomes ``StoreError``.
 """
 
@@ -26,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -72,192 +75,28 @@ T = TypeVar("T")
 
 log = logging.getLogger("gateway.store.sqlite")
 
-SCHEMA_VERSION = 6
+
+def _statements(sql: str) -> tuple[str, ...]:
+    """The statements of a migration file; comments are whole lines of their own."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return tuple(part.strip() for part in text.split(";") if part.strip())
 
 
-_SCHEMA: tuple[str, ...] = (
-    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS orgs (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        upstream TEXT,
-        suspended INTEGER NOT NULL DEFAULT 0,
-        suspension_reason TEXT,
-        payment_status TEXT NOT NULL DEFAULT 'ok'
-            CHECK (payment_status IN ('ok', 'past_due', 'blocked')),
-        shadow INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT,
-        updated_at TEXT
-    )""",
-    # An absent row means unlimited.
-    """CREATE TABLE IF NOT EXISTS org_limits (
-        org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
-        name TEXT NOT NULL
-            CHECK (name IN ('requests', 'bytes', 'items', 'rate_requests', 'rate_bytes')),
-        value INTEGER NOT NULL,
-        PRIMARY KEY (org_id, name)
-    )""",
-    """CREATE TABLE IF NOT EXISTS ingest_keys (
-        id TEXT PRIMARY KEY,
-        org_id TEXT NOT NULL REFERENCES orgs(id),
-        key_hash BLOB UNIQUE NOT NULL,
-        created_at TEXT,
-        revoked_at TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS ingest_keys_org_id ON ingest_keys (org_id)",
-    # No foreign key to orgs: like MemoryStore, usage of an unknown org is still counted.
-    """CREATE TABLE IF NOT EXISTS usage_counters (
-        org_id TEXT NOT NULL,
-        period_start TEXT NOT NULL,
-        meter TEXT NOT NULL,
-        used INTEGER NOT NULL,
-        PRIMARY KEY (org_id, period_start, meter)
-    )""",
-    """CREATE TABLE IF NOT EXISTS quota_reservations (
-        holder TEXT NOT NULL,
-        org_id TEXT NOT NULL,
-        period_start TEXT NOT NULL,
-        meter TEXT NOT NULL,
-        amount INTEGER NOT NULL,
-        expires_at REAL NOT NULL,
-        PRIMARY KEY (holder, org_id, period_start, meter)
-    )""",
-    # reserve() sums every holder's rows of one counter.
-    """CREATE INDEX IF NOT EXISTS quota_reservations_counter
-        ON quota_reservations (org_id, period_start, meter)""",
-    """CREATE TABLE IF NOT EXISTS applied_batches (
-        batch_id TEXT PRIMARY KEY,
-        applied_at REAL
-    )""",
-)
+def _migration_files() -> dict[int, tuple[str, ...]]:
+    """Version -> statements of ``migrations/sqlite/NNNN_name.sql``, shipped as package data."""
+    folder = resources.files("gateway.store").joinpath("migrations").joinpath("sqlite")
+    return {
+        int(entry.name.split("_", 1)[0]): _statements(entry.read_text("utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    }
 
-# Statements that bring a database from version N - 1 to N; _SCHEMA above is version 1.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: (
-        # The newest period claimed per org (claim_period).
-        """CREATE TABLE IF NOT EXISTS org_periods (
-            org_id TEXT PRIMARY KEY,
-            period_start TEXT NOT NULL
-        )""",
-    ),
-    3: (
-        # The (org, period) of each batch, for quota_snapshot(); older rows stay NULL.
-        "ALTER TABLE applied_batches ADD COLUMN org_id TEXT",
-        "ALTER TABLE applied_batches ADD COLUMN period_start TEXT",
-        """CREATE INDEX IF NOT EXISTS applied_batches_counter
-            ON applied_batches (org_id, period_start)""",
-        "CREATE INDEX IF NOT EXISTS applied_batches_applied_at ON applied_batches (applied_at)",
-    ),
-    4: (
-        # Billing. Times are ISO 8601 text in UTC (utc()), so they sort as text.
-        # An absent row means free.
-        """CREATE TABLE IF NOT EXISTS org_prices (
-            org_id TEXT PRIMARY KEY REFERENCES orgs(id) ON DELETE CASCADE,
-            requests INTEGER,
-            bytes INTEGER,
-            items INTEGER,
-            block_over_balance INTEGER NOT NULL DEFAULT 0
-        )""",
-        """CREATE TABLE IF NOT EXISTS billing_customers (
-            provider TEXT NOT NULL,
-            customer_id TEXT NOT NULL,
-            org_id TEXT NOT NULL REFERENCES orgs(id),
-            PRIMARY KEY (provider, customer_id)
-        )""",
-        # One customer per (org, provider).
-        """CREATE UNIQUE INDEX IF NOT EXISTS billing_customers_org
-            ON billing_customers (org_id, provider)""",
-        # balance_minor is the sum of the org's credit_ledger, kept in the same transactions.
-        """CREATE TABLE IF NOT EXISTS billing_state (
-            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
-            payment_status TEXT NOT NULL DEFAULT 'ok'
-                CHECK (payment_status IN ('ok', 'past_due', 'blocked')),
-            plan TEXT,
-            period_start TEXT,
-            period_end TEXT,
-            subscription_id TEXT,
-            never_paid INTEGER NOT NULL DEFAULT 1,
-            cancel_at_period_end INTEGER NOT NULL DEFAULT 0,
-            status_at TEXT,
-            subscription_at TEXT,
-            refunded TEXT NOT NULL DEFAULT '{}',
-            balance_minor INTEGER NOT NULL DEFAULT 0,
-            updated_at TEXT
-        )""",
-        """CREATE TABLE IF NOT EXISTS billing_suspensions (
-            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
-            overdue_since TEXT,
-            suspended_at TEXT,
-            reason TEXT,
-            invoice_id TEXT
-        )""",
-        """CREATE TABLE IF NOT EXISTS credit_ledger (
-            id INTEGER PRIMARY KEY,
-            org_id TEXT NOT NULL REFERENCES orgs(id),
-            amount_minor INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            idempotency_key TEXT NOT NULL UNIQUE,
-            created_at TEXT NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS credit_ledger_org_id ON credit_ledger (org_id)",
-        """CREATE TABLE IF NOT EXISTS billing_period_claims (
-            org_id TEXT NOT NULL,
-            period_start TEXT NOT NULL,
-            PRIMARY KEY (org_id, period_start)
-        )""",
-        """CREATE TABLE IF NOT EXISTS webhook_events (
-            provider TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            received_at TEXT NOT NULL,
-            type TEXT,
-            org_id TEXT,
-            status TEXT,
-            reason TEXT,
-            PRIMARY KEY (provider, event_id)
-        )""",
-        "CREATE INDEX IF NOT EXISTS webhook_events_received_at ON webhook_events (received_at)",
-        """CREATE TABLE IF NOT EXISTS audit_log (
-            id INTEGER PRIMARY KEY,
-            at TEXT NOT NULL,
-            entity TEXT NOT NULL,
-            entity_id TEXT NOT NULL,
-            field TEXT,
-            old_value TEXT,
-            new_value TEXT,
-            reason TEXT,
-            actor TEXT
-        )""",
-        "CREATE INDEX IF NOT EXISTS audit_log_entity ON audit_log (entity, entity_id, at)",
-        "CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at)",
-        """CREATE TABLE IF NOT EXISTS leases (
-            name TEXT PRIMARY KEY,
-            holder TEXT NOT NULL,
-            expires_at REAL NOT NULL
-        )""",
-        """CREATE TABLE IF NOT EXISTS usage_exports (
-            org_id TEXT NOT NULL,
-            provider TEXT NOT NULL,
-            period_start TEXT NOT NULL,
-            meter TEXT NOT NULL,
-            value INTEGER NOT NULL,
-            PRIMARY KEY (org_id, provider, period_start, meter)
-        )""",
-    ),
-    5: (
-        # An event of a customer linked to no org yet is kept (event: the parsed event as
-        # JSON) until the customer is linked; occurred_at, then rowid, orders them.
-        "ALTER TABLE webhook_events ADD COLUMN customer_id TEXT",
-        "ALTER TABLE webhook_events ADD COLUMN occurred_at TEXT",
-        "ALTER TABLE webhook_events ADD COLUMN event TEXT",
-        """CREATE INDEX IF NOT EXISTS webhook_events_unlinked
-            ON webhook_events (provider, customer_id, occurred_at) WHERE status = 'unlinked'""",
-    ),
-    6: (
-        # The newest invoice paid and when: a failure of it, or stamped then, is void.
-        "ALTER TABLE billing_state ADD COLUMN paid_invoice_id TEXT",
-        "ALTER TABLE billing_state ADD COLUMN paid_at TEXT",
-    ),
-}
+
+_FILES = _migration_files()
+# Version 1 runs on every open (IF NOT EXISTS); each later file brings N - 1 to N.
+_SCHEMA: tuple[str, ...] = _FILES[1]
+_MIGRATIONS: dict[int, tuple[str, ...]] = {v: sql for v, sql in _FILES.items() if v > 1}
+SCHEMA_VERSION = max(_FILES)
 
 # One statement reads an org with its limits (one row per limit, or one row of NULLs),
 # prices, billing state and balance; columns by position in _org_from_rows.
