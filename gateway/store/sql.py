@@ -1,56 +1,38 @@
-"""SQL written once: the algorithms both SQL backends share, over a small transaction seam.
+"""SQL written once: the algorithms both SQL backends share, over the seam of ``seam``.
 
-Each algorithm is a generator (a ``Step``): it yields the statements it needs, built with
-``execute`` (its row count comes back), ``rows`` (every row) and ``value`` (the first
-column of the first row, or None), and receives their results. So one algorithm runs
-synchronously on SQLite's worker thread (one job, one transaction) and awaited on an asyncpg
-connection. The SQL here uses ``?`` placeholders; PostgreSQL's seam numbers them ($1, $2,
-...) once per statement (``numbered``). ``SQLSteps`` gives a backend the store methods
-built on these steps; it only says how to run a step in a read or a write transaction.
+``SQLSteps`` gives a backend every store method that is the same SQL on SQLite and
+PostgreSQL (orgs and keys, billing, leases, export cursors, usage reads); the backend says
+only how a step runs in a read or a write transaction, and its ``Dialect``. What stays per
+backend is what is atomic differently: reserve, commit, heartbeat, release, live holders,
+quota snapshots and reservation upserts.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Literal, TypeVar
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TypeVar
+
+from gateway.errors import StoreError
+from gateway.store import sql_billing, sql_orgs
+from gateway.store.records import (
+    PRUNE_INTERVAL_SECONDS,
+    Decide,
+    DecideEvent,
+    KeyRecord,
+    OrgChanges,
+    OrgRecord,
+    WebhookOutcome,
+)
+from gateway.store.seam import Dialect, Step, execute, rows, value
+from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.model import Limits, OrgRouting
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One statement of a step, and which result it wants back."""
-
-    want: Literal["count", "rows", "value"]
-    sql: str
-    args: tuple[Any, ...]
-
-
-Step = Generator[Query, Any, T]
-
-
-def execute(sql: str, *args: Any) -> Step[int]:
-    count: int = yield Query("count", sql, args)
-    return count
-
-
-def rows(sql: str, *args: Any) -> Step[list[Sequence[Any]]]:
-    found: list[Sequence[Any]] = yield Query("rows", sql, args)
-    return found
-
-
-def value(sql: str, *args: Any) -> Step[Any]:
-    return (yield Query("value", sql, args))
-
-
-@lru_cache(maxsize=512)
-def numbered(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1, $2, ...``, in order."""
-    counter = iter(range(1, 10_000))
-    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+log = logging.getLogger("gateway.store.sql")
 
 
 # Free, expired or already the holder's: taken (or extended); else no row comes back.
@@ -70,10 +52,6 @@ CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES (?, ?)
     ON CONFLICT (org_id) DO UPDATE SET period_start = excluded.period_start
         WHERE org_periods.period_start < excluded.period_start
     RETURNING org_id"""
-
-ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
-    UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
-    ORDER BY 1"""
 
 
 def acquire_lease(name: str, holder: str, now: float, ttl: float) -> Step[bool]:
@@ -101,27 +79,6 @@ def record_export(
     yield from execute(RECORD_EXPORT, org_id, provider, period_start, meter, amount)
 
 
-def billing_orgs() -> Step[list[tuple[str, dict[str, str]]]]:
-    found = yield from rows(
-        "SELECT org_id, provider, customer_id FROM billing_customers ORDER BY org_id, provider"
-    )
-    linked: dict[str, dict[str, str]] = {}
-    for org_id, provider, customer in found:
-        linked.setdefault(org_id, {})[provider] = customer
-    return list(linked.items())
-
-
-def orgs_to_reconcile() -> Step[list[str]]:
-    return [row[0] for row in (yield from rows(ORGS_TO_RECONCILE))]
-
-
-def balance(org_id: str) -> Step[int]:
-    total = yield from value(
-        "SELECT COALESCE(SUM(amount_minor), 0) FROM credit_ledger WHERE org_id = ?", org_id
-    )
-    return int(total)
-
-
 def usage(org_id: str, period_start: str) -> Step[dict[str, int]]:
     found = yield from rows(
         "SELECT meter, used FROM usage_counters"
@@ -137,13 +94,36 @@ def claim_period(org_id: str, period_start: str) -> Step[bool]:
 
 
 class SQLSteps:
-    """Store methods written once over steps; a backend says how a step runs."""
+    """Store methods written once over steps; a backend says how a step runs, and its
+    ``dialect``. ``snapshot`` asks for one consistent read of several statements."""
 
-    async def _read_step(self, doing: str, step: Step[T]) -> T:
+    dialect: Dialect
+    _next_prune = 0.0  # time.monotonic() of the next prune of applied batches
+
+    async def _delete_old_batches(self) -> bool:
+        """Delete applied batches past the retention, at most a limit; True if cut short."""
+        raise NotImplementedError
+
+    async def _prune_when_due(self) -> None:
+        """Forget applied batches older than the retention, a bounded number at a time."""
+        if time.monotonic() < self._next_prune:
+            return
+        try:
+            cut_short = await self._delete_old_batches()
+        except StoreError as exc:
+            log.warning("could not prune applied batches: %s", exc)
+            cut_short = False
+        # A prune cut short at the limit goes on at the next heartbeat.
+        pause = 0.0 if cut_short else PRUNE_INTERVAL_SECONDS
+        self._next_prune = time.monotonic() + pause
+
+    async def _read_step(self, doing: str, step: Step[T], *, snapshot: bool = False) -> T:
         raise NotImplementedError
 
     async def _write_step(self, doing: str, step: Step[T]) -> T:
         raise NotImplementedError
+
+    # quota reads
 
     async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
         return await self._read_step("usage", usage(org_id, period_start))
@@ -151,14 +131,116 @@ class SQLSteps:
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         return await self._write_step("claim period", claim_period(org_id, period_start))
 
-    async def balance(self, org_id: str) -> int:
-        return await self._read_step("balance", balance(org_id))
+    # orgs and keys
 
-    async def orgs_to_reconcile(self) -> list[str]:
-        return await self._read_step("orgs to reconcile", orgs_to_reconcile())
+    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
+        org = await self._read_step("routing", sql_orgs.routing_org(self.dialect, key_hash))
+        return org.routing() if org else None
+
+    async def create_org(
+        self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
+    ) -> OrgRecord:
+        step = sql_orgs.create_org(self.dialect, name, limits, upstream, shadow)
+        return await self._write_step("create org", step)
+
+    async def update_org(
+        self,
+        org_id: str,
+        changes: OrgChanges,
+        *,
+        actor: str = "admin",
+        reason: str | None = None,
+    ) -> OrgRecord | None:
+        step = sql_orgs.update_org(self.dialect, org_id, changes, actor, reason)
+        return await self._write_step("update org", step)
+
+    async def get_org(self, org_id: str) -> OrgRecord | None:
+        step = sql_orgs.select_org(self.dialect, org_id)
+        return await self._read_step("get org", step, snapshot=True)
+
+    async def create_key(
+        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+    ) -> KeyRecord | None:
+        step = sql_orgs.create_key(self.dialect, org_id, key_hash, actor, reason)
+        return await self._write_step("create key", step)
+
+    async def revoke_key(
+        self, key_id: str, *, actor: str = "admin", reason: str | None = None
+    ) -> str | None:
+        return await self._write_step(
+            "revoke key", sql_orgs.revoke_key(self.dialect, key_id, actor, reason)
+        )
+
+    async def set_suspension(
+        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        step = sql_orgs.set_suspension(self.dialect, org_id, suspended, reason, actor)
+        return await self._write_step("set suspension", step)
+
+    async def set_billing_customers(
+        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
+    ) -> OrgRecord | None:
+        step = sql_orgs.set_billing_customers(self.dialect, org_id, customers, actor)
+        return await self._write_step("set billing customers", step)
 
     async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
-        return await self._read_step("billing orgs", billing_orgs())
+        return await self._read_step("billing orgs", sql_orgs.billing_orgs())
+
+    # billing
+
+    async def billing_state(self, org_id: str) -> BillingState | None:
+        return await self._read_step(
+            "billing state", sql_billing.billing_state(self.dialect, org_id)
+        )
+
+    async def balance(self, org_id: str) -> int:
+        return await self._read_step("balance", sql_billing.balance(org_id))
+
+    async def apply_billing_event(
+        self,
+        event: BillingEvent,
+        decide: Decide,
+        now: datetime,
+        redelivered: Decide | None = None,
+    ) -> WebhookOutcome:
+        step = sql_billing.apply_billing_event(self.dialect, event, decide, now, redelivered)
+        return await self._write_step("apply billing event", step)
+
+    async def apply_unlinked_events(
+        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
+    ) -> list[WebhookOutcome]:
+        pending = await self._read_step(
+            "unlinked events", sql_billing.unlinked_events(self.dialect, provider, customer_id)
+        )
+        outcomes: list[WebhookOutcome] = []
+        for event_id in pending:
+            step = sql_billing.apply_unlinked(
+                self.dialect, provider, customer_id, event_id, decide, now
+            )
+            if (outcome := await self._write_step("apply unlinked event", step)) is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    async def update_billing(
+        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+    ) -> BillingChange | None:
+        step = sql_billing.update_billing(self.dialect, org_id, decide, actor, now)
+        return await self._write_step("update billing", step)
+
+    async def orgs_to_reconcile(self) -> list[str]:
+        return await self._read_step("orgs to reconcile", sql_billing.orgs_to_reconcile())
+
+    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
+        step = sql_billing.webhook_events(self.dialect, limit)
+        return await self._read_step("webhook events", step)
+
+    async def audit_log(
+        self, org_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, object]]:
+        step = sql_orgs.audit_log(self.dialect, org_id, limit)
+        return await self._read_step("audit log", step)
+
+    # one-leader work and usage export
 
     async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
         return await self._write_step("acquire lease", acquire_lease(name, holder, now, ttl))
