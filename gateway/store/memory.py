@@ -210,17 +210,7 @@ class MemoryStore(MemoryBilling):
     async def create_org(
         self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
     ) -> OrgRecord:
-        org = OrgRecord(
-            id=new_id("org"),
-            name=name,
-            limits=replace(limits, credit=None),
-            upstream=upstream,
-            suspended=False,
-            suspension_reason=None,
-            payment_status="ok",
-            shadow=shadow,
-            created_at=datetime.now(UTC),
-        )
+        org = OrgRecord.new(name, limits, upstream, shadow)
         self.orgs[org.id] = org
         return org
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from policies.billing import MAX_MINOR, BillingChange, BillingEvent, BillingState
@@ -62,6 +62,21 @@ class OrgRecord:
     billing_suspended: bool = False
     period: Period | None = None
     balance_minor: int = 0
+
+    @classmethod
+    def new(cls, name: str, limits: Limits, upstream: str | None, shadow: bool) -> OrgRecord:
+        """A new org as created: its own id, no suspension, limits without ``credit``."""
+        return cls(
+            id=new_id("org"),
+            name=name,
+            limits=replace(limits, credit=None),
+            upstream=upstream,
+            suspended=False,
+            suspension_reason=None,
+            payment_status="ok",
+            shadow=shadow,
+            created_at=datetime.now(UTC),
+        )
 
     def routing(self) -> OrgRouting:
         return OrgRouting(

@@ -8,7 +8,6 @@ change writes one audit row per field in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -128,17 +127,7 @@ def write_limits(org_id: str, limits: Limits) -> Step[None]:
 def create_org(
     d: Dialect, name: str, limits: Limits, upstream: str | None, shadow: bool
 ) -> Step[OrgRecord]:
-    org = OrgRecord(
-        id=new_id("org"),
-        name=name,
-        limits=replace(limits, credit=None),
-        upstream=upstream,
-        suspended=False,
-        suspension_reason=None,
-        payment_status="ok",
-        shadow=shadow,
-        created_at=datetime.now(UTC),
-    )
+    org = OrgRecord.new(name, limits, upstream, shadow)
     stamp = d.stamp(org.created_at)
     yield from execute(
         "INSERT INTO orgs (id, name, upstream, shadow, created_at, updated_at)"
