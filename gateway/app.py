@@ -33,7 +33,7 @@ from gateway.readiness import Readiness
 from gateway.routing import RoutingCache
 from gateway.settings import Settings
 from gateway.spool import Spool
-from gateway.store import Store, open_store
+from gateway.store import QuotaStore, Store, open_store
 from gateway.upstream import HttpUpstream, LocalSink, Upstream
 from gateway.usage import UsageGate
 from gateway.webhooks.endpoint import WebhookEndpoint
@@ -45,24 +45,30 @@ log = logging.getLogger("gateway")
 GIVE_BACK = "giveback:"
 
 
-def build_store(settings: Settings) -> Store:
-    """The store named by the settings; with a Redis URL, Redis counters in front of it."""
+def build_store(settings: Settings) -> tuple[Store, QuotaStore]:
+    """The durable store named by the settings, and the quota store the usage gate spends
+    from: with a Redis URL, Redis counters in front of the durable store; else that store."""
     store = open_store(settings.store_url)
     if settings.redis_url:
         from gateway.store.redis_quota import RedisQuotaStore
 
-        return RedisQuotaStore(store, settings.redis_url)
-    return store
+        return store, RedisQuotaStore(store, settings.redis_url)
+    return store, store
 
 
 class Runtime:
-    """Owns the store, caches, usage gate and upstream client of one process."""
+    """Owns the stores, caches, usage gate and upstream client of one process.
+
+    ``store`` is the durable store (orgs, billing, leases, usage); ``quota`` the counters the
+    usage gate reserves from, which is ``store`` itself unless Redis is in front of it.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
         store: Store | None = None,
+        quota: QuotaStore | None = None,
         upstream: Upstream | None = None,
         spool_dir: Path | bool | None = True,
         invalidation: Invalidation | None = None,
@@ -71,7 +77,11 @@ class Runtime:
         self.settings = settings
         # The wall clock, injected so that tests can put it where a boundary is.
         self.clock = clock
-        self.store = store if store is not None else build_store(settings)
+        if store is None:
+            store, built = build_store(settings)
+            quota = quota or built
+        self.store: Store = store
+        self.quota: QuotaStore = quota if quota is not None else store
         self.invalidation = (
             invalidation
             if invalidation is not None
@@ -88,7 +98,7 @@ class Runtime:
         holder = uuid.uuid4().hex
         self.spool = Spool(spool_path, holder=holder)
         self.usage = UsageGate(
-            self.store,
+            self.quota,
             self.guard,
             self.spool,
             holder=holder,
@@ -131,10 +141,17 @@ class Runtime:
         # Webhook and admin bodies: the same deadline as ingest, so no client holds a worker.
         self.bodies = BodyDeadlines(settings.body_timeout)
         self._flusher: asyncio.Task[None] | None = None
-        self.readiness = Readiness(lambda: self.store.ping(), self.guard, settings.gate_timeout)
+        self.readiness = Readiness(self._ping, self.guard, settings.gate_timeout)
+
+    async def _ping(self) -> None:
+        await self.store.ping()
+        if self.quota is not self.store:
+            await self.quota.ping()
 
     async def start(self) -> None:
         await self.store.open()
+        if self.quota is not self.store:
+            await self.quota.open()
         await self.invalidation.start(self._on_message)
         self.spool.open()
         await self.upstream.start()
@@ -200,6 +217,8 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.exporter is not None:
             await self.exporter.close()
+        if self.quota is not self.store:
+            await self.quota.close()
         await self.store.close()
 
     @contextlib.asynccontextmanager

@@ -17,7 +17,15 @@ from urllib.parse import urlsplit
 
 from gateway.errors import BadRequest, ConfigError
 from gateway.keys import KeyHasher, generate_key
-from gateway.store.base import CustomerTaken, KeyRecord, OrgChanges, OrgRecord, Store
+from gateway.store.base import (
+    Store,
+)
+from gateway.store.records import (
+    CustomerTaken,
+    KeyRecord,
+    OrgChanges,
+    OrgRecord,
+)
 from gateway.usage import CREDIT_PERIOD
 from gateway.webhooks.endpoint import EventPolicy
 from policies import money

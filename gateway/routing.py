@@ -16,14 +16,16 @@ from cachetools import TTLCache
 
 from gateway.errors import StoreError
 from gateway.guard import StoreGuard
-from gateway.store.base import Store
+from gateway.store.base import (
+    OrgStore,
+)
 from policies.model import OrgRouting
 
 
 class RoutingCache:
     def __init__(
         self,
-        store: Store,
+        store: OrgStore,
         guard: StoreGuard,
         *,
         ttl: float = 1.0,

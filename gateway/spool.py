@@ -21,7 +21,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.store.base import UsageBatch
+from gateway.store.records import (
+    UsageBatch,
+)
 
 
 @dataclass(frozen=True, slots=True)

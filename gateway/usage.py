@@ -25,7 +25,8 @@ from functools import partial
 from gateway.errors import StoreError
 from gateway.guard import StoreGuard
 from gateway.spool import Spool
-from gateway.store.base import Exhausted, ReserveRequest, Store, UsageBatch
+from gateway.store.base import QuotaStore
+from gateway.store.records import Exhausted, ReserveRequest, UsageBatch
 from policies.decisions import Refusal, quota_held_elsewhere, usage_exceeded
 from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
 from policies.periods import period_at
@@ -125,7 +126,7 @@ def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str
 class UsageGate:
     def __init__(
         self,
-        store: Store,
+        store: QuotaStore,
         guard: StoreGuard,
         spool: Spool,
         *,

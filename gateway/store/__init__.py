@@ -1,9 +1,18 @@
-"""Storage backends behind one Protocol, chosen by the ``GATEWAY_STORE_URL`` setting."""
+"""Storage backends behind small Protocols by capability, chosen by ``GATEWAY_STORE_URL``."""
 
 from __future__ import annotations
 
 from gateway.errors import ConfigError
 from gateway.store.base import (
+    BillingStore,
+    DurableQuotaStore,
+    LeaseStore,
+    OrgStore,
+    QuotaStore,
+    Store,
+)
+from gateway.store.postgres import PostgresStore
+from gateway.store.records import (
     Exhausted,
     Granted,
     KeyRecord,
@@ -11,20 +20,22 @@ from gateway.store.base import (
     OrgRecord,
     ReserveRequest,
     ReserveResult,
-    Store,
     UsageBatch,
 )
-from gateway.store.memory import MemoryStore
-from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
 __all__ = [
+    "BillingStore",
+    "DurableQuotaStore",
     "Exhausted",
     "Granted",
     "KeyRecord",
+    "LeaseStore",
     "OrgChanges",
     "OrgRecord",
+    "OrgStore",
     "PostgresStore",
+    "QuotaStore",
     "ReserveRequest",
     "ReserveResult",
     "Store",
@@ -49,6 +60,9 @@ def open_store(url: str) -> Store:
         raise ConfigError(f"GATEWAY_STORE_URL must be one of {_EXPECTED}")
     scheme = scheme.lower()
     if scheme == "memory":
+        # The unit-test fake, for demos; loaded only when asked for.
+        from gateway.store.memory import MemoryStore
+
         return MemoryStore()
     if scheme == "sqlite":
         if not rest:

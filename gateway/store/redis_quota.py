@@ -1,7 +1,14 @@
 """Quota counters and reservations in Redis, in front of a durable store that stays the truth.
 
-``RedisQuotaStore`` wraps any ``Store`` (PostgreSQL in production): everything that is
-not quota goes straight to it. Quota lives in one Redis hash per (org, period)::
+Accuracy and durability: exact. A grant never lets an org over its limit, as in the truth,
+but Redis answers in one round trip where PostgreSQL takes a locked transaction; what is
+lost with Redis (a restart, an eviction) is rebuilt from the truth, at the price of one
+snapshot read per (org, period). Limits come from the caller's routing (at most a cache TTL
+old), not from the truth's org tables.
+
+``RedisQuotaStore`` is a ``QuotaStore`` only, in front of a ``DurableQuotaStore`` (PostgreSQL
+in production) that the runtime owns and uses for everything else. Quota lives in one Redis
+hash per (org, period)::
 
     {prefix}:{<org_id>}:q:<period_start>   ready, used:<meter>, res:<holder>:<meter>, exp:<holder>
     {prefix}:{<org_id>}:b:<batch_id>       marker of a usage batch counted in that hash
@@ -34,7 +41,6 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
 from importlib import resources
 from typing import Any
 
@@ -45,24 +51,16 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.errors import StoreError
-from gateway.store.base import (
-    Decide,
-    DecideEvent,
+from gateway.store.base import DurableQuotaStore
+from gateway.store.records import (
     Exhausted,
     Granted,
-    KeyRecord,
-    OrgChanges,
-    OrgRecord,
     QuotaSnapshot,
-    ReservationRow,
     ReserveRequest,
     ReserveResult,
-    Store,
     UsageBatch,
-    WebhookOutcome,
 )
-from policies.billing import BillingChange, BillingEvent, BillingState
-from policies.model import METERS, Limits, OrgRouting
+from policies.model import METERS
 
 log = logging.getLogger("gateway.store.redis")
 
@@ -108,11 +106,11 @@ def _hash_fields(snapshot: QuotaSnapshot) -> dict[str, Arg]:
 
 
 class RedisQuotaStore:
-    """Quota in Redis (exact, one script per step), everything else and durability in ``truth``."""
+    """Quota in Redis (exact, one script per step), written through to ``truth``."""
 
     def __init__(
         self,
-        truth: Store,
+        truth: DurableQuotaStore,
         redis_url: str,
         *,
         prefix: str = "gw",
@@ -152,7 +150,7 @@ class RedisQuotaStore:
     # lifecycle
 
     async def open(self) -> None:
-        await self.truth.open()
+        """Connect to Redis; the truth is opened (and closed) by its owner, the runtime."""
         self._redis = aioredis.Redis.from_url(
             self._url,
             decode_responses=True,
@@ -177,10 +175,8 @@ class RedisQuotaStore:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
-        await self.truth.close()
 
     async def ping(self) -> None:
-        await self.truth.ping()
         with _redis_errors("ping"):
             await self._client().ping()
 
@@ -346,10 +342,6 @@ class RedisQuotaStore:
                     )
                 await pipe.execute()
 
-    async def live_holders(self, holder: str, now: float, ttl: float) -> int:
-        # Once a flush tick: the truth's leases are enough, Redis holds no presence.
-        return await self.truth.live_holders(holder, now, ttl)
-
     def _holder_key(self, holder: str) -> str:
         return f"{self._prefix}:holder:{holder}"
 
@@ -387,124 +379,3 @@ class RedisQuotaStore:
         for key in [k for k, expire_at in touched.items() if expire_at <= wall]:
             del touched[key]
         return list(touched)
-
-    # everything else is the truth's
-
-    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
-        return await self.truth.routing_for_key(key_hash)
-
-    async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
-        return await self.truth.usage(org_id, period_start)
-
-    async def live_reservations(
-        self, org_id: str, period_start: str, now: float
-    ) -> list[ReservationRow]:
-        return await self.truth.live_reservations(org_id, period_start, now)
-
-    async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
-        return await self.truth.quota_snapshot(org_id, period_start, now)
-
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
-        await self.truth.add_reservation(holder, org_id, period_start, amounts, now, ttl)
-
-    async def claim_period(self, org_id: str, period_start: str) -> bool:
-        return await self.truth.claim_period(org_id, period_start)
-
-    async def create_org(
-        self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
-    ) -> OrgRecord:
-        return await self.truth.create_org(name, limits, upstream, shadow)
-
-    async def update_org(
-        self,
-        org_id: str,
-        changes: OrgChanges,
-        *,
-        actor: str = "admin",
-        reason: str | None = None,
-    ) -> OrgRecord | None:
-        return await self.truth.update_org(org_id, changes, actor=actor, reason=reason)
-
-    async def get_org(self, org_id: str) -> OrgRecord | None:
-        return await self.truth.get_org(org_id)
-
-    async def create_key(
-        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
-    ) -> KeyRecord | None:
-        return await self.truth.create_key(org_id, key_hash, actor=actor, reason=reason)
-
-    async def revoke_key(
-        self, key_id: str, *, actor: str = "admin", reason: str | None = None
-    ) -> str | None:
-        return await self.truth.revoke_key(key_id, actor=actor, reason=reason)
-
-    async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
-    ) -> OrgRecord | None:
-        return await self.truth.set_suspension(org_id, suspended, reason, actor=actor)
-
-    async def set_billing_customers(
-        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
-    ) -> OrgRecord | None:
-        return await self.truth.set_billing_customers(org_id, customers, actor=actor)
-
-    async def billing_state(self, org_id: str) -> BillingState | None:
-        return await self.truth.billing_state(org_id)
-
-    async def balance(self, org_id: str) -> int:
-        return await self.truth.balance(org_id)
-
-    async def apply_billing_event(
-        self,
-        event: BillingEvent,
-        decide: Decide,
-        now: datetime,
-        redelivered: Decide | None = None,
-    ) -> WebhookOutcome:
-        return await self.truth.apply_billing_event(event, decide, now, redelivered)
-
-    async def apply_unlinked_events(
-        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
-    ) -> list[WebhookOutcome]:
-        return await self.truth.apply_unlinked_events(provider, customer_id, decide, now)
-
-    async def update_billing(
-        self, org_id: str, decide: Decide, *, actor: str, now: datetime
-    ) -> BillingChange | None:
-        return await self.truth.update_billing(org_id, decide, actor=actor, now=now)
-
-    async def orgs_to_reconcile(self) -> list[str]:
-        return await self.truth.orgs_to_reconcile()
-
-    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
-        return await self.truth.webhook_events(limit)
-
-    async def audit_log(
-        self, org_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, object]]:
-        return await self.truth.audit_log(org_id, limit)
-
-    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
-        return await self.truth.acquire_lease(name, holder, now, ttl)
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        await self.truth.release_lease(name, holder)
-
-    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
-        return await self.truth.exported(org_id, provider, period_start)
-
-    async def record_export(
-        self, org_id: str, provider: str, period_start: str, meter: str, value: int
-    ) -> None:
-        await self.truth.record_export(org_id, provider, period_start, meter, value)
-
-    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
-        return await self.truth.billing_orgs()

@@ -1,356 +1,79 @@
 """The embedded store: SQLite through the stdlib ``sqlite3`` module.
 
+Accuracy and durability: exact (each step one ``BEGIN IMMEDIATE`` transaction); durable on
+one machine: WAL with ``synchronous=NORMAL`` loses nothing when the process dies, and may lose
+the last commits on a power loss (usage is fsynced to the spool before it is committed here).
+One node: every replica shares one file, so they must share one host.
+
 All SQLite work runs on one worker thread that owns the only connection, so the
 event loop never blocks and statements are serialized within the process. Every
 mutating method is one ``BEGIN IMMEDIATE`` transaction: it takes the database's
 write lock before reading, so it is atomic even with several processes on one file
 (WAL lets readers go on meanwhile; ``busy_timeout`` makes writers queue).
+The schema is the versioned SQL files in ``migrations/sqlite/`` (version in
+``schema_version``), applied on open in the same transaction.
 Semantics mirror ``MemoryStore`` exactly; ``sqlite3.Error`` becomes ``StoreError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from gateway.errors import StoreError
-from gateway.store.base import (
+from gateway.store.normal import iso
+from gateway.store.records import (
+    BATCH_RETENTION_SECONDS,
     HOLDER_LEASE,
-    PLAN_REFUSED,
-    AuditRow,
-    CustomerTaken,
-    Decide,
-    DecideEvent,
+    PRUNE_LIMIT,
     Exhausted,
     Granted,
-    KeyRecord,
-    OrgChanges,
-    OrgRecord,
     QuotaSnapshot,
     ReservationRow,
     ReserveRequest,
     ReserveResult,
     UsageBatch,
-    WebhookOutcome,
-    applied_change,
-    event_from_json,
-    event_json,
-    event_reason,
-    has_suspension_row,
-    iso,
-    ledger_refusal,
-    org_audit,
-    suspension_audit,
 )
-from gateway.store.memory import new_id
-from policies.billing import BillingChange, BillingEvent, BillingState
-from policies.model import METERS, Limits, OrgRouting, PaymentStatus, Period, Prices
+from gateway.store.seam import Dialect, Done, Step, advance
+from gateway.store.sql import SQLSteps
+from policies.model import METERS
 
 T = TypeVar("T")
 
 log = logging.getLogger("gateway.store.sqlite")
 
-SCHEMA_VERSION = 6
 
-# Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
-# as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
-BATCH_RETENTION_SECONDS = 14 * 86400
-PRUNE_INTERVAL_SECONDS = 3600.0
-# Rows deleted per prune, so that a heartbeat stays short; a full prune runs again soon.
-PRUNE_LIMIT = 10_000
+def _statements(sql: str) -> tuple[str, ...]:
+    """The statements of a migration file; comments are whole lines of their own."""
+    text = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return tuple(part.strip() for part in text.split(";") if part.strip())
 
-_SCHEMA: tuple[str, ...] = (
-    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS orgs (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        upstream TEXT,
-        suspended INTEGER NOT NULL DEFAULT 0,
-        suspension_reason TEXT,
-        payment_status TEXT NOT NULL DEFAULT 'ok'
-            CHECK (payment_status IN ('ok', 'past_due', 'blocked')),
-        shadow INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT,
-        updated_at TEXT
-    )""",
-    # An absent row means unlimited.
-    """CREATE TABLE IF NOT EXISTS org_limits (
-        org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
-        name TEXT NOT NULL
-            CHECK (name IN ('requests', 'bytes', 'items', 'rate_requests', 'rate_bytes')),
-        value INTEGER NOT NULL,
-        PRIMARY KEY (org_id, name)
-    )""",
-    """CREATE TABLE IF NOT EXISTS ingest_keys (
-        id TEXT PRIMARY KEY,
-        org_id TEXT NOT NULL REFERENCES orgs(id),
-        key_hash BLOB UNIQUE NOT NULL,
-        created_at TEXT,
-        revoked_at TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS ingest_keys_org_id ON ingest_keys (org_id)",
-    # No foreign key to orgs: like MemoryStore, usage of an unknown org is still counted.
-    """CREATE TABLE IF NOT EXISTS usage_counters (
-        org_id TEXT NOT NULL,
-        period_start TEXT NOT NULL,
-        meter TEXT NOT NULL,
-        used INTEGER NOT NULL,
-        PRIMARY KEY (org_id, period_start, meter)
-    )""",
-    """CREATE TABLE IF NOT EXISTS quota_reservations (
-        holder TEXT NOT NULL,
-        org_id TEXT NOT NULL,
-        period_start TEXT NOT NULL,
-        meter TEXT NOT NULL,
-        amount INTEGER NOT NULL,
-        expires_at REAL NOT NULL,
-        PRIMARY KEY (holder, org_id, period_start, meter)
-    )""",
-    # reserve() sums every holder's rows of one counter.
-    """CREATE INDEX IF NOT EXISTS quota_reservations_counter
-        ON quota_reservations (org_id, period_start, meter)""",
-    """CREATE TABLE IF NOT EXISTS applied_batches (
-        batch_id TEXT PRIMARY KEY,
-        applied_at REAL
-    )""",
-)
 
-# Statements that bring a database from version N - 1 to N; _SCHEMA above is version 1.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    2: (
-        # The newest period claimed per org (claim_period).
-        """CREATE TABLE IF NOT EXISTS org_periods (
-            org_id TEXT PRIMARY KEY,
-            period_start TEXT NOT NULL
-        )""",
-    ),
-    3: (
-        # The (org, period) of each batch, for quota_snapshot(); older rows stay NULL.
-        "ALTER TABLE applied_batches ADD COLUMN org_id TEXT",
-        "ALTER TABLE applied_batches ADD COLUMN period_start TEXT",
-        """CREATE INDEX IF NOT EXISTS applied_batches_counter
-            ON applied_batches (org_id, period_start)""",
-        "CREATE INDEX IF NOT EXISTS applied_batches_applied_at ON applied_batches (applied_at)",
-    ),
-    4: (
-        # Billing. Times are ISO 8601 text in UTC (utc()), so they sort as text.
-        # An absent row means free.
-        """CREATE TABLE IF NOT EXISTS org_prices (
-            org_id TEXT PRIMARY KEY REFERENCES orgs(id) ON DELETE CASCADE,
-            requests INTEGER,
-            bytes INTEGER,
-            items INTEGER,
-            block_over_balance INTEGER NOT NULL DEFAULT 0
-        )""",
-        """CREATE TABLE IF NOT EXISTS billing_customers (
-            provider TEXT NOT NULL,
-            customer_id TEXT NOT NULL,
-            org_id TEXT NOT NULL REFERENCES orgs(id),
-            PRIMARY KEY (provider, customer_id)
-        )""",
-        # One customer per (org, provider).
-        """CREATE UNIQUE INDEX IF NOT EXISTS billing_customers_org
-            ON billing_customers (org_id, provider)""",
-        # balance_minor is the sum of the org's credit_ledger, kept in the same transactions.
-        """CREATE TABLE IF NOT EXISTS billing_state (
-            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
-            payment_status TEXT NOT NULL DEFAULT 'ok'
-                CHECK (payment_status IN ('ok', 'past_due', 'blocked')),
-            plan TEXT,
-            period_start TEXT,
-            period_end TEXT,
-            subscription_id TEXT,
-            never_paid INTEGER NOT NULL DEFAULT 1,
-            cancel_at_period_end INTEGER NOT NULL DEFAULT 0,
-            status_at TEXT,
-            subscription_at TEXT,
-            refunded TEXT NOT NULL DEFAULT '{}',
-            balance_minor INTEGER NOT NULL DEFAULT 0,
-            updated_at TEXT
-        )""",
-        """CREATE TABLE IF NOT EXISTS billing_suspensions (
-            org_id TEXT PRIMARY KEY REFERENCES orgs(id),
-            overdue_since TEXT,
-            suspended_at TEXT,
-            reason TEXT,
-            invoice_id TEXT
-        )""",
-        """CREATE TABLE IF NOT EXISTS credit_ledger (
-            id INTEGER PRIMARY KEY,
-            org_id TEXT NOT NULL REFERENCES orgs(id),
-            amount_minor INTEGER NOT NULL,
-            source TEXT NOT NULL,
-            idempotency_key TEXT NOT NULL UNIQUE,
-            created_at TEXT NOT NULL
-        )""",
-        "CREATE INDEX IF NOT EXISTS credit_ledger_org_id ON credit_ledger (org_id)",
-        """CREATE TABLE IF NOT EXISTS billing_period_claims (
-            org_id TEXT NOT NULL,
-            period_start TEXT NOT NULL,
-            PRIMARY KEY (org_id, period_start)
-        )""",
-        """CREATE TABLE IF NOT EXISTS webhook_events (
-            provider TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            received_at TEXT NOT NULL,
-            type TEXT,
-            org_id TEXT,
-            status TEXT,
-            reason TEXT,
-            PRIMARY KEY (provider, event_id)
-        )""",
-        "CREATE INDEX IF NOT EXISTS webhook_events_received_at ON webhook_events (received_at)",
-        """CREATE TABLE IF NOT EXISTS audit_log (
-            id INTEGER PRIMARY KEY,
-            at TEXT NOT NULL,
-            entity TEXT NOT NULL,
-            entity_id TEXT NOT NULL,
-            field TEXT,
-            old_value TEXT,
-            new_value TEXT,
-            reason TEXT,
-            actor TEXT
-        )""",
-        "CREATE INDEX IF NOT EXISTS audit_log_entity ON audit_log (entity, entity_id, at)",
-        "CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at)",
-        """CREATE TABLE IF NOT EXISTS leases (
-            name TEXT PRIMARY KEY,
-            holder TEXT NOT NULL,
-            expires_at REAL NOT NULL
-        )""",
-        """CREATE TABLE IF NOT EXISTS usage_exports (
-            org_id TEXT NOT NULL,
-            provider TEXT NOT NULL,
-            period_start TEXT NOT NULL,
-            meter TEXT NOT NULL,
-            value INTEGER NOT NULL,
-            PRIMARY KEY (org_id, provider, period_start, meter)
-        )""",
-    ),
-    5: (
-        # An event of a customer linked to no org yet is kept (event: the parsed event as
-        # JSON) until the customer is linked; occurred_at, then rowid, orders them.
-        "ALTER TABLE webhook_events ADD COLUMN customer_id TEXT",
-        "ALTER TABLE webhook_events ADD COLUMN occurred_at TEXT",
-        "ALTER TABLE webhook_events ADD COLUMN event TEXT",
-        """CREATE INDEX IF NOT EXISTS webhook_events_unlinked
-            ON webhook_events (provider, customer_id, occurred_at) WHERE status = 'unlinked'""",
-    ),
-    6: (
-        # The newest invoice paid and when: a failure of it, or stamped then, is void.
-        "ALTER TABLE billing_state ADD COLUMN paid_invoice_id TEXT",
-        "ALTER TABLE billing_state ADD COLUMN paid_at TEXT",
-    ),
-}
+def _migration_files() -> dict[int, tuple[str, ...]]:
+    """Version -> statements of ``migrations/sqlite/NNNN_name.sql``, shipped as package data."""
+    folder = resources.files("gateway.store").joinpath("migrations").joinpath("sqlite")
+    return {
+        int(entry.name.split("_", 1)[0]): _statements(entry.read_text("utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    }
 
-# One statement reads an org with its limits (one row per limit, or one row of NULLs),
-# prices, billing state and balance; columns by position in _org_from_rows.
-_SELECT_ORG = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
-        COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
-        p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, 0),
-        s.suspended_at IS NOT NULL, b.period_start, b.period_end,
-        COALESCE(b.balance_minor, 0),
-        (SELECT json_group_object(c.provider, c.customer_id)
-            FROM billing_customers c WHERE c.org_id = o.id)
-    FROM orgs o
-    LEFT JOIN org_limits l ON l.org_id = o.id
-    LEFT JOIN org_prices p ON p.org_id = o.id
-    LEFT JOIN billing_state b ON b.org_id = o.id
-    LEFT JOIN billing_suspensions s ON s.org_id = o.id
-    WHERE o.id = ?"""
-# The same columns by key; the routing needs no customers.
-_SELECT_ROUTING = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_reason,
-        COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
-        p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, 0),
-        s.suspended_at IS NOT NULL, b.period_start, b.period_end,
-        COALESCE(b.balance_minor, 0), NULL
-    FROM ingest_keys k JOIN orgs o ON o.id = k.org_id
-    LEFT JOIN org_limits l ON l.org_id = o.id
-    LEFT JOIN org_prices p ON p.org_id = o.id
-    LEFT JOIN billing_state b ON b.org_id = o.id
-    LEFT JOIN billing_suspensions s ON s.org_id = o.id
-    WHERE k.key_hash = ? AND k.revoked_at IS NULL"""
 
-_SELECT_STATE = """SELECT o.id, b.payment_status, b.plan, b.period_start, b.period_end,
-        b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
-        b.subscription_at, b.refunded, s.overdue_since, s.invoice_id, s.suspended_at, s.reason,
-        b.paid_invoice_id, b.paid_at
-    FROM orgs o
-    LEFT JOIN billing_state b ON b.org_id = o.id
-    LEFT JOIN billing_suspensions s ON s.org_id = o.id
-    WHERE o.id = ?"""
-
-# balance_minor is left alone: only ledger inserts move it.
-_WRITE_STATE = """INSERT INTO billing_state (org_id, payment_status, plan, period_start,
-        period_end, subscription_id, never_paid, cancel_at_period_end, status_at,
-        subscription_at, refunded, paid_invoice_id, paid_at, updated_at)
-    VALUES (:org, :payment_status, :plan, :period_start, :period_end, :subscription_id,
-        :never_paid, :cancel_at_period_end, :status_at, :subscription_at, :refunded,
-        :paid_invoice_id, :paid_at, :now)
-    ON CONFLICT (org_id) DO UPDATE SET
-        payment_status = excluded.payment_status, plan = excluded.plan,
-        period_start = excluded.period_start, period_end = excluded.period_end,
-        subscription_id = excluded.subscription_id, never_paid = excluded.never_paid,
-        cancel_at_period_end = excluded.cancel_at_period_end, status_at = excluded.status_at,
-        subscription_at = excluded.subscription_at, refunded = excluded.refunded,
-        paid_invoice_id = excluded.paid_invoice_id, paid_at = excluded.paid_at,
-        updated_at = excluded.updated_at"""
-
-_WRITE_SUSPENSION = """INSERT INTO billing_suspensions
-        (org_id, overdue_since, suspended_at, reason, invoice_id)
-    VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (org_id) DO UPDATE SET overdue_since = excluded.overdue_since,
-        suspended_at = excluded.suspended_at, reason = excluded.reason,
-        invoice_id = excluded.invoice_id"""
-
-_ADD_CREDIT = """INSERT INTO credit_ledger
-        (org_id, amount_minor, source, idempotency_key, created_at)
-    VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (idempotency_key) DO NOTHING"""
-
-_CLAIM_EVENT = """INSERT INTO webhook_events
-        (provider, event_id, received_at, type, customer_id, occurred_at)
-    VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (provider, event_id) DO NOTHING"""
-
-_UNLINKED_EVENTS = """SELECT event_id FROM webhook_events
-    WHERE provider = ? AND customer_id = ? AND status = 'unlinked'
-    ORDER BY occurred_at, rowid"""
-
-_INSERT_AUDIT = """INSERT INTO audit_log
-        (at, entity, entity_id, field, old_value, new_value, reason, actor)
-    VALUES (?, 'org', ?, ?, ?, ?, ?, ?)"""
-
-_WRITE_PRICES = """INSERT INTO org_prices (org_id, requests, bytes, items, block_over_balance)
-    VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (org_id) DO UPDATE SET requests = excluded.requests,
-        bytes = excluded.bytes, items = excluded.items,
-        block_over_balance = excluded.block_over_balance"""
-
-# Free, expired or already the holder's: taken (or extended); else no row comes back.
-_ACQUIRE_LEASE = """INSERT INTO leases (name, holder, expires_at)
-    VALUES (:name, :holder, :now + :ttl)
-    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
-        WHERE leases.holder = excluded.holder OR leases.expires_at <= :now
-    RETURNING name"""
-
-_RECORD_EXPORT = """INSERT INTO usage_exports (org_id, provider, period_start, meter, value)
-    VALUES (?, ?, ?, ?, ?)
-    ON CONFLICT (org_id, provider, period_start, meter)
-        DO UPDATE SET value = MAX(usage_exports.value, excluded.value)"""
-
-_ORGS_TO_RECONCILE = """SELECT org_id FROM billing_state WHERE payment_status = 'past_due'
-    UNION SELECT org_id FROM billing_suspensions WHERE suspended_at IS NOT NULL
-    ORDER BY 1"""
+_FILES = _migration_files()
+# Version 1 runs on every open (IF NOT EXISTS); each later file brings N - 1 to N.
+_SCHEMA: tuple[str, ...] = _FILES[1]
+_MIGRATIONS: dict[int, tuple[str, ...]] = {v: sql for v, sql in _FILES.items() if v > 1}
+SCHEMA_VERSION = max(_FILES)
 
 # used + the live reservations of every holder, for one counter.
 _SELECT_TAKEN = """SELECT
@@ -370,12 +93,6 @@ _UPSERT_RESERVATION = """INSERT INTO quota_reservations
             ELSE excluded.amount END,
         expires_at = excluded.expires_at"""
 
-# A row comes back only when the period is new or newer than the org's last one.
-_CLAIM_PERIOD = """INSERT INTO org_periods (org_id, period_start) VALUES (?, ?)
-    ON CONFLICT (org_id) DO UPDATE SET period_start = excluded.period_start
-        WHERE org_periods.period_start < excluded.period_start
-    RETURNING org_id"""
-
 _ADD_USED = """INSERT INTO usage_counters (org_id, period_start, meter, used)
     VALUES (?, ?, ?, ?)
     ON CONFLICT (org_id, period_start, meter) DO UPDATE SET used = used + excluded.used"""
@@ -393,301 +110,6 @@ _LIVE_RESERVATIONS = """SELECT holder, meter, amount, expires_at FROM quota_rese
 
 _PRUNE_BATCHES = """DELETE FROM applied_batches WHERE rowid IN (
     SELECT rowid FROM applied_batches WHERE applied_at < ? LIMIT ?)"""
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _at(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _stamp(moment: datetime | None) -> str | None:
-    return None if moment is None else iso(moment)
-
-
-def _period(start: str | None, end: str | None) -> Period | None:
-    if start is None or end is None:
-        return None
-    return Period(datetime.fromisoformat(start), datetime.fromisoformat(end))
-
-
-def _org_from_rows(rows: Sequence[Any]) -> OrgRecord | None:
-    if not rows:
-        return None
-    first = rows[0]
-    limits = Limits(**{row[8]: row[9] for row in rows if row[8] is not None})
-    return OrgRecord(
-        id=first[0],
-        name=first[1],
-        limits=limits,
-        upstream=first[2],
-        suspended=bool(first[3]),
-        suspension_reason=first[4],
-        payment_status=cast(PaymentStatus, first[5]),
-        shadow=bool(first[6]),
-        created_at=datetime.fromisoformat(first[7]),
-        prices=Prices(first[10], first[11], first[12], bool(first[13])),
-        billing_customers=json.loads(first[18]) if first[18] else {},
-        billing_suspended=bool(first[14]),
-        period=_period(first[15], first[16]),
-        balance_minor=first[17],
-    )
-
-
-def _write_prices(conn: sqlite3.Connection, org_id: str, prices: Prices) -> None:
-    conn.execute(
-        _WRITE_PRICES,
-        (org_id, prices.requests, prices.bytes, prices.items, int(prices.block_over_balance)),
-    )
-
-
-def _audit(
-    conn: sqlite3.Connection,
-    org_id: str,
-    rows: Sequence[AuditRow],
-    reason: str | None,
-    actor: str,
-    at: datetime,
-) -> None:
-    stamp = iso(at)
-    conn.executemany(
-        _INSERT_AUDIT,
-        [(stamp, org_id, name, old, new, reason, actor) for name, old, new in rows],
-    )
-
-
-def _select_state(conn: sqlite3.Connection, org_id: str) -> BillingState | None:
-    row = conn.execute(_SELECT_STATE, (org_id,)).fetchone()
-    if row is None:
-        return None
-    default = BillingState()
-    billed = row[1] is not None
-    return BillingState(
-        payment_status=cast(PaymentStatus, row[1]) if billed else default.payment_status,
-        plan=row[2] if row[2] is not None else default.plan,
-        period=_period(row[3], row[4]),
-        subscription_id=row[5],
-        never_paid=bool(row[6]) if billed else default.never_paid,
-        cancel_at_period_end=bool(row[7]) if billed else default.cancel_at_period_end,
-        status_at=_at(row[8]),
-        subscription_at=_at(row[9]),
-        refunded=json.loads(row[10]) if row[10] else {},
-        overdue_since=_at(row[11]),
-        overdue_invoice_id=row[12],
-        suspended_at=_at(row[13]),
-        suspension_reason=row[14],
-        paid_invoice_id=row[15],
-        paid_at=_at(row[16]),
-    )
-
-
-def _write_change(
-    conn: sqlite3.Connection, org_id: str, change: BillingChange, actor: str, now: datetime
-) -> BillingChange:
-    """Persist a decided change; the caller holds the write lock (BEGIN IMMEDIATE)."""
-    claimed = False
-    if change.new_period is not None:
-        claimed = (
-            conn.execute(
-                "INSERT INTO billing_period_claims (org_id, period_start) VALUES (?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (org_id, iso(change.new_period.start)),
-            ).rowcount
-            == 1
-        )
-    applied = applied_change(change, claimed, org_id)
-    state = applied.state
-    period = state.period
-    conn.execute(
-        _WRITE_STATE,
-        {
-            "org": org_id,
-            "payment_status": state.payment_status,
-            "plan": state.plan,
-            "period_start": _stamp(period.start) if period else None,
-            "period_end": _stamp(period.end) if period else None,
-            "subscription_id": state.subscription_id,
-            "never_paid": int(state.never_paid),
-            "cancel_at_period_end": int(state.cancel_at_period_end),
-            "status_at": _stamp(state.status_at),
-            "subscription_at": _stamp(state.subscription_at),
-            "refunded": json.dumps(dict(state.refunded), sort_keys=True),
-            "paid_invoice_id": state.paid_invoice_id,
-            "paid_at": _stamp(state.paid_at),
-            "now": iso(now),
-        },
-    )
-    if has_suspension_row(state):
-        conn.execute(
-            _WRITE_SUSPENSION,
-            (
-                org_id,
-                _stamp(state.overdue_since),
-                _stamp(state.suspended_at),
-                state.suspension_reason,
-                state.overdue_invoice_id,
-            ),
-        )
-    else:
-        conn.execute("DELETE FROM billing_suspensions WHERE org_id = ?", (org_id,))
-    added = 0
-    for entry in (*applied.credits, *applied.period_grants):
-        row = (org_id, entry.amount_minor, entry.source, entry.idempotency_key, iso(now))
-        if conn.execute(_ADD_CREDIT, row).rowcount == 1:
-            added += entry.amount_minor
-    if added:
-        conn.execute(
-            "UPDATE billing_state SET balance_minor = balance_minor + ? WHERE org_id = ?",
-            (added, org_id),
-        )
-    _write_audit(conn, org_id, applied, actor, now)
-    return applied
-
-
-def _write_audit(
-    conn: sqlite3.Connection, org_id: str, change: BillingChange, actor: str, now: datetime
-) -> None:
-    for audit in change.audit:
-        _audit(conn, org_id, [(audit.field, audit.old, audit.new)], audit.reason, actor, now)
-
-
-def _checked(
-    conn: sqlite3.Connection, org_id: str, decide: Decide, why: str
-) -> BillingChange | None:
-    """``decide`` on the org's state, refused if its ledger entries leave the integer range;
-    None for an unknown org."""
-    state = _select_state(conn, org_id)
-    if state is None:
-        return None
-    change = decide(state)
-    if change.refused is not None or not (change.credits or change.period_grants):
-        return change
-    row = conn.execute(
-        "SELECT balance_minor FROM billing_state WHERE org_id = ?", (org_id,)
-    ).fetchone()
-    return ledger_refusal(state, change, int(row[0]) if row else 0, why) or change
-
-
-def _finish_event(
-    conn: sqlite3.Connection,
-    event: BillingEvent,
-    org_id: str | None,
-    status: str,
-    reason: str | None,
-    kept: str | None = None,
-) -> None:
-    conn.execute(
-        "UPDATE webhook_events SET org_id = ?, status = ?, reason = ?, event = ?"
-        " WHERE provider = ? AND event_id = ?",
-        (org_id, status, reason, kept, event.provider, event.event_id),
-    )
-
-
-def _apply_event(
-    conn: sqlite3.Connection,
-    event: BillingEvent,
-    decide: Decide,
-    now: datetime,
-    redelivered: Decide | None = None,
-) -> WebhookOutcome:
-    claim = (
-        event.provider,
-        event.event_id,
-        iso(now),
-        event.type,
-        event.customer_id,
-        iso(event.occurred_at),
-    )
-    if conn.execute(_CLAIM_EVENT, claim).rowcount == 0:
-        org_id = _plan_refused_org(conn, event) if redelivered is not None else None
-        if redelivered is None or org_id is None:
-            return WebhookOutcome("duplicate", None, None)
-        return _apply_to_org(conn, org_id, event, redelivered, now, redelivery=True)
-    if event.customer_id is None:
-        _finish_event(conn, event, None, "unknown_customer", None)
-        return WebhookOutcome("unknown_customer", None, None)
-    org_id = _customer_org(conn, event.provider, event.customer_id)
-    if org_id is None:
-        _finish_event(conn, event, None, "unlinked", None, event_json(event))
-        return WebhookOutcome("unlinked", None, None)
-    return _apply_to_org(conn, org_id, event, decide, now)
-
-
-def _customer_org(conn: sqlite3.Connection, provider: str, customer_id: str) -> str | None:
-    row = conn.execute(
-        "SELECT org_id FROM billing_customers WHERE provider = ? AND customer_id = ?",
-        (provider, customer_id),
-    ).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _plan_refused_org(conn: sqlite3.Connection, event: BillingEvent) -> str | None:
-    row = conn.execute(
-        "SELECT org_id FROM webhook_events WHERE provider = ? AND event_id = ?"
-        " AND status = 'applied' AND reason = ? AND org_id IS NOT NULL",
-        (event.provider, event.event_id, PLAN_REFUSED),
-    ).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _apply_to_org(
-    conn: sqlite3.Connection,
-    org_id: str,
-    event: BillingEvent,
-    decide: Decide,
-    now: datetime,
-    redelivery: bool = False,
-) -> WebhookOutcome:
-    """Decide on the org's state and write the change; the event's row is claimed. A
-    redelivery that is refused leaves the row as it was (its first delivery applied)."""
-    actor = f"webhook:{event.provider}"
-    change = _checked(conn, org_id, decide, f"{event.provider} {event.event_id}")
-    assert change is not None  # billing_customers references orgs
-    if change.refused is not None:
-        _write_audit(conn, org_id, change, actor, now)
-        if not redelivery:
-            _finish_event(conn, event, org_id, "refused", change.refused)
-        return WebhookOutcome("refused", org_id, change)
-    applied = _write_change(conn, org_id, change, actor, now)
-    _finish_event(conn, event, org_id, "applied", event_reason(applied))
-    return WebhookOutcome("applied", org_id, applied)
-
-
-def _apply_unlinked(
-    conn: sqlite3.Connection, provider: str, event_id: str, decide: DecideEvent, now: datetime
-) -> WebhookOutcome | None:
-    """One kept event applied to its customer's org; None when it is no longer unlinked."""
-    row = conn.execute(
-        "SELECT event FROM webhook_events"
-        " WHERE provider = ? AND event_id = ? AND status = 'unlinked'",
-        (provider, event_id),
-    ).fetchone()
-    if row is None:
-        return None
-    event = event_from_json(row[0])
-    assert event.customer_id is not None
-    org_id = _customer_org(conn, provider, event.customer_id)
-    if org_id is None:
-        return None
-    return _apply_to_org(conn, org_id, event, decide(event), now)
-
-
-def _history(rows: Sequence[Any], names: Sequence[str]) -> list[dict[str, object]]:
-    return [dict(zip(names, row, strict=True)) for row in rows]
-
-
-def _select_org(conn: sqlite3.Connection, org_id: str) -> OrgRecord | None:
-    return _org_from_rows(conn.execute(_SELECT_ORG, (org_id,)).fetchall())
-
-
-def _write_limits(conn: sqlite3.Connection, org_id: str, limits: Limits) -> None:
-    conn.execute("DELETE FROM org_limits WHERE org_id = ?", (org_id,))
-    conn.executemany(
-        "INSERT INTO org_limits (org_id, name, value) VALUES (?, ?, ?)",
-        [(org_id, name, value) for name, value in limits.as_dict().items()],
-    )
 
 
 def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -719,6 +141,29 @@ def _live_reservations(
 ) -> list[ReservationRow]:
     rows = conn.execute(_LIVE_RESERVATIONS, (org_id, period_start, now)).fetchall()
     return [ReservationRow(*row) for row in rows]
+
+
+# SQLite has no row locks: BEGIN IMMEDIATE holds the whole database instead.
+_ROW_LOCK = re.compile(r"\s+FOR (?:NO KEY )?UPDATE(?: OF \w+)?(?: SKIP LOCKED)?")
+
+
+@lru_cache(maxsize=512)
+def _dialect(sql: str) -> str:
+    return _ROW_LOCK.sub("", sql)
+
+
+def _drive(conn: sqlite3.Connection, step: Step[T]) -> T:
+    """Run a shared step's statements on ``conn``, in the caller's transaction."""
+    result: Any = None
+    while not isinstance(query := advance(step, result), Done):
+        # fetchall: a cursor left unfinished would hold its statement open.
+        found = conn.execute(_dialect(query.sql), query.args)
+        if query.want == "count":
+            result = found.rowcount
+        else:
+            every = found.fetchall()
+            result = every if query.want == "rows" else (every[0][0] if every else None)
+    return query.value
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -775,12 +220,25 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
-class SQLiteStore:
+def _text_moment(stamp: Any) -> datetime | None:
+    return None if stamp is None else datetime.fromisoformat(stamp)
+
+
+def _text_stamp(moment: datetime | None) -> str | None:
+    return None if moment is None else iso(moment)
+
+
+# Times are ISO 8601 text in UTC, so they sort as text; rowid orders rows written at once.
+SQLITE = Dialect(stamp=_text_stamp, moment=_text_moment, event_order="rowid")
+
+
+class SQLiteStore(SQLSteps):
+    dialect = SQLITE
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
-        self._next_prune = 0.0  # time.monotonic() of the next prune of applied_batches
 
     def __repr__(self) -> str:
         return f"SQLiteStore(path={self.path!r})"
@@ -803,6 +261,13 @@ class SQLiteStore:
         # ``work`` must not return a cursor: one freed on the loop's thread resets its
         # statement while the worker uses the connection (SQLITE_MISUSE, "API misuse").
         return await self._call(lambda: _transaction(self._connection(), work))
+
+    async def _read_step(self, doing: str, step: Step[T], *, snapshot: bool = False) -> T:
+        # Always one read transaction: cheap in SQLite, and every statement sees one snapshot.
+        return await self._call(lambda: _read(self._connection(), lambda conn: _drive(conn, step)))
+
+    async def _write_step(self, doing: str, step: Step[T]) -> T:
+        return await self._write(lambda conn: _drive(conn, step))
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -845,13 +310,6 @@ class SQLiteStore:
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # data plane
-
-    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
-        def work(conn: sqlite3.Connection) -> OrgRouting | None:
-            org = _org_from_rows(conn.execute(_SELECT_ROUTING, (key_hash,)).fetchall())
-            return org.routing() if org else None
-
-        return await self._run(work)
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
         def work(conn: sqlite3.Connection) -> ReserveResult:
@@ -934,8 +392,7 @@ class SQLiteStore:
             )
 
         await self._write(work)
-        if time.monotonic() >= self._next_prune:
-            await self._prune_batches()
+        await self._prune_when_due()
 
     async def live_holders(self, holder: str, now: float, ttl: float) -> int:
         def work(conn: sqlite3.Connection) -> int:
@@ -956,35 +413,18 @@ class SQLiteStore:
 
         return await self._write(work)
 
-    async def _prune_batches(self) -> None:
-        """Forget applied batches older than the retention, a bounded number at a time."""
+    async def _delete_old_batches(self) -> bool:
         cutoff = time.time() - BATCH_RETENTION_SECONDS
-        try:
-            deleted = await self._write(
-                lambda conn: conn.execute(_PRUNE_BATCHES, (cutoff, PRUNE_LIMIT)).rowcount
-            )
-        except StoreError as exc:
-            log.warning("could not prune applied batches: %s", exc)
-            deleted = 0
-        # A prune cut short at the limit goes on at the next heartbeat.
-        pause = 0.0 if deleted >= PRUNE_LIMIT else PRUNE_INTERVAL_SECONDS
-        self._next_prune = time.monotonic() + pause
+        deleted = await self._write(
+            lambda conn: conn.execute(_PRUNE_BATCHES, (cutoff, PRUNE_LIMIT)).rowcount
+        )
+        return bool(deleted >= PRUNE_LIMIT)
 
     async def release(self, holder: str) -> None:
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM quota_reservations WHERE holder = ?", (holder,))
 
         await self._write(work)
-
-    async def usage(self, org_id: str, period_start: str) -> dict[str, int]:
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT meter, used FROM usage_counters WHERE org_id = ? AND period_start = ?",
-                (org_id, period_start),
-            ).fetchall()
-            return dict(rows)
-
-        return await self._run(work)
 
     async def live_reservations(
         self, org_id: str, period_start: str, now: float
@@ -1040,300 +480,3 @@ class SQLiteStore:
             conn.executemany(_UPSERT_RESERVATION, rows)
 
         await self._write(work)
-
-    async def claim_period(self, org_id: str, period_start: str) -> bool:
-        def work(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute(_CLAIM_PERIOD, (org_id, period_start)).fetchall())
-
-        return await self._write(work)
-
-    # control plane
-
-    async def create_org(
-        self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
-    ) -> OrgRecord:
-        org = OrgRecord(
-            id=new_id("org"),
-            name=name,
-            limits=replace(limits, credit=None),
-            upstream=upstream,
-            suspended=False,
-            suspension_reason=None,
-            payment_status="ok",
-            shadow=shadow,
-            created_at=datetime.now(UTC),
-        )
-
-        def work(conn: sqlite3.Connection) -> OrgRecord:
-            stamp = org.created_at.isoformat()
-            conn.execute(
-                """INSERT INTO orgs (id, name, upstream, shadow, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?)""",
-                (org.id, name, upstream, int(shadow), stamp, stamp),
-            )
-            _write_limits(conn, org.id, limits)
-            return org
-
-        return await self._write(work)
-
-    async def update_org(
-        self,
-        org_id: str,
-        changes: OrgChanges,
-        *,
-        actor: str = "admin",
-        reason: str | None = None,
-    ) -> OrgRecord | None:
-        def work(conn: sqlite3.Connection) -> OrgRecord | None:
-            current = _select_org(conn, org_id)
-            if current is None:
-                return None
-            conn.execute(
-                """UPDATE orgs SET
-                    name = COALESCE(:name, name),
-                    upstream = CASE WHEN :set_upstream THEN :upstream ELSE upstream END,
-                    shadow = COALESCE(:shadow, shadow),
-                    updated_at = :now
-                WHERE id = :id""",
-                {
-                    "id": org_id,
-                    "name": changes.name,
-                    "set_upstream": int(changes.set_upstream),
-                    "upstream": changes.upstream,
-                    "shadow": None if changes.shadow is None else int(changes.shadow),
-                    "now": _now_iso(),
-                },
-            )
-            if changes.limits is not None:
-                _write_limits(conn, org_id, changes.limits)
-            if changes.prices is not None:
-                _write_prices(conn, org_id, changes.prices)
-            _audit(conn, org_id, org_audit(current, changes), reason, actor, datetime.now(UTC))
-            return _select_org(conn, org_id)
-
-        return await self._write(work)
-
-    async def get_org(self, org_id: str) -> OrgRecord | None:
-        return await self._run(lambda conn: _select_org(conn, org_id))
-
-    async def create_key(
-        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
-    ) -> KeyRecord | None:
-        def work(conn: sqlite3.Connection) -> KeyRecord | None:
-            if conn.execute("SELECT 1 FROM orgs WHERE id = ?", (org_id,)).fetchone() is None:
-                return None
-            record = KeyRecord(id=new_id("key"), org_id=org_id, created_at=datetime.now(UTC))
-            conn.execute(
-                "INSERT INTO ingest_keys (id, org_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
-                (record.id, org_id, key_hash, record.created_at.isoformat()),
-            )
-            _audit(conn, org_id, [("key", None, record.id)], reason, actor, record.created_at)
-            return record
-
-        return await self._write(work)
-
-    async def revoke_key(
-        self, key_id: str, *, actor: str = "admin", reason: str | None = None
-    ) -> str | None:
-        def work(conn: sqlite3.Connection) -> str | None:
-            rows = conn.execute(
-                """UPDATE ingest_keys SET revoked_at = ?
-                WHERE id = ? AND revoked_at IS NULL RETURNING org_id""",
-                (_now_iso(), key_id),
-            ).fetchall()
-            if not rows:
-                return None
-            org_id = str(rows[0][0])
-            _audit(conn, org_id, [("key", key_id, None)], reason, actor, datetime.now(UTC))
-            return org_id
-
-        return await self._write(work)
-
-    async def set_suspension(
-        self, org_id: str, suspended: bool, reason: str | None, *, actor: str = "admin"
-    ) -> OrgRecord | None:
-        def work(conn: sqlite3.Connection) -> OrgRecord | None:
-            current = _select_org(conn, org_id)
-            if current is None:
-                return None
-            conn.execute(
-                """UPDATE orgs SET suspended = ?, suspension_reason = ?, updated_at = ?
-                WHERE id = ?""",
-                (int(suspended), reason if suspended else None, _now_iso(), org_id),
-            )
-            rows = suspension_audit(current, suspended, reason)
-            _audit(conn, org_id, rows, reason, actor, datetime.now(UTC))
-            return _select_org(conn, org_id)
-
-        return await self._write(work)
-
-    async def set_billing_customers(
-        self, org_id: str, customers: Mapping[str, str], *, actor: str = "admin"
-    ) -> OrgRecord | None:
-        def work(conn: sqlite3.Connection) -> OrgRecord | None:
-            current = _select_org(conn, org_id)
-            if current is None:
-                return None
-            rows: list[AuditRow] = []
-            for provider, customer in customers.items():
-                old = current.billing_customers.get(provider)
-                if old == customer:
-                    continue
-                owner = conn.execute(
-                    "SELECT org_id FROM billing_customers WHERE provider = ? AND customer_id = ?",
-                    (provider, customer),
-                ).fetchone()
-                if owner is not None:
-                    raise CustomerTaken(provider, customer)
-                conn.execute(
-                    "DELETE FROM billing_customers WHERE org_id = ? AND provider = ?",
-                    (org_id, provider),
-                )
-                conn.execute(
-                    "INSERT INTO billing_customers (provider, customer_id, org_id)"
-                    " VALUES (?, ?, ?)",
-                    (provider, customer, org_id),
-                )
-                rows.append((f"billing_customers.{provider}", old, customer))
-            _audit(conn, org_id, rows, None, actor, datetime.now(UTC))
-            return _select_org(conn, org_id)
-
-        return await self._write(work)
-
-    # billing
-
-    async def billing_state(self, org_id: str) -> BillingState | None:
-        return await self._run(lambda conn: _select_state(conn, org_id))
-
-    async def balance(self, org_id: str) -> int:
-        def work(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT COALESCE(SUM(amount_minor), 0) FROM credit_ledger WHERE org_id = ?",
-                (org_id,),
-            ).fetchone()
-            return int(row[0])
-
-        return await self._run(work)
-
-    async def apply_billing_event(
-        self,
-        event: BillingEvent,
-        decide: Decide,
-        now: datetime,
-        redelivered: Decide | None = None,
-    ) -> WebhookOutcome:
-        return await self._write(lambda conn: _apply_event(conn, event, decide, now, redelivered))
-
-    async def apply_unlinked_events(
-        self, provider: str, customer_id: str, decide: DecideEvent, now: datetime
-    ) -> list[WebhookOutcome]:
-        def pending(conn: sqlite3.Connection) -> list[str] | None:
-            if _customer_org(conn, provider, customer_id) is None:
-                return None
-            rows = conn.execute(_UNLINKED_EVENTS, (provider, customer_id)).fetchall()
-            return [row[0] for row in rows]
-
-        outcomes: list[WebhookOutcome] = []
-        for event_id in await self._run(pending) or ():
-
-            def apply(conn: sqlite3.Connection, event_id: str = event_id) -> WebhookOutcome | None:
-                return _apply_unlinked(conn, provider, event_id, decide, now)
-
-            if (outcome := await self._write(apply)) is not None:
-                outcomes.append(outcome)
-        return outcomes
-
-    async def update_billing(
-        self, org_id: str, decide: Decide, *, actor: str, now: datetime
-    ) -> BillingChange | None:
-        def work(conn: sqlite3.Connection) -> BillingChange | None:
-            change = _checked(conn, org_id, decide, actor)
-            if change is None:
-                return None
-            if change.refused is not None:
-                _write_audit(conn, org_id, change, actor, now)
-                return change
-            return _write_change(conn, org_id, change, actor, now)
-
-        return await self._write(work)
-
-    async def orgs_to_reconcile(self) -> list[str]:
-        def work(conn: sqlite3.Connection) -> list[str]:
-            return [row[0] for row in conn.execute(_ORGS_TO_RECONCILE).fetchall()]
-
-        return await self._run(work)
-
-    async def webhook_events(self, limit: int = 100) -> list[dict[str, object]]:
-        def work(conn: sqlite3.Connection) -> list[dict[str, object]]:
-            rows = conn.execute(
-                """SELECT provider, event_id, type, org_id, status, reason, received_at
-                FROM webhook_events ORDER BY received_at DESC, rowid DESC LIMIT ?""",
-                (max(0, limit),),
-            ).fetchall()
-            names = ("provider", "event_id", "type", "org_id", "status", "reason", "received_at")
-            return _history(rows, names)
-
-        return await self._run(work)
-
-    async def audit_log(
-        self, org_id: str | None = None, limit: int = 100
-    ) -> list[dict[str, object]]:
-        def work(conn: sqlite3.Connection) -> list[dict[str, object]]:
-            rows = conn.execute(
-                """SELECT at, entity, entity_id, field, old_value, new_value, reason, actor
-                FROM audit_log
-                WHERE :org IS NULL OR (entity = 'org' AND entity_id = :org)
-                ORDER BY at DESC, id DESC LIMIT :limit""",
-                {"org": org_id, "limit": max(0, limit)},
-            ).fetchall()
-            names = ("at", "entity", "entity_id", "field", "old", "new", "reason", "actor")
-            return _history(rows, names)
-
-        return await self._run(work)
-
-    # one-leader work and usage export
-
-    async def acquire_lease(self, name: str, holder: str, now: float, ttl: float) -> bool:
-        def work(conn: sqlite3.Connection) -> bool:
-            lease = {"name": name, "holder": holder, "now": now, "ttl": ttl}
-            return bool(conn.execute(_ACQUIRE_LEASE, lease).fetchall())
-
-        return await self._write(work)
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
-
-        await self._write(work)
-
-    async def exported(self, org_id: str, provider: str, period_start: str) -> dict[str, int]:
-        def work(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute(
-                "SELECT meter, value FROM usage_exports"
-                " WHERE org_id = ? AND provider = ? AND period_start = ?",
-                (org_id, provider, period_start),
-            ).fetchall()
-            return dict(rows)
-
-        return await self._run(work)
-
-    async def record_export(
-        self, org_id: str, provider: str, period_start: str, meter: str, value: int
-    ) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            conn.execute(_RECORD_EXPORT, (org_id, provider, period_start, meter, value))
-
-        await self._write(work)
-
-    async def billing_orgs(self) -> list[tuple[str, dict[str, str]]]:
-        def work(conn: sqlite3.Connection) -> list[tuple[str, dict[str, str]]]:
-            rows = conn.execute(
-                "SELECT org_id, provider, customer_id FROM billing_customers"
-                " ORDER BY org_id, provider"
-            ).fetchall()
-            linked: dict[str, dict[str, str]] = {}
-            for org_id, provider, customer in rows:
-                linked.setdefault(org_id, {})[provider] = customer
-            return list(linked.items())
-
-        return await self._run(work)

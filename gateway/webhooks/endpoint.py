@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.body import Disconnected
 from gateway.errors import ClientError, StoreError
-from gateway.store.base import BALANCE_OUT_OF_RANGE, Decide
+from gateway.store.records import (
+    BALANCE_OUT_OF_RANGE,
+    Decide,
+)
 from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
 from policies.billing import (
     OTHER_CURRENCY,

@@ -3,8 +3,9 @@
 A backend is a param: its id and how to set up a place for data in a test's tmp_path,
 from which any number of store instances (like processes) can be opened.
 PostgreSQL tests each get a schema of their own on ``tests.services.postgres_url()``,
-dropped afterwards; ``postgresql+redis`` is RedisQuotaStore over such a schema, with a
-Redis key prefix of its own, deleted afterwards. Without a server they skip, and under
+dropped afterwards; ``postgresql+redis`` is RedisQuotaStore in front of such a schema
+(paired as the runtime pairs them, ``QuotaInFront``), with a Redis key prefix of its own,
+deleted afterwards. Without a server they skip, and under
 CI they fail.
 """
 
@@ -13,12 +14,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.store import Store, open_store
+from gateway.store import QuotaStore, Store, open_store
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore, split_url
 from gateway.store.redis_quota import RedisQuotaStore
@@ -81,6 +83,36 @@ def _postgresql(_: Path) -> Backend:
     return Backend(lambda: PostgresStore(url), lambda: drop_schema(url))
 
 
+class QuotaInFront:
+    """A durable store with a quota store in front, as ``Runtime`` pairs them, as one object
+    for the contract suites: quota calls go to ``quota``, everything else to ``durable``."""
+
+    QUOTA = frozenset({"reserve", "commit", "heartbeat", "release"})
+
+    def __init__(self, durable: Store, quota: QuotaStore) -> None:
+        self.durable = durable
+        self.quota = quota
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.quota if name in self.QUOTA else self.durable, name)
+
+    async def open(self) -> None:
+        await self.durable.open()
+        await self.quota.open()
+
+    async def close(self) -> None:
+        await self.quota.close()
+        await self.durable.close()
+
+    async def ping(self) -> None:
+        await self.durable.ping()
+        await self.quota.ping()
+
+
+def _in_front(durable: Store, redis: str, prefix: str) -> Store:
+    return cast(Store, QuotaInFront(durable, RedisQuotaStore(durable, redis, prefix=prefix)))
+
+
 def _postgresql_redis(_: Path) -> Backend:
     url, prefix = new_schema_url(), unique_name("gwc")
     redis = redis_url()
@@ -89,7 +121,7 @@ def _postgresql_redis(_: Path) -> Backend:
         await delete_redis_keys(prefix)
         await drop_schema(url)
 
-    return Backend(lambda: RedisQuotaStore(PostgresStore(url), redis, prefix=prefix), cleanup)
+    return Backend(lambda: _in_front(PostgresStore(url), redis, prefix), cleanup)
 
 
 # Backends that keep data in a database other store instances can share.
@@ -168,18 +200,22 @@ async def raw() -> AsyncIterator[aioredis.Redis]:
 
 @pytest.fixture
 async def make_store(new_truth: NewStore, prefix: str) -> AsyncIterator[MakeStore]:
-    """Opens RedisQuotaStores on one Redis prefix, over ``truth`` or a new handle on it."""
-    opened: list[RedisQuotaStore] = []
+    """Opens RedisQuotaStores on one Redis prefix, over ``truth`` or a new handle on it (opened
+    here, as the runtime opens its durable store before the quota store in front of it)."""
+    opened: list[tuple[RedisQuotaStore, Store]] = []
 
     async def make(url: str | None = None, truth: Store | None = None) -> RedisQuotaStore:
-        store = RedisQuotaStore(truth or new_truth(), url or redis_url(), prefix=prefix)
+        durable = truth or new_truth()
+        await durable.open()
+        store = RedisQuotaStore(durable, url or redis_url(), prefix=prefix)
         await store.open()
-        opened.append(store)
+        opened.append((store, durable))
         return store
 
     yield make
-    for store in opened:
+    for store, durable in opened:
         await store.close()
+        await durable.close()
 
 
 @pytest.fixture

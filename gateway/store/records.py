@@ -1,0 +1,223 @@
+"""The values that cross the store Protocols, and the constants every backend shares.
+
+Reservations: each (org, period, meter) has ``used`` plus the live reservations of every
+holder (one holder per gateway process); a reservation is granted only while
+``used + reserved + grant <= limit``, so what is admitted from reservations never exceeds a
+limit. Expired reservations count for nothing. The ``credit`` meter's limit is not stored:
+it is the prepaid balance, which the caller's routing carries (``ReserveRequest.limits``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Literal
+
+from policies.billing import MAX_MINOR, BillingChange, BillingEvent, BillingState
+from policies.model import MICROS_PER_MINOR, Limits, OrgRouting, PaymentStatus, Period, Prices
+from policies.reservations import ChunkPolicy
+
+#: A live gateway process is a lease on its own name, ``holder:<holder>`` (LeaseStore.live_holders).
+HOLDER_LEASE = "holder:"
+# The reason kept with an event applied with its plan refused: a redelivery may apply it.
+PLAN_REFUSED = "plan_refused"
+BALANCE_OUT_OF_RANGE = "balance out of range"
+# Applied batch ids are kept 14 days: longer than any spool replay we expect, and as long
+# as the Redis batch markers (RedisQuotaStore) live, which are written from these rows.
+BATCH_RETENTION_SECONDS = 14 * 86400
+PRUNE_INTERVAL_SECONDS = 3600.0
+# Rows deleted per prune, so that a heartbeat stays short; a full prune runs again soon.
+PRUNE_LIMIT = 10_000
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+class CustomerTaken(Exception):
+    """A billing customer id is already linked to another org."""
+
+    def __init__(self, provider: str, customer_id: str) -> None:
+        super().__init__(f"{provider} customer {customer_id} belongs to another org")
+        self.provider = provider
+        self.customer_id = customer_id
+
+
+@dataclass(frozen=True, slots=True)
+class OrgRecord:
+    id: str
+    name: str
+    limits: Limits
+    upstream: str | None
+    suspended: bool
+    suspension_reason: str | None
+    payment_status: PaymentStatus
+    shadow: bool
+    created_at: datetime
+    prices: Prices = field(default_factory=Prices)
+    billing_customers: dict[str, str] = field(default_factory=dict)  # provider -> customer id
+    # From the billing state: ``suspended`` above is the admin's suspension alone.
+    billing_suspended: bool = False
+    period: Period | None = None
+    balance_minor: int = 0
+
+    @classmethod
+    def new(cls, name: str, limits: Limits, upstream: str | None, shadow: bool) -> OrgRecord:
+        """A new org as created: its own id, no suspension, limits without ``credit``."""
+        return cls(
+            id=new_id("org"),
+            name=name,
+            limits=replace(limits, credit=None),
+            upstream=upstream,
+            suspended=False,
+            suspension_reason=None,
+            payment_status="ok",
+            shadow=shadow,
+            created_at=datetime.now(UTC),
+        )
+
+    def routing(self) -> OrgRouting:
+        return OrgRouting(
+            org_id=self.id,
+            upstream=self.upstream,
+            limits=replace(self.limits, credit=self.credit_limit()),
+            suspended=self.suspended or self.billing_suspended,
+            payment_status=self.payment_status,
+            shadow=self.shadow,
+            prices=self.prices,
+            period=self.period,
+        )
+
+    def credit_limit(self) -> int | None:
+        """The credit meter's limit: the balance, when it blocks priced usage."""
+        if not (self.prices.block_over_balance and self.prices.priced):
+            return None
+        # A negative balance (a refund after spending) blocks like an empty one; in micros,
+        # a balance the ledger holds may exceed the counters' range, which then caps it.
+        return min(MAX_MINOR, max(0, self.balance_minor) * MICROS_PER_MINOR)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    org_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OrgChanges:
+    """A partial update; fields left as ``None`` stay as they are (``upstream`` uses a flag)."""
+
+    name: str | None = None
+    limits: Limits | None = None
+    upstream: str | None = None
+    set_upstream: bool = False
+    shadow: bool | None = None
+    prices: Prices | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """Ask for quota: for each meter at least ``needs[meter]``, more as ``policy`` allows.
+
+    ``limits`` are the caller's routing (at most a cache TTL old): backends that hold the
+    org tables read their own instead, except ``credit`` (the balance, never stored as a
+    limit), which every backend takes from here; a counter-only backend (Redis) uses all.
+    ``period_end`` (epoch seconds) lets counters expire after the period.
+    """
+
+    holder: str
+    org_id: str
+    period_start: str
+    needs: Mapping[str, int]
+    policy: ChunkPolicy
+    now: float
+    ttl: float
+    limits: Limits = field(default_factory=Limits)
+    period_end: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRow:
+    """One holder's live reservation on one meter."""
+
+    holder: str
+    meter: str
+    amount: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSnapshot:
+    """One consistent read of an (org, period): what a Redis rebuild loads.
+
+    ``used`` per meter of ``METERS``; the live reservations holding something; and the
+    ids of the batches already counted in ``used``, so that a batch applied again on top
+    of this snapshot is recognised as counted.
+    """
+
+    used: dict[str, int]
+    reservations: list[ReservationRow]
+    batch_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """All meters fit: how much each was granted (each at least what was needed)."""
+
+    amounts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Exhausted:
+    """One meter did not fit, so nothing was granted: ``taken`` is committed usage plus every
+    live reservation; ``committed`` the usage alone, where the store knows it cheaply."""
+
+    meter: str
+    limit: int
+    taken: int
+    committed: int | None = field(default=None, compare=False)
+
+
+ReserveResult = Granted | Exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBatch:
+    """Deltas a holder applies once: ``used`` per meter, and its own reservation per meter.
+
+    Spending reserved quota moves it: used +n, reserved -n. Applying a batch id a
+    second time does nothing, so a batch can be replayed after any failure.
+    """
+
+    batch_id: str
+    holder: str
+    org_id: str
+    period_start: str
+    used: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not any(self.used.values()) and not any(self.reserved.values())
+
+
+# unlinked: kept until its customer is linked to an org; unknown_customer: it names none.
+WebhookStatus = Literal["applied", "duplicate", "unlinked", "unknown_customer", "refused"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    """What ``apply_billing_event`` did; ``change`` is the change as written (see there)."""
+
+    status: WebhookStatus
+    org_id: str | None
+    change: BillingChange | None
+
+
+Decide = Callable[[BillingState], BillingChange]
+# The decision of one event: the same for a webhook and for an event applied on linking.
+DecideEvent = Callable[[BillingEvent], Decide]
+
+AuditRow = tuple[str, str | None, str | None]  # field, old, new
