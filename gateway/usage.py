@@ -111,7 +111,7 @@ def _held_elsewhere(others: int, need: int, left: int) -> bool:
     """Whether a refusal should be a retry: other holders keep enough of what is left (a
     quarter or more, and this request's need) that its return is worth waiting for. The
     slivers busy holders keep at the very end of a burst are theirs to spend: that is final."""
-    return others >= need and 4 * others >= left
+    return need <= others <= left and 4 * others >= left
 
 
 @functools.lru_cache(maxsize=4096)

@@ -193,3 +193,4 @@ def test_only_a_real_share_held_elsewhere_makes_a_refusal_a_retry() -> None:
     assert not _held_elsewhere(others=5, need=1, left=100)  # a busy holder's last sliver
     assert not _held_elsewhere(others=30, need=40, left=100)  # could not cover this request
     assert not _held_elsewhere(others=0, need=1, left=0)
+    assert not _held_elsewhere(others=40, need=1, left=0)  # usage is at the limit: nothing returns
