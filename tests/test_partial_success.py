@@ -27,6 +27,7 @@ from gateway.store.base import OrgChanges
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamResponse
 from policies.model import Limits, Prices
+from tests.fakes import MemoryUpstream
 
 SECRET = "r" * 32
 
@@ -41,22 +42,8 @@ def logs_json(n: int) -> bytes:
     return f'{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{records}]}}]}}]}}'.encode()
 
 
-class AnsweringUpstream:
-    def __init__(self) -> None:
-        self.answer = UpstreamResponse(200, [(b"content-type", b"application/json")], b"{}")
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def forward(self, url: str, headers: list[tuple[str, str]], body: bytes) -> Any:
-        return self.answer
-
-
 class Rig:
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient, upstream: AnsweringUpstream):
+    def __init__(self, runtime: Runtime, client: httpx.AsyncClient, upstream: MemoryUpstream):
         self.runtime, self.client, self.upstream = runtime, client, upstream
 
     async def tenant(self, **kwargs: Any) -> tuple[str, str]:
@@ -79,7 +66,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    upstream = AnsweringUpstream()
+    upstream = MemoryUpstream()
     runtime = Runtime(
         Settings(
             data_dir=tmp_path,

@@ -14,17 +14,10 @@ from gateway.store.sqlite import SQLiteStore
 from gateway.usage import Admission, UsageGate
 from policies.decisions import Refusal
 from policies.model import Limits, OrgRouting, Quantities
+from tests.fakes import Clock
 
 ONE = Quantities(1, 0, 0)
 START = 1_800_000_000.0  # mid-month, far from a period boundary
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -52,7 +45,7 @@ async def admitted(gate: UsageGate, routing: OrgRouting, n: int) -> int:
 
 
 async def test_a_budget_idle_for_two_flush_intervals_goes_back(store: Store) -> None:
-    clock = Clock()
+    clock = Clock(START)
     routing = (await store.create_org("uneven", Limits(requests=100), None)).routing()
     a = replica(store, clock, "a", idle_after=2.0)
     b = replica(store, clock, "b", idle_after=2.0)
@@ -73,7 +66,7 @@ async def test_a_budget_idle_for_two_flush_intervals_goes_back(store: Store) -> 
 
 
 async def test_a_busy_budget_is_kept(store: Store) -> None:
-    clock = Clock()
+    clock = Clock(START)
     routing = (await store.create_org("busy", Limits(requests=1000), None)).routing()
     b = replica(store, clock, "b", idle_after=2.0)
     for _ in range(5):
@@ -84,7 +77,7 @@ async def test_a_busy_budget_is_kept(store: Store) -> None:
 
 
 async def test_a_refused_holder_asks_the_others_to_give_back_at_once(store: Store) -> None:
-    clock = Clock()
+    clock = Clock(START)
     routing = (await store.create_org("contended", Limits(requests=100), None)).routing()
     asked: list[str] = []
     a = replica(store, clock, "a", on_contention=asked.append)
@@ -107,7 +100,7 @@ async def test_a_refused_holder_asks_the_others_to_give_back_at_once(store: Stor
 
 
 async def test_the_refusal_reports_committed_usage_not_reservations(store: Store) -> None:
-    clock = Clock()
+    clock = Clock(START)
     routing = (await store.create_org("report", Limits(requests=50), None)).routing()
     a = replica(store, clock, "a")
     b = replica(store, clock, "b")

@@ -15,7 +15,7 @@ from gateway.usage import Admission, UsageGate
 from policies.decisions import Refusal
 from policies.model import Limits, Quantities
 from policies.reservations import ChunkPolicy
-from tests.faults import FlakyStore
+from tests.fakes import FlakyStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])
