@@ -13,8 +13,8 @@ import logging
 import re
 from typing import Any
 
-from gateway.body import BodyDeadlines, Disconnected, replaying
-from gateway.errors import BadRequest, ClientError
+from gateway.body import BodyDeadlines, replaying
+from gateway.errors import BadRequest, ClientError, Disconnected
 from gateway.gates import Gates
 from gateway.keys import extract_key, strip_key_param
 from gateway.metrics import Metrics

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
+from gateway.errors import CustomerTaken as CustomerTaken  # defined in the one error tree
 from policies.billing import (
     MAX_MINOR,
     MIN_MINOR,
@@ -37,15 +38,6 @@ from policies.billing import (
 )
 from policies.model import MICROS_PER_MINOR, Limits, OrgRouting, PaymentStatus, Period, Prices
 from policies.reservations import ChunkPolicy
-
-
-class CustomerTaken(Exception):
-    """A billing customer id is already linked to another org."""
-
-    def __init__(self, provider: str, customer_id: str) -> None:
-        super().__init__(f"{provider} customer {customer_id} belongs to another org")
-        self.provider = provider
-        self.customer_id = customer_id
 
 
 @dataclass(frozen=True, slots=True)
