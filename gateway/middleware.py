@@ -130,15 +130,22 @@ class _Answer:
 
 
 class _Exchange:
-    """The inner app's side of one admitted request: its answer, and the outcome it names."""
+    """One request's answer: a refusal decided by the gates, or what the inner app said."""
 
-    __slots__ = ("answer", "inner", "send_client", "status")
+    __slots__ = ("answer", "inner", "refused", "send_client", "status")
 
     def __init__(self, send: Any) -> None:
         self.send_client = send
         self.status = 0
         self.answer = _Answer()
         self.inner: Scope | None = None
+        self.refused: Outcome | None = None
+
+    async def refuse(self, refusal: Refusal, style: str) -> Outcome:
+        # Decided before it is sent: a client gone meanwhile does not change the outcome.
+        self.refused = Outcome.of(refusal.code)
+        await send_refusal(self.send_client, refusal, style)
+        return self.refused
 
     async def send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -149,8 +156,10 @@ class _Exchange:
         await self.send_client(message)
 
     def outcome(self, failed: bool) -> Outcome:
-        """What the inner app's answer says (the proxy may have named it); an exception
-        before the inner app was called is an internal error."""
+        """The refusal, or what the inner app's answer says (the proxy may have named it); an
+        exception before either is an internal error."""
+        if self.refused is not None:
+            return self.refused
         if self.inner is None:
             return Outcome.INTERNAL_ERROR
         named = self.inner.get("gateway.outcome")
@@ -188,7 +197,7 @@ class GateMiddleware:
         exchange = _Exchange(send)
         outcome = Outcome.INTERNAL_ERROR
         try:
-            outcome = await self._gate(scope, receive, send, signal, exchange)
+            outcome = await self._gate(scope, receive, signal, exchange)
         except BaseException:
             outcome = exchange.outcome(failed=True)
             raise
@@ -196,39 +205,37 @@ class GateMiddleware:
             # The one place a request is counted: every path, an exception's too, ends here.
             self._count(signal, outcome)
 
-    async def _gate(
-        self, scope: Scope, receive: Any, send: Any, signal: str, exchange: _Exchange
-    ) -> Outcome:
+    async def _gate(self, scope: Scope, receive: Any, signal: str, exchange: _Exchange) -> Outcome:
         request = _RequestHeaders(scope["headers"])
         style = "protobuf" if request.protobuf else ("status" if signal != "logpush" else "json")
 
         if scope["method"] != "POST":
-            return await self._refuse(send, METHOD_NOT_ALLOWED, style)
+            return await exchange.refuse(METHOD_NOT_ALLOWED, style)
         key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
         auth = await self.gates.authorize(key)
         if isinstance(auth, Refusal):
-            return await self._refuse(send, auth, style)
+            return await exchange.refuse(auth, style)
         if request.conflict is not None:
-            return await self._refuse(send, BadRequest(request.conflict).refusal(), style)
+            return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.
         early = self.gates.precheck(auth, request.floor())
         if early is not None:
-            return await self._refuse(send, early, style)
+            return await exchange.refuse(early, style)
         try:
             body = await self._reads.read(receive, self.limits.max_received, request.declared)
             payload = await self.inspector.inspect(
                 signal, request.content_type, request.content_encoding, body
             )
         except ClientError as exc:
-            return await self._refuse(send, exc.refusal(), style)
+            return await exchange.refuse(exc.refusal(), style)
         except TimeoutError:
-            return await self._refuse(send, REQUEST_TIMEOUT, style)
+            return await exchange.refuse(REQUEST_TIMEOUT, style)
         except Disconnected:
             log.debug("client disconnected before its %s body arrived", signal)
             return Outcome.CLIENT_DISCONNECTED
         admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))
         if isinstance(admission, Refusal):
-            return await self._refuse(send, admission, style)
+            return await exchange.refuse(admission, style)
         return await self._forward(scope, receive, signal, request, body, admission, exchange)
 
     async def _forward(
@@ -265,11 +272,6 @@ class GateMiddleware:
                 if rejected:
                     self.gates.refund_items(admission, rejected)
         return exchange.outcome(failed=False)
-
-    @staticmethod
-    async def _refuse(send: Any, refusal: Refusal, style: str) -> Outcome:
-        await send_refusal(send, refusal, style)
-        return Outcome.of(refusal.code)
 
     def _count(self, signal: str, outcome: Outcome) -> None:
         counter = self._counters.get((signal, outcome))

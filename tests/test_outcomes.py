@@ -84,6 +84,7 @@ class Rig:
         method: str = "POST",
         case: str = "",
         disconnect: bool = False,
+        gone: bool = False,
     ) -> str:
         """One request driven through the ASGI callable; the one outcome it was counted as."""
         headers = [(b"content-type", b"application/json")]
@@ -107,7 +108,8 @@ class Rig:
             return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(_message: dict[str, Any]) -> None:
-            return None
+            if gone:
+                raise OSError("the client went away while it was answered")
 
         before = self.counted()
         self.requests += 1
@@ -144,6 +146,8 @@ async def test_every_path_counts_exactly_one_outcome_and_the_counters_sum_to_the
     assert await rig.send(key, case="unavailable") == "upstream_unavailable"
     assert await rig.send(key, case="timeout") == "upstream_timeout"
     assert await rig.send(await rig.key(Limits(requests=0))) == "usage_limit_exceeded"
+    with pytest.raises(OSError):  # decided before the answer failed: invalid_ingest_key
+        await rig.send(None, gone=True)
     with pytest.raises(RuntimeError, match="inner app failed"):
         await rig.send(key, case="raise")
 
@@ -155,8 +159,9 @@ async def test_every_path_counts_exactly_one_outcome_and_the_counters_sum_to_the
         await rig.send(key)
 
     counted = rig.counted()
-    assert sum(counted.values()) == rig.requests == 11
+    assert sum(counted.values()) == rig.requests == 12
     assert counted["internal_error"] == 2
+    assert counted["invalid_ingest_key"] == 2
     assert set(counted) <= set(Outcome)
 
 
