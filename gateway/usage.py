@@ -363,6 +363,9 @@ class UsageGate:
         if budget is not None:
             for meter, n in batch.used.items():
                 budget.committing[meter] = budget.committing.get(meter, 0) - n
+                # Committed since the store last said "exhausted": still counted in refusals.
+                if (known := budget.exhausted.get(meter)) is not None:
+                    known.used += n
 
     def give_back(self, org_id: str) -> bool:
         """Return the org's unspent reservations at the next flush (another holder needs them);

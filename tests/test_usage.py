@@ -189,7 +189,7 @@ async def test_fail_open_still_refuses_an_org_known_to_be_over_its_limit() -> No
 
 async def test_a_zero_limit_is_refused_before_any_store_call() -> None:
     flaky = FlakyStore(MemoryStore())
-    routing = await org_with(flaky, requests=0)  # type: ignore[arg-type]
+    routing = await org_with(flaky, requests=0)
     usage = gate(flaky)
     for _ in range(3):
         refusal = await usage.admit(routing, Quantities(1, 0, 0))
@@ -200,7 +200,7 @@ async def test_a_zero_limit_is_refused_before_any_store_call() -> None:
 
 async def test_an_empty_prepaid_balance_that_blocks_is_refused_before_any_store_call() -> None:
     flaky = FlakyStore(MemoryStore())
-    routing = await org_with(flaky)  # type: ignore[arg-type]
+    routing = await org_with(flaky)
     prices = Prices(requests=1_000_000, block_over_balance=True)
     routing = replace(routing, limits=replace(routing.limits, credit=0), prices=prices)
     usage = gate(flaky)
@@ -209,6 +209,20 @@ async def test_an_empty_prepaid_balance_that_blocks_is_refused_before_any_store_
     assert flaky.calls.get("reserve", 0) == 0
     # What costs nothing still passes: only a need the balance cannot meet is refused.
     assert isinstance(await usage.admit(routing, Quantities(1, 0, 0)), Admission)
+
+
+async def test_a_refusal_after_a_flush_still_reports_what_was_used() -> None:
+    # Regression: a flush between two refusals made the second report "used": 0 (e2e flake).
+    store = MemoryStore()
+    routing = await org_with(store, requests=2)
+    usage = gate(store, policy=ChunkPolicy(strict=True), known_ttl=60.0)
+    for _ in range(2):
+        assert isinstance(await usage.admit(routing, Quantities(1, 0, 0)), Admission)
+    first = await usage.admit(routing, Quantities(1, 0, 0))
+    await usage.flush()
+    second = await usage.admit(routing, Quantities(1, 0, 0))
+    assert isinstance(first, Refusal) and isinstance(second, Refusal)
+    assert first.detail["used"] == second.detail["used"] == 2
 
 
 def die(usage: UsageGate) -> None:
