@@ -21,9 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.app import Runtime
-from gateway.body import BodyDeadlines, Disconnected, replaying
-from gateway.control import Conflict, Control, NotFound, UpstreamAllowlist
-from gateway.errors import BadRequest, PayloadTooLarge, StoreError
+from gateway.body import BodyDeadlines, replaying
+from gateway.control import Control, UpstreamAllowlist
+from gateway.errors import BadRequest, Conflict, Disconnected, NotFound, PayloadTooLarge, StoreError
 from gateway.metrics import Metrics
 from gateway.openapi import SPEC
 from gateway.webhooks.endpoint import EventPolicy

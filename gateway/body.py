@@ -10,11 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.errors import PayloadTooLarge
-
-
-class Disconnected(Exception):
-    """The client went away before its body arrived."""
+from gateway.errors import Disconnected, PayloadTooLarge
 
 
 async def read_body(receive: Any, limit: int, declared: int | None) -> bytes:

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.control import Control, NotFound, UpstreamAllowlist, org_json
-from gateway.errors import BadRequest, ConfigError, StoreError
+from gateway.control import Control, UpstreamAllowlist, org_json
+from gateway.errors import BadRequest, ConfigError, NotFound, StoreError
 from gateway.invalidation import open_invalidation
 from gateway.keys import KeyHasher
 from gateway.reconciler import reconcile
@@ -128,8 +128,8 @@ async def _reconcile(settings: Settings, now_text: str | None) -> dict[str, Any]
     if now_text:
         try:
             now = datetime.fromisoformat(now_text.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest("--now must be an ISO 8601 date and time") from None
+        except ValueError as exc:
+            raise BadRequest("--now must be an ISO 8601 date and time") from exc
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
     store = open_store(settings.store_url)

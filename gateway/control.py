@@ -15,17 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.errors import BadRequest, ConfigError
+from gateway.errors import BadOrigin, BadRequest, ConfigError, Conflict, CustomerTaken, NotFound
 from gateway.keys import KeyHasher, generate_key
-from gateway.store.base import (
-    Store,
-)
-from gateway.store.records import (
-    CustomerTaken,
-    KeyRecord,
-    OrgChanges,
-    OrgRecord,
-)
+from gateway.store.base import Store
+from gateway.store.records import KeyRecord, OrgChanges, OrgRecord
 from gateway.usage import CREDIT_PERIOD
 from gateway.webhooks.endpoint import EventPolicy
 from policies import money
@@ -38,14 +31,6 @@ log = logging.getLogger("gateway.control")
 MAX_INT = 2**63 - 1  # every store keeps these in a signed 64-bit column
 MAX_PRICE = 10**9  # minor units per million units
 LIMIT_NAMES = ("requests", "bytes", "items", "rate_requests", "rate_bytes")
-
-
-class NotFound(LookupError):
-    pass
-
-
-class Conflict(Exception):
-    pass
 
 
 def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, Any]:
@@ -132,10 +117,6 @@ class Origin:
         """The form stored: the port only when it was given."""
         port = f":{self.port}" if self.explicit_port else ""
         return f"{self.scheme}://{self.host}{port}"
-
-
-class BadOrigin(ValueError):
-    """Not an origin; the message names the first thing wrong, never the input."""
 
 
 def parse_origin(raw: str, what: str = "upstream") -> Origin:
@@ -240,7 +221,7 @@ class UpstreamAllowlist:
                 else:
                     hosts.add(_bare_host(entry, what))
             except BadOrigin as exc:
-                raise ConfigError(str(exc)) from None
+                raise ConfigError(str(exc)) from exc
         self.default = _default_origin(default) if default else None
         self.origins = frozenset(origins)
         self.hosts = frozenset(hosts)
@@ -270,7 +251,7 @@ def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
     try:
         origin = parse_origin(raw)
     except BadOrigin as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest(str(exc)) from exc
     if not allowlist.allows(origin):
         raise BadRequest("upstream is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
     return origin.url

@@ -12,7 +12,7 @@ import zlib
 
 import zstandard
 
-from gateway.errors import BadRequest, UnsupportedMediaType
+from gateway.errors import BadRequest, TooLarge, UnsupportedMediaType
 
 IDENTITY = frozenset({"", "identity"})
 _GZIP = frozenset({"gzip"})
@@ -24,10 +24,6 @@ _GZIP_WBITS = 16 + zlib.MAX_WBITS
 _MAX_MEMBERS = 16
 # zstd frames name their own window; a larger one than this is refused, not allocated.
 _MAX_ZSTD_WINDOW = 1 << 27
-
-
-class TooLarge(Exception):
-    """The decoded body would exceed the limit it was decoded under."""
 
 
 def coding(header: bytes | None) -> str:

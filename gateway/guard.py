@@ -37,11 +37,12 @@ class StoreGuard:
             if self._breaker.state == "half_open":
                 self._breaker = self._breaker.failure(self._clock())
             raise
-        except (StoreError, TimeoutError, OSError) as exc:
+        except StoreError:
+            # A backend's own StoreError already says what failed: re-raised as it is.
             self._breaker = self._breaker.failure(self._clock())
-            raise StoreError(f"store call failed: {type(exc).__name__}") from exc
+            raise
         except Exception as exc:
-            # Driver errors we have not mapped still mean the store failed us.
+            # A timeout, or a driver error a backend has not mapped: the store failed us too.
             self._breaker = self._breaker.failure(self._clock())
             raise StoreError(f"store call failed: {type(exc).__name__}") from exc
         self._breaker = self._breaker.success()

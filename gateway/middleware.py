@@ -13,14 +13,16 @@ import logging
 import re
 from typing import Any
 
-from gateway.body import BodyDeadlines, Disconnected, replaying
-from gateway.errors import BadRequest, ClientError
+from gateway.body import BodyDeadlines, replaying
+from gateway.errors import BadRequest, ClientError, Disconnected
 from gateway.gates import Gates
 from gateway.keys import extract_key, strip_key_param
-from gateway.metrics import OUTCOMES, Metrics
+from gateway.metrics import Metrics
+from gateway.outcomes import Outcome
 from gateway.partial import MAX_ANSWER, rejected_items
 from gateway.payload import BodyLimits, PayloadInspector
 from gateway.responses import send_refusal
+from gateway.usage import Admission
 from policies.decisions import Refusal
 from policies.model import Quantities
 
@@ -127,13 +129,41 @@ class _Answer:
             self.body += chunk
 
 
-def _outcome(status: int, failed: bool) -> str:
-    """The outcome of an admitted request from its answer (the proxy may have named it)."""
-    if 200 <= status < 300:
-        return "forwarded"
-    if status:
-        return "upstream_rejected"
-    return "internal_error" if failed else "client_disconnected"
+class _Exchange:
+    """One request's answer: a refusal decided by the gates, or what the inner app said."""
+
+    __slots__ = ("answer", "inner", "refused", "send_client", "status")
+
+    def __init__(self, send: Any) -> None:
+        self.send_client = send
+        self.status = 0
+        self.answer = _Answer()
+        self.inner: Scope | None = None
+        self.refused: Outcome | None = None
+
+    async def refuse(self, refusal: Refusal, style: str) -> Outcome:
+        # Decided before it is sent: a client gone meanwhile does not change the outcome.
+        self.refused = Outcome.of(refusal.code)
+        await send_refusal(self.send_client, refusal, style)
+        return self.refused
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.answer.start(message)
+        elif 200 <= self.status < 300:
+            self.answer.add(message.get("body", b""))
+        await self.send_client(message)
+
+    def outcome(self, failed: bool) -> Outcome:
+        """The refusal, or what the inner app's answer says (the proxy may have named it); an
+        exception before either is an internal error."""
+        if self.refused is not None:
+            return self.refused
+        if self.inner is None:
+            return Outcome.INTERNAL_ERROR
+        named = self.inner.get("gateway.outcome")
+        return Outcome.of(named) if named else Outcome.of_answer(self.status, failed)
 
 
 class GateMiddleware:
@@ -153,7 +183,7 @@ class GateMiddleware:
         self.limits = limits or BodyLimits()
         self.body_timeout = body_timeout
         self.inspector = inspector or PayloadInspector(self.limits)
-        self._counters: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, Outcome], Any] = {}
         self._reads = BodyDeadlines(body_timeout)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -164,46 +194,60 @@ class GateMiddleware:
         if signal is None:
             await self.app(scope, receive, send)
             return
+        exchange = _Exchange(send)
+        outcome = Outcome.INTERNAL_ERROR
+        try:
+            outcome = await self._gate(scope, receive, signal, exchange)
+        except BaseException:
+            outcome = exchange.outcome(failed=True)
+            raise
+        finally:
+            # The one place a request is counted: every path, an exception's too, ends here.
+            self._count(signal, outcome)
+
+    async def _gate(self, scope: Scope, receive: Any, signal: str, exchange: _Exchange) -> Outcome:
         request = _RequestHeaders(scope["headers"])
-        protobuf = request.protobuf
-        style = "protobuf" if protobuf else ("status" if signal != "logpush" else "json")
+        style = "protobuf" if request.protobuf else ("status" if signal != "logpush" else "json")
 
         if scope["method"] != "POST":
-            await self._refuse(send, signal, METHOD_NOT_ALLOWED, style)
-            return
+            return await exchange.refuse(METHOD_NOT_ALLOWED, style)
         key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
         auth = await self.gates.authorize(key)
         if isinstance(auth, Refusal):
-            await self._refuse(send, signal, auth, style)
-            return
+            return await exchange.refuse(auth, style)
         if request.conflict is not None:
-            await self._refuse(send, signal, BadRequest(request.conflict).refusal(), style)
-            return
+            return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.
         early = self.gates.precheck(auth, request.floor())
         if early is not None:
-            await self._refuse(send, signal, early, style)
-            return
+            return await exchange.refuse(early, style)
         try:
             body = await self._reads.read(receive, self.limits.max_received, request.declared)
             payload = await self.inspector.inspect(
                 signal, request.content_type, request.content_encoding, body
             )
         except ClientError as exc:
-            await self._refuse(send, signal, exc.refusal(), style)
-            return
+            return await exchange.refuse(exc.refusal(), style)
         except TimeoutError:
-            await self._refuse(send, signal, REQUEST_TIMEOUT, style)
-            return
+            return await exchange.refuse(REQUEST_TIMEOUT, style)
         except Disconnected:
             log.debug("client disconnected before its %s body arrived", signal)
-            self._count(signal, "client_disconnected")
-            return
+            return Outcome.CLIENT_DISCONNECTED
         admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))
         if isinstance(admission, Refusal):
-            await self._refuse(send, signal, admission, style)
-            return
+            return await exchange.refuse(admission, style)
+        return await self._forward(scope, receive, signal, request, body, admission, exchange)
 
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Any,
+        signal: str,
+        request: _RequestHeaders,
+        body: bytes,
+        admission: Admission,
+        exchange: _Exchange,
+    ) -> Outcome:
         org_header = admission.routing.org_id.encode()
         inner = dict(scope)
         inner["headers"] = [
@@ -215,45 +259,24 @@ class GateMiddleware:
         inner["gateway.admission"] = admission
         inner["gateway.body"] = body
         inner["gateway.signal"] = signal
-
-        status = 0
-        answer = _Answer()
-
-        async def watch(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                answer.start(message)
-            elif 200 <= status < 300:
-                answer.add(message.get("body", b""))
-            await send(message)
-
-        failed = False
+        exchange.inner = inner
         try:
-            await self.app(inner, replaying(body, receive), watch)
-        except BaseException:
-            failed = True
-            raise
+            await self.app(inner, replaying(body, receive), exchange.send)
         finally:
-            if not 200 <= status < 300:
+            answer = exchange.answer
+            if not 200 <= exchange.status < 300:
                 self.gates.refund(admission)
             elif answer.body:
                 # An OTLP partial success: the org pays only for what the backend accepted.
                 rejected = rejected_items(signal, answer.content_type, answer.encoding, answer.body)
                 if rejected:
                     self.gates.refund_items(admission, rejected)
-            self._count(signal, inner.get("gateway.outcome") or _outcome(status, failed))
+        return exchange.outcome(failed=False)
 
-    async def _refuse(self, send: Any, signal: str, refusal: Refusal, style: str) -> None:
-        self._count(signal, refusal.code)
-        await send_refusal(send, refusal, style)
-
-    def _count(self, signal: str, outcome: str) -> None:
-        if outcome not in OUTCOMES:
-            outcome = "internal_error"  # a code nobody declared must not become a label
+    def _count(self, signal: str, outcome: Outcome) -> None:
         counter = self._counters.get((signal, outcome))
         if counter is None:
             counter = self._counters[(signal, outcome)] = self.metrics.requests.labels(
-                signal, outcome
+                signal, outcome.value
             )
         counter.inc()

@@ -17,8 +17,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from gateway.counting import count
-from gateway.decoding import IDENTITY, TooLarge, coding, inflate
-from gateway.errors import PayloadTooLarge, UnsupportedMediaType
+from gateway.decoding import IDENTITY, coding, inflate
+from gateway.errors import PayloadTooLarge, TooLarge, UnsupportedMediaType
 
 SIGNALS = ("traces", "logs", "metrics", "logpush")
 
@@ -62,10 +62,10 @@ def media_format(signal: str, content_type: bytes | None) -> str:
         raise ValueError(f"unknown signal {signal!r}")
     try:
         return _OTLP_MEDIA[media]
-    except KeyError:
+    except KeyError as exc:
         raise UnsupportedMediaType(
             f"{signal} expects application/x-protobuf or application/json"
-        ) from None
+        ) from exc
 
 
 def decompress(body: bytes, content_encoding: bytes | None, limits: BodyLimits) -> bytes:
@@ -158,10 +158,10 @@ class PayloadInspector:
                 limits.max_decompressed,
                 limits.max_items,
             )
-        except BrokenProcessPool:
+        except BrokenProcessPool as exc:
             # The worker died on this body (out of memory): refuse it, start afresh next time.
             self._pool = None
-            raise PayloadTooLarge("body too costly to count") from None
+            raise PayloadTooLarge("body too costly to count") from exc
 
     def close(self) -> None:
         if self._pool is not None:

@@ -20,6 +20,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from gateway.errors import HeadTooLarge
+
 
 class _Deadlines:
     def __init__(self) -> None:
@@ -43,15 +45,6 @@ class _Deadlines:
 
 
 _deadlines = _Deadlines()
-
-
-class HeadTooLarge(Exception):
-    """Raised from a parser callback to stop parsing a head that is over a bound."""
-
-    def __init__(self, status: int, code: bytes) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = b'{"error":"' + code + b'"}'
 
 
 TOO_LARGE = (431, b"header_fields_too_large")

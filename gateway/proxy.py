@@ -9,6 +9,7 @@ from prometheus_client import Histogram
 
 from gateway.errors import UpstreamError
 from gateway.middleware import OTLP_PATHS
+from gateway.outcomes import Outcome
 from gateway.responses import PLAIN_JSON, PROTOBUF, PROTOBUF_TYPE, STATUS_JSON, send_refusal
 from gateway.upstream import Upstream
 from gateway.usage import Admission
@@ -74,7 +75,7 @@ class ReverseProxy:
             response = await client.forward(url, headers, body)
         except UpstreamError as exc:
             self._observe(started)
-            scope["gateway.outcome"] = exc.code
+            scope["gateway.outcome"] = Outcome.of(exc.code)
             await send_refusal(send, exc.refusal(), _style(scope))
             return
         self._observe(started)

@@ -138,6 +138,6 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
             raise ValueError(raw)
         if kind == "Path":
             return Path(raw)
-    except ValueError:
-        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from exc
     return raw

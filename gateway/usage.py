@@ -123,6 +123,19 @@ def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str
     )
 
 
+def _zero_limit(
+    budget: _Budget, limited: tuple[tuple[str, int], ...], deficit: dict[str, int]
+) -> Refusal | None:
+    """A meter limited to 0 (or an empty prepaid balance) refuses any need before any I/O:
+    the store could not grant it either."""
+    for meter, limit in limited:
+        if limit <= 0 and meter in deficit:
+            known = budget.exhausted.get(meter)
+            used = (known.used if known is not None else 0) + budget.local_used(meter)
+            return usage_exceeded(meter, limit, used, budget.period.end)
+    return None
+
+
 class UsageGate:
     def __init__(
         self,
@@ -223,7 +236,9 @@ class UsageGate:
                 admission = self._spend(routing, q, accounts)
                 self._refill_ahead(routing, accounts)
                 return admission
-            refusal = self._known_refusal(budget, deficit, now)
+            refusal = _zero_limit(budget, limited, deficit) or self._known_refusal(
+                budget, deficit, now
+            )
             if refusal is not None:
                 return refusal
             if budget.refill is not None:

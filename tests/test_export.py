@@ -20,6 +20,7 @@ from gateway.store.memory import MemoryStore
 from policies.billing import BillingState
 from policies.model import Limits, Period
 from policies.periods import calendar_month
+from tests.fakes import Clock
 
 STRIPE_KEY = "sk_test_stripe_secret_0123456789"
 AUTUMN_KEY = "am_sk_autumn_secret_9876543210"
@@ -161,14 +162,6 @@ async def stub() -> AsyncIterator[ProviderStub]:
     yield server
     server.release.set()
     await runner.cleanup()
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,31 +16,16 @@ import pytest
 from gateway.app import IngestApp, Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
-from gateway.upstream import UpstreamResponse
 from policies.model import Limits
+from tests.fakes import MemoryUpstream
 from tests.refusals import code_of, error_of
 
 SECRET = "f" * 32
 BODY = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{}]}]}]}'
 
 
-class RecordingUpstream:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, list[tuple[str, str]], bytes]] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def forward(self, url: str, headers: list[tuple[str, str]], body: bytes) -> Any:
-        self.sent.append((url, headers, body))
-        return UpstreamResponse(200, [(b"content-type", b"application/json")], b"{}")
-
-
 class Rig:
-    def __init__(self, runtime: Runtime, client: httpx.AsyncClient, upstream: RecordingUpstream):
+    def __init__(self, runtime: Runtime, client: httpx.AsyncClient, upstream: MemoryUpstream):
         self.runtime, self.client, self.upstream = runtime, client, upstream
 
     async def tenant(self, limits: Limits | None = None) -> tuple[str, str]:
@@ -51,7 +35,7 @@ class Rig:
         return org.id, key
 
     def headers_sent(self) -> list[tuple[str, str]]:
-        return self.upstream.sent[-1][1]
+        return self.upstream.requests[-1].headers
 
     def values(self, name: str) -> list[str]:
         return [v for n, v in self.headers_sent() if n.lower() == name]
@@ -64,7 +48,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    upstream = RecordingUpstream()
+    upstream = MemoryUpstream()
     runtime = Runtime(
         Settings(
             data_dir=tmp_path,
@@ -156,7 +140,8 @@ async def test_the_key_never_reaches_the_upstream(
         url += f"&key={key}"
     response = await rig.client.post(url, content=b'{"a":1}\n', headers=headers)
     assert response.status_code == 200, response.text
-    sent_url, sent_headers, _ = rig.upstream.sent[-1]
+    sent = rig.upstream.requests[-1]
+    sent_url, sent_headers = sent.url, sent.headers
     assert key not in sent_url and key not in str(sent_headers)
     assert rig.values("authorization") == []
     if where == "query":
@@ -178,7 +163,7 @@ async def test_an_org_at_its_limit_is_refused_before_its_body_is_read(rig: Rig) 
 
 
 async def test_more_items_than_the_maximum_is_413(tmp_path: Path) -> None:
-    upstream = RecordingUpstream()
+    upstream = MemoryUpstream()
     runtime = Runtime(
         Settings(
             data_dir=tmp_path,
@@ -208,7 +193,7 @@ async def test_more_items_than_the_maximum_is_413(tmp_path: Path) -> None:
         auth["content-type"] = "application/json"
         over = await client.post("/v1/traces", content=spans, headers=auth)
         assert (over.status_code, code_of(over)) == (413, "payload_too_large")
-        assert len(upstream.sent) == 1
+        assert len(upstream.requests) == 1
         await client.aclose()
     finally:
         await runtime.close()

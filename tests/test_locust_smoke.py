@@ -23,6 +23,8 @@ import pytest
 
 from loadtest.seed import seed, write_tenants
 
+pytestmark = pytest.mark.smoke
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "locust-smoke-admin-token-0123456789"

@@ -19,7 +19,7 @@ from gateway.responses import decode_status
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from policies.model import Limits
-from tests.faults import FlakyStore
+from tests.fakes import FlakyStore
 from tests.refusals import code_of, error_of
 
 SECRET = "s" * 32

@@ -19,6 +19,7 @@ import pytest
 from gateway.app import IngestApp, Runtime
 from gateway.settings import Settings
 from policies.model import Limits
+from tests.fakes import Clock
 from tests.security.signing import STRIPE_SECRET, stripe_headers
 from tests.store.conftest import BACKENDS, Backend
 
@@ -26,14 +27,6 @@ DAY = 86_400
 START = 1_799_971_200  # 2027-01-15T00:00:00Z: periods that are not calendar months
 END = START + 30 * DAY
 SPAN = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{}]}]}]}'
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def stripe(event_id: str, type_: str, obj: dict[str, Any], created: int) -> bytes:

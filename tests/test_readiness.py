@@ -22,8 +22,8 @@ from gateway.guard import StoreGuard
 from gateway.readiness import Readiness
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
-from gateway.upstream import UpstreamResponse
 from policies.model import Limits
+from tests.fakes import Clock, MemoryUpstream
 
 
 class PingStore(MemoryStore):
@@ -43,17 +43,6 @@ class PingStore(MemoryStore):
             raise StoreError("ping failed (injected)")
 
 
-class AcceptingUpstream:
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def forward(self, url: str, headers: list[tuple[str, str]], body: bytes) -> Any:
-        return UpstreamResponse(200, [(b"content-type", b"application/json")], b"{}")
-
-
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     settings = Settings(
@@ -62,7 +51,7 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
         upstream_url="http://upstream.test",
         flush_interval=3600,  # no flusher between the probes and the assertions
     )
-    running = Runtime(settings, store=PingStore(), upstream=AcceptingUpstream(), spool_dir=None)
+    running = Runtime(settings, store=PingStore(), upstream=MemoryUpstream(), spool_dir=None)
     await running.start()
     yield running
     await running.close()
@@ -143,16 +132,8 @@ async def test_an_open_reservation_breaker_is_not_ready_and_costs_no_ping(
     assert len(pings(runtime)) == before
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_concurrent_callers_share_one_ping_and_its_answer_for_a_second() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     calls = 0
     release = asyncio.Event()
 
@@ -176,7 +157,7 @@ async def test_concurrent_callers_share_one_ping_and_its_answer_for_a_second() -
 
 
 async def test_a_failed_ping_is_not_ready_until_a_later_ping_answers() -> None:
-    clock = Clock()
+    clock = Clock(1000.0)
     down = True
 
     async def ping() -> None:

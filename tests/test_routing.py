@@ -13,6 +13,7 @@ from gateway.routing import RoutingCache
 from gateway.store.base import OrgRecord
 from gateway.store.memory import MemoryStore
 from policies.model import Limits, OrgRouting
+from tests.fakes import Clock
 
 KNOWN = b"hash-of-igk_known"
 UNKNOWN = b"hash-of-igk_unknown"
@@ -36,17 +37,9 @@ class FaultyStore(MemoryStore):
         return await super().routing_for_key(key_hash)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> Clock:
+    return Clock(0.0)
 
 
 @pytest.fixture
@@ -62,13 +55,13 @@ async def org(store: FaultyStore) -> OrgRecord:
 
 
 @pytest.fixture
-def guard(clock: FakeClock) -> StoreGuard:
+def guard(clock: Clock) -> StoreGuard:
     # The breaker runs on the fake clock; the real-time budget is far above any store delay here.
     return StoreGuard(timeout=30.0, clock=clock)
 
 
 @pytest.fixture
-def cache(store: FaultyStore, guard: StoreGuard, clock: FakeClock) -> RoutingCache:
+def cache(store: FaultyStore, guard: StoreGuard, clock: Clock) -> RoutingCache:
     return RoutingCache(store, guard, ttl=1.0, negative_ttl=1.0, timer=clock)
 
 
@@ -86,7 +79,7 @@ async def test_lookup_returns_the_orgs_routing(cache: RoutingCache, org: OrgReco
 
 
 async def test_hit_does_not_read_the_store_within_ttl(
-    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     clock.now = 0.99
@@ -96,7 +89,7 @@ async def test_hit_does_not_read_the_store_within_ttl(
 
 
 async def test_lookup_after_ttl_reads_the_store_again(
-    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     await store.set_suspension(org.id, True, "unpaid")
@@ -132,7 +125,7 @@ async def test_concurrent_lookups_of_a_never_seen_key_share_one_failure(
 
 
 async def test_unknown_key_is_negatively_cached_until_negative_ttl(
-    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     assert await cache.lookup(UNKNOWN) is None
     await store.create_key(org.id, UNKNOWN)
@@ -145,7 +138,7 @@ async def test_unknown_key_is_negatively_cached_until_negative_ttl(
 
 
 async def test_failed_refresh_serves_the_last_known_routing(
-    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     clock.now = 1.01
@@ -169,7 +162,7 @@ async def test_never_seen_key_while_the_store_fails_raises(
 
 
 async def test_revoked_key_is_not_served_stale(
-    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     (key_id,) = store.key_ids
@@ -235,7 +228,7 @@ async def test_guard_passes_results_through_and_stays_closed(
 
 
 async def test_after_a_failure_the_guard_refuses_without_calling_the_store(
-    guard: StoreGuard, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     store.failing = True
     with pytest.raises(StoreError) as failed:
@@ -250,7 +243,7 @@ async def test_after_a_failure_the_guard_refuses_without_calling_the_store(
 
 
 async def test_after_cooldown_exactly_one_probe_goes_through(
-    guard: StoreGuard, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     store.failing = True
     with pytest.raises(StoreError):
@@ -270,7 +263,7 @@ async def test_after_cooldown_exactly_one_probe_goes_through(
 
 
 async def test_failed_probe_doubles_the_cooldown(
-    guard: StoreGuard, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     store.failing = True
     with pytest.raises(StoreError):
@@ -288,7 +281,7 @@ async def test_failed_probe_doubles_the_cooldown(
 
 
 async def test_cancelled_probe_does_not_leave_the_guard_half_open(
-    guard: StoreGuard, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     store.failing = True
     with pytest.raises(StoreError):
@@ -306,7 +299,7 @@ async def test_cancelled_probe_does_not_leave_the_guard_half_open(
 
 
 async def test_slow_store_beyond_the_budget_raises_store_error(
-    store: FaultyStore, clock: FakeClock, org: OrgRecord
+    store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     guard = StoreGuard(timeout=0.01, clock=clock)
     store.delay = 30.0  # far past the budget, and past any scheduling delay
@@ -339,7 +332,7 @@ async def test_unmapped_driver_errors_become_store_errors(guard: StoreGuard) -> 
 
 
 async def test_a_key_in_use_is_refreshed_ahead_of_expiry_without_waiting(
-    cache: RoutingCache, store: FaultyStore, clock: FakeClock, org: OrgRecord
+    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
 ) -> None:
     """Regression: each TTL expiry made a request wait for the store (p99 stalls under load)."""
     await cache.lookup(KNOWN)

@@ -2,6 +2,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
 from gateway.usage import Admission, UsageGate
 from policies.decisions import Refusal
-from policies.model import Limits, Quantities
+from policies.model import Limits, Prices, Quantities
 from policies.reservations import ChunkPolicy
-from tests.faults import FlakyStore
+from tests.fakes import Clock, FlakyStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -30,16 +31,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 # Stores fail here on purpose, never by being slow: a budget no scheduling delay reaches.
 BUDGET = 30.0
-
-
-class Breaker:
-    """The guard's clock, moved by hand: a cooldown passes when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def gate(
@@ -150,7 +141,7 @@ async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: P
     flaky = FlakyStore(SQLiteStore(str(tmp_path / "gw.db")))
     await flaky.open()
     routing = await org_with(flaky, requests=1_000)  # type: ignore[arg-type]
-    breaker = Breaker()
+    breaker = Clock(0.0)
     usage = gate(flaky, tmp_path, breaker=breaker, policy=ChunkPolicy(max_requests=2))
     for _ in range(3):
         assert isinstance(await usage.admit(routing, Quantities(1, 10, 1)), Admission)
@@ -178,7 +169,7 @@ async def test_a_down_store_is_not_asked_again_for_every_request(tmp_path: Path)
     flaky = FlakyStore(MemoryStore())
     routing = await org_with(flaky, requests=10**9)  # type: ignore[arg-type]
     # The breaker's clock stands still: a slow loop cannot let a probe through meanwhile.
-    usage = gate(flaky, breaker=Breaker(), policy=ChunkPolicy(strict=True))
+    usage = gate(flaky, breaker=Clock(0.0), policy=ChunkPolicy(strict=True))
     flaky.down = True
     for _ in range(100):
         await usage.admit(routing, Quantities())
@@ -194,6 +185,44 @@ async def test_fail_open_still_refuses_an_org_known_to_be_over_its_limit() -> No
     assert isinstance(await usage.admit(routing, Quantities()), Refusal)
     flaky.down = True
     assert isinstance(await usage.admit(routing, Quantities()), Refusal)
+
+
+async def test_a_zero_limit_is_refused_before_any_store_call() -> None:
+    flaky = FlakyStore(MemoryStore())
+    routing = await org_with(flaky, requests=0)
+    usage = gate(flaky)
+    for _ in range(3):
+        refusal = await usage.admit(routing, Quantities(1, 0, 0))
+        assert isinstance(refusal, Refusal) and refusal.code == "usage_limit_exceeded"
+        assert refusal.detail["limit"] == 0
+    assert flaky.calls.get("reserve", 0) == 0
+
+
+async def test_an_empty_prepaid_balance_that_blocks_is_refused_before_any_store_call() -> None:
+    flaky = FlakyStore(MemoryStore())
+    routing = await org_with(flaky)
+    prices = Prices(requests=1_000_000, block_over_balance=True)
+    routing = replace(routing, limits=replace(routing.limits, credit=0), prices=prices)
+    usage = gate(flaky)
+    refusal = await usage.admit(routing, Quantities(1, 0, 0).priced(prices))
+    assert isinstance(refusal, Refusal) and refusal.code == "prepaid_credit_exhausted"
+    assert flaky.calls.get("reserve", 0) == 0
+    # What costs nothing still passes: only a need the balance cannot meet is refused.
+    assert isinstance(await usage.admit(routing, Quantities(1, 0, 0)), Admission)
+
+
+async def test_a_refusal_after_a_flush_still_reports_what_was_used() -> None:
+    # Regression: a flush between two refusals made the second report "used": 0 (e2e flake).
+    store = MemoryStore()
+    routing = await org_with(store, requests=2)
+    usage = gate(store, policy=ChunkPolicy(strict=True), known_ttl=60.0)
+    for _ in range(2):
+        assert isinstance(await usage.admit(routing, Quantities(1, 0, 0)), Admission)
+    first = await usage.admit(routing, Quantities(1, 0, 0))
+    await usage.flush()
+    second = await usage.admit(routing, Quantities(1, 0, 0))
+    assert isinstance(first, Refusal) and isinstance(second, Refusal)
+    assert first.detail["used"] == second.detail["used"] == 2
 
 
 def die(usage: UsageGate) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
+from gateway.errors import CustomerTaken as CustomerTaken  # defined in the one error tree
 from policies.billing import MAX_MINOR, BillingChange, BillingEvent, BillingState
 from policies.model import MICROS_PER_MINOR, Limits, OrgRouting, PaymentStatus, Period, Prices
 from policies.reservations import ChunkPolicy
@@ -34,15 +35,6 @@ PRUNE_LIMIT = 10_000
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
-
-
-class CustomerTaken(Exception):
-    """A billing customer id is already linked to another org."""
-
-    def __init__(self, provider: str, customer_id: str) -> None:
-        super().__init__(f"{provider} customer {customer_id} belongs to another org")
-        self.provider = provider
-        self.customer_id = customer_id
 
 
 @dataclass(frozen=True, slots=True)

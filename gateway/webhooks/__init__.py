@@ -1,8 +1,8 @@
 """Verification of payment-provider webhooks; see `gateway.webhooks.verify`."""
 
+from gateway.errors import SignatureError
 from gateway.webhooks.verify import (
     PROVIDERS,
-    SignatureError,
     Verified,
     WebhookProvider,
     load_secrets,

@@ -20,13 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.body import Disconnected
-from gateway.errors import ClientError, StoreError
-from gateway.store.records import (
-    BALANCE_OUT_OF_RANGE,
-    Decide,
-)
-from gateway.webhooks.verify import PROVIDERS, SignatureError, load_secrets
+from gateway.errors import ClientError, Disconnected, SignatureError, StoreError
+from gateway.store.records import BALANCE_OUT_OF_RANGE, Decide
+from gateway.webhooks.verify import PROVIDERS, load_secrets
 from policies.billing import (
     OTHER_CURRENCY,
     OUT_OF_RANGE,

@@ -23,11 +23,9 @@ import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from gateway.errors import ConfigError
-
-Reason = Literal["missing_signature", "bad_signature", "stale_timestamp", "malformed_header"]
+from gateway.errors import ConfigError, SignatureError
 
 DEFAULT_TOLERANCE = 300
 
@@ -37,16 +35,6 @@ _UNIX_SECONDS = re.compile(r"[0-9]{1,15}")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,256}")
 _SVIX_PREFIX = "whsec_"
-
-
-class SignatureError(Exception):
-    """The webhook is refused (HTTP 400); the message is the reason code and nothing else."""
-
-    status = 400
-
-    def __init__(self, reason: Reason) -> None:
-        super().__init__(reason)
-        self.reason: Reason = reason
 
 
 @dataclass(frozen=True)
@@ -78,6 +66,7 @@ def svix_key(secret: str) -> bytes:
         # Svix hands out padded secrets, but unpadded ones are accepted by its own libraries.
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
+        # ``from None``: the decoder's message could quote the secret.
         raise ConfigError("Svix webhook secret is not whsec_<base64>") from None
     if not key:
         raise ConfigError("Svix webhook secret is empty")

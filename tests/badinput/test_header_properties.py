@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from gateway.app import IngestApp, Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
-from gateway.upstream import UpstreamResponse
 from policies.model import Limits
 from tests.badinput.samples import EMPTY_TRACES, JSON, ONE_SPAN, PROTOBUF, protobuf_body
+from tests.fakes import MemoryUpstream
 
 SECRET = "k" * 32
 DOCUMENTED = {200, 400, 401, 402, 405, 408, 413, 415, 429, 503}
@@ -33,29 +33,12 @@ MAX_BODY = 4096
 INT_DIGITS = 4300
 
 
-class RecordingUpstream:
-    """The in-memory upstream: accepts every batch and keeps the headers it was sent."""
-
-    def __init__(self) -> None:
-        self.forwarded: list[list[tuple[str, str]]] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    async def forward(self, url: str, headers: list[tuple[str, str]], body: bytes) -> Any:
-        self.forwarded.append(headers)
-        return UpstreamResponse(200, [(b"content-type", b"application/json")], b"{}")
-
-
 @dataclass
 class Rig:
     loop: asyncio.AbstractEventLoop
     runtime: Runtime
     app: IngestApp
-    upstream: RecordingUpstream
+    upstream: MemoryUpstream
     keys: dict[str, str] = field(default_factory=dict)
 
     def run(self, coro: Any) -> Any:
@@ -65,7 +48,7 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     loop = asyncio.new_event_loop()
-    upstream = RecordingUpstream()
+    upstream = MemoryUpstream()
     settings_ = Settings(
         data_dir=tmp_path_factory.mktemp("headers"),
         store_url="memory://",
@@ -325,7 +308,7 @@ def test_duplicated_framing_and_key_headers_get_exactly_one_documented_answer(
     exchange = drive(rig, "POST", "/v1/traces", auth(rig, "open") + headers, [EMPTY_TRACES])
     assert_one_documented_response(exchange)
     if exchange.status == 200:
-        forwarded = rig.upstream.forwarded[-1]
+        forwarded = rig.upstream.requests[-1].headers
         org_headers = [v for n, v in forwarded if n.lower() == "x-gateway-org-id"]
         assert org_headers != ["org_forged"] and len(org_headers) == 1
 

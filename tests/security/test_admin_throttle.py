@@ -17,22 +17,15 @@ from gateway.app import Runtime
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
+from tests.fakes import Clock
 from tests.harness import ADMIN_TOKEN, Gateway
 
 TOKEN = "throttle-admin-token-0123456789"
 GUESS = "guessed-token-9f8e7d6c5b4a"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_the_eleventh_failure_within_a_second_is_throttled_until_the_window_passes() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     failures = AuthFailures(clock=clock)
     for _ in range(10):
         assert failures.fail("10.0.0.1") is None
@@ -48,7 +41,7 @@ def test_the_eleventh_failure_within_a_second_is_throttled_until_the_window_pass
 
 
 def test_failures_spread_over_more_than_a_second_are_never_throttled() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     failures = AuthFailures(clock=clock)
     for _ in range(100):
         assert failures.fail("10.0.0.1") is None
@@ -56,7 +49,7 @@ def test_failures_spread_over_more_than_a_second_are_never_throttled() -> None:
 
 
 def test_a_flood_of_addresses_cannot_grow_the_table() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     failures = AuthFailures(clock=clock, max_addresses=100)
     for _ in range(10):
         failures.fail("10.0.0.1")
@@ -89,7 +82,7 @@ async def test_failures_get_401_then_429_while_the_right_token_still_works(
         await send({"type": "http.response.body", "body": b"ok"})
 
     metrics = Metrics()
-    app = AdminAuth(inner, TOKEN, metrics, AuthFailures(clock=Clock()))  # one instant
+    app = AdminAuth(inner, TOKEN, metrics, AuthFailures(clock=Clock(100.0)))  # one instant
     wrong = {"authorization": f"Bearer {GUESS}"}
     right = {"authorization": f"Bearer {TOKEN}"}
     with caplog.at_level(logging.DEBUG):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.store import (
     Exhausted,
     Granted,
@@ -461,8 +461,16 @@ async def test_concurrent_claims_of_a_period_have_one_winner(store: Store) -> No
     assert results.count(True) == 1
 
 
-async def test_ping(store: Store) -> None:
-    await store.ping()
+async def test_ping_answers_while_open_and_is_a_store_error_once_closed(
+    durable: NewStore,
+) -> None:
+    # Readiness reads "store unreachable" from this StoreError.
+    store = durable()
+    await store.open()
+    await store.ping()  # answers, raising nothing
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ping()
 
 
 # durable backends: several instances on one database

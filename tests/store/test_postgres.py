@@ -162,17 +162,24 @@ async def test_heartbeats_and_releases_race_reserves_without_deadlock(
     org = await two_stores[0].create_org("acme", Limits(requests=10_000, bytes=10**9), None)
     loose = ChunkPolicy(max_requests=3, max_bytes=30)
 
-    async def work(n: int) -> None:
+    async def work(n: int) -> Granted | Exhausted:
         store = two_stores[n % 2]
         holder = f"replica-{n % 3}"
         needs = {"bytes": 10, "requests": 1}
-        await store.reserve(ReserveRequest(holder, org.id, PERIOD, needs, loose, 1_000.0, 60.0))
+        request = ReserveRequest(holder, org.id, PERIOD, needs, loose, 1_000.0, 60.0)
+        result = await store.reserve(request)
         if n % 5 == 0:
             await store.heartbeat(holder, 1_001.0, 60.0)
         if n % 17 == 0:
             await store.release(holder)
+        return result
 
-    await asyncio.gather(*(work(n) for n in range(150)))
+    # A deadlock PostgreSQL broke would surface as a StoreError here; a hang, as the timeout.
+    results = await asyncio.wait_for(asyncio.gather(*(work(n) for n in range(150))), 60)
+    assert all(isinstance(r, Granted) for r in results)  # far below the limits: none refused
+    live = await two_stores[1].live_reservations(org.id, PERIOD, now=1_000.0)
+    assert {row.holder for row in live} <= {"replica-0", "replica-1", "replica-2"}
+    assert await two_stores[0].usage(org.id, PERIOD) == {}  # reserved, never committed
 
 
 # URLs and errors
