@@ -219,3 +219,20 @@ async def test_otlp_json_errors_are_a_readable_google_rpc_status(rig: Rig) -> No
         "/v1/logpush/app", content=b"{}\n", headers={"authorization": "Bearer igk_unknown"}
     )
     assert response.json() == {"error": "invalid_ingest_key"}
+
+
+async def test_protobuf_errors_carry_the_same_readable_message(rig: Rig) -> None:
+    from google.rpc import status_pb2
+
+    _, key = await rig.tenant(Limits(items=1))
+    auth = {"authorization": f"Bearer {key}", "content-type": "application/x-protobuf"}
+    one_span = b"\x0a\x06\x12\x04\x12\x02\x0a\x00"  # resource_spans > scope_spans > one span
+    assert (await rig.client.post("/v1/traces", content=one_span, headers=auth)).status_code == 200
+    response = await rig.client.post("/v1/traces", content=one_span, headers=auth)
+    assert response.headers["content-type"] == "application/x-protobuf"
+    status = status_pb2.Status.FromString(response.content)
+    reason, metadata = error_of(response)
+    assert reason == "usage_limit_exceeded"
+    assert status.message == (
+        f"usage limit exceeded: items 1 of 1 this period, resets {metadata['resets_at']}"
+    )
