@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.control import Control, UpstreamAllowlist, org_json
+from gateway.admin.orgs import OrgAdmin, org_json
+from gateway.admin.origins import UpstreamAllowlist
+from gateway.billing.reconciler import reconcile
 from gateway.errors import BadRequest, ConfigError, NotFound, StoreError
-from gateway.invalidation import open_invalidation
-from gateway.keys import KeyHasher
-from gateway.reconciler import reconcile
+from gateway.ingest.keys import KeyHasher
+from gateway.limits.invalidation import open_invalidation
 from gateway.settings import Settings
 from gateway.store import open_store
 
@@ -109,14 +110,14 @@ def _limits(args: argparse.Namespace) -> dict[str, int]:
     return {n: v for n in names if (v := getattr(args, n, None)) is not None}
 
 
-async def _with_control(settings: Settings, work: Callable[[Control], Awaitable[Any]]) -> Any:
+async def _with_control(settings: Settings, work: Callable[[OrgAdmin], Awaitable[Any]]) -> Any:
     store = open_store(settings.store_url)
     invalidation = open_invalidation(settings.store_url, settings.redis_url)
     await store.open()
     try:
         allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
         hasher = KeyHasher(settings.key_secret_bytes())
-        control = Control(store, hasher, invalidation.publish, allowlist)
+        control = OrgAdmin(store, hasher, invalidation.publish, allowlist)
         return await work(control)
     finally:
         await invalidation.close()
@@ -170,21 +171,21 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
         return await _with_control(settings, lambda c: _org(c.update_org(args.org_id, patch)))
     if args.command == "keys" and args.action == "create":
 
-        async def create(c: Control) -> dict[str, str]:
+        async def create(c: OrgAdmin) -> dict[str, str]:
             record, key = await c.create_key(args.org_id)
             return {"id": record.id, "key": key, "org_id": record.org_id}
 
         return await _with_control(settings, create)
     if args.command == "keys":
 
-        async def revoke(c: Control) -> dict[str, str]:
+        async def revoke(c: OrgAdmin) -> dict[str, str]:
             await c.revoke_key(args.key_id)
             return {"revoked": args.key_id}
 
         return await _with_control(settings, revoke)
     if args.command == "usage":
 
-        async def usage(c: Control) -> dict[str, Any]:
+        async def usage(c: OrgAdmin) -> dict[str, Any]:
             # The org's billing period, as the admin API reports it.
             return await c.usage(args.org_id, await c.period(args.org_id, datetime.now(UTC)))
 
@@ -220,7 +221,7 @@ async def _quickstart(settings: Settings) -> None:
 
     check_admin_token(settings)  # before the demo org is created
 
-    async def demo(c: Control) -> tuple[str, str]:
+    async def demo(c: OrgAdmin) -> tuple[str, str]:
         org = await c.create_org({"name": "demo", "limits": {"requests": 100_000}})
         _record, key = await c.create_key(org.id)
         return org.id, key

@@ -74,11 +74,10 @@ class TooLarge(PayloadTooLarge):
 class HeadTooLarge(ClientError):
     """Raised from a parser callback to stop parsing a head that is over a bound."""
 
-    def __init__(self, status: int, code: bytes) -> None:
-        super().__init__(status)
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
         self.status = status
-        self.code = code.decode()
-        self.body = b'{"error":"' + code + b'"}'
+        self.code = code
 
 
 class UnsupportedMediaType(ClientError):

@@ -15,11 +15,13 @@ from typing import Any
 
 import uvicorn
 
-from gateway.admin import build_admin_app
-from gateway.app import IngestApp, Runtime
+from gateway.admin.app import build_admin_app
 from gateway.errors import ConfigError
-from gateway.protocol import guarded
+from gateway.ingest.app import IngestApp
+from gateway.ingest.header_deadlines import guarded
+from gateway.runtime import Runtime
 from gateway.settings import Settings
+from gateway.types import ASGIApp
 
 log = logging.getLogger("gateway")
 MIN_ADMIN_TOKEN = 16
@@ -214,7 +216,7 @@ async def serve(
 
     protocol = guarded(settings.header_timeout, settings.max_header_bytes, settings.max_header_line)
 
-    def config(app: Any, host: str, port: int) -> uvicorn.Config:
+    def config(app: ASGIApp, host: str, port: int) -> uvicorn.Config:
         return uvicorn.Config(
             app,
             http=protocol,

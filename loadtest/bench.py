@@ -578,7 +578,7 @@ def _progress(row: dict[str, Any]) -> None:
 
 async def seed_keys(path: Path, key_secret: str, count: int, orgs: int) -> list[str]:
     """``count`` keys over ``orgs`` orgs written straight into the SQLite store, in batches."""
-    from gateway.keys import KeyHasher, generate_key
+    from gateway.ingest.keys import KeyHasher, generate_key
     from gateway.store.records import new_id
     from gateway.store.sqlite import SQLiteStore
     from policies.model import Limits

@@ -194,7 +194,7 @@ def _httpx_proxy(base: str) -> Any:
 def _aiohttp_session() -> Any:
     import aiohttp
 
-    # The gateway's own client settings (gateway.upstream.HttpUpstream).
+    # The gateway's own client settings (gateway.ingest.upstream.HttpUpstream).
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=POOL_LIMIT, keepalive_timeout=60),
         timeout=aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S),

@@ -44,7 +44,7 @@ def store_unavailable(retry_after: int = 1) -> Refusal:
     return Refusal(503, "store_unavailable", retry_after=retry_after)
 
 
-def suspension_gate(routing: OrgRouting) -> Refusal | None:
+def suspension_refusal(routing: OrgRouting) -> Refusal | None:
     """Suspended orgs and orgs whose payment is blocked may not send; ``past_due`` alone may."""
     if routing.suspended or routing.payment_status == "blocked":
         return BILLING_SUSPENDED

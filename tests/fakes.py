@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import StoreError
-from gateway.upstream import Headers, UpstreamResponse
+from gateway.ingest.upstream import Headers, UpstreamResponse
 
 ACCEPTED = UpstreamResponse(200, [(b"content-type", b"application/json")], b"{}")
 

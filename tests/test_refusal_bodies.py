@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from gateway.admin import build_admin_app
-from gateway.app import Runtime
+from gateway.admin.app import build_admin_app
+from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from policies.billing import BillingChange

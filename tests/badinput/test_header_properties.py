@@ -1,6 +1,6 @@
-"""Property tests: arbitrary request headers never break GateMiddleware.
+"""Property tests: arbitrary request headers never break MeteringMiddleware.
 
-The ingest app (dispatcher, GateMiddleware, ReverseProxy) is driven directly as an ASGI
+The ingest app (dispatcher, MeteringMiddleware, ReverseProxy) is driven directly as an ASGI
 callable with a hand-written scope, receive and send, in front of an in-memory store and an
 in-memory upstream. Whatever the header list (bytes names and values, non-ASCII, very long,
 content-type / content-encoding / content-length / authorization duplicated), nothing raises
@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.app import IngestApp, Runtime
+from gateway.ingest.app import IngestApp
+from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from policies.model import Limits

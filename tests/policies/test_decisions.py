@@ -13,7 +13,7 @@ from policies.decisions import (
     Refusal,
     rate_limited,
     store_unavailable,
-    suspension_gate,
+    suspension_refusal,
     usage_exceeded,
 )
 from policies.model import OrgRouting, PaymentStatus
@@ -44,19 +44,19 @@ def test_store_unavailable() -> None:
 
 @pytest.mark.parametrize("status", get_args(PaymentStatus))
 def test_suspended_org_is_refused_whatever_it_pays(status: PaymentStatus) -> None:
-    refusal = suspension_gate(OrgRouting("org_1", suspended=True, payment_status=status))
+    refusal = suspension_refusal(OrgRouting("org_1", suspended=True, payment_status=status))
     assert refusal is not None
     assert (refusal.status, refusal.code) == (402, "billing_suspended")
 
 
 def test_blocked_payment_is_refused() -> None:
-    refusal = suspension_gate(OrgRouting("org_1", payment_status="blocked"))
+    refusal = suspension_refusal(OrgRouting("org_1", payment_status="blocked"))
     assert refusal == BILLING_SUSPENDED
 
 
 @pytest.mark.parametrize("status", ["ok", "past_due"])
 def test_unsuspended_org_that_is_not_blocked_is_admitted(status: PaymentStatus) -> None:
-    assert suspension_gate(OrgRouting("org_1", payment_status=status)) is None
+    assert suspension_refusal(OrgRouting("org_1", payment_status=status)) is None
 
 
 def test_usage_exceeded() -> None:

@@ -25,9 +25,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from gateway.admin import build_admin_app
-from gateway.app import Runtime
-from gateway.openapi import SPEC
+from gateway.admin.app import build_admin_app
+from gateway.admin.openapi import SPEC
+from gateway.runtime import Runtime
 from gateway.settings import Settings
 
 TOKEN = "schema-admin-token-0123456789"

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admin import AdminAuth, AuthFailures, build_admin_app
-from gateway.app import Runtime
+from gateway.admin.app import AdminAuth, AuthFailures, build_admin_app
 from gateway.metrics import Metrics
+from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from tests.fakes import Clock

@@ -179,9 +179,9 @@ UNGATED = [
 ]
 
 
-# GateMiddleware.__call__ (gateway/middleware.py) runs `if signal is None: await
+# MeteringMiddleware.__call__ (gateway/ingest/metering.py) runs `if signal is None: await
 # self.app(scope, receive, send)` for any path that is not exactly a gated route, and
-# IngestApp.__call__ (gateway/app.py) sends every `/v1/` path to that middleware in front of
+# IngestApp.__call__ (gateway/ingest/app.py) sends every `/v1/` path to that middleware in front of
 # ReverseProxy, which forwards any path; aiohttp/yarl then normalises dot segments, so
 # /v1/x/../traces lands on the upstream's /v1/traces: keyless, without X-Gateway-Org-Id, and
 # with no usage counted (the client sees the upstream's 200).

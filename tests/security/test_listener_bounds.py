@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from gateway.protocol import guarded
+from gateway.ingest.header_deadlines import guarded
 from tests.badinput.rawhttp import Answer, head, parse, request
 from tests.harness import ADMIN_TOKEN, Gateway, Upstream, start_gateway
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.app import IngestApp, Runtime
+from gateway.ingest.app import IngestApp
+from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from tests.harness import Gateway

@@ -1,6 +1,6 @@
 """The Store contract, live holders: every backend counts the processes sharing it alike.
 
-Rates are divided by this count (gateway/ratelimit.py), so a holder missing from it lets an
+Rates are divided by this count (gateway/limits/rates.py), so a holder missing from it lets an
 org over its rate, and a dead one still in it holds the others below it.
 """
 

@@ -1,0 +1,288 @@
+"""The admin listener: org, key, usage and suspension API plus /metrics, behind a token."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.admin.openapi import SPEC
+from gateway.admin.orgs import OrgAdmin
+from gateway.admin.origins import UpstreamAllowlist
+from gateway.billing.webhooks import EventPolicy
+from gateway.errors import BadRequest, Conflict, Disconnected, NotFound, PayloadTooLarge, StoreError
+from gateway.ingest.body import BodyDeadlines, replaying
+from gateway.metrics import Metrics
+from gateway.responses import refusal_response
+from gateway.runtime import Runtime
+from gateway.types import ASGIApp, Receive, Scope, Send
+from policies.decisions import Refusal
+
+log = logging.getLogger("gateway.admin.app")
+MAX_ADMIN_BODY = 1024 * 1024
+
+
+def _error(
+    status: int, code: str, message: str | None = None, retry_after: int | None = None
+) -> Response:
+    detail = {"message": message} if message else {}
+    return refusal_response(Refusal(status, code, retry_after=retry_after, detail=detail))
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """An address over its failures: ``wait`` seconds until it may fail again with a 401."""
+
+    wait: float
+    started: bool  # this failure is the address's first one over
+
+
+class AuthFailures:
+    """Failed admin authentications per client address within the last ``window`` seconds.
+
+    Only failures are kept (the last ``limit`` times per address, for ``max_addresses``
+    addresses, the least recently failing dropped first), so an address that sends the right
+    token is never slowed and a flood of addresses cannot grow the table.
+    """
+
+    def __init__(
+        self,
+        limit: int = 10,
+        window: float = 1.0,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._seen: dict[str, tuple[deque[float], bool]] = {}
+
+    def fail(self, address: str) -> Throttled | None:
+        """Records a failure; what to answer if the address is over its failures."""
+        now = self._clock()
+        entry = self._seen.pop(address, None)
+        times, was_over = entry if entry is not None else (deque(maxlen=self.limit), False)
+        while len(self._seen) >= self.max_addresses:
+            del self._seen[next(iter(self._seen))]
+        over = len(times) == self.limit and now - times[0] < self.window
+        times.append(now)
+        self._seen[address] = (times, over)  # at the end: the most recently failing
+        if not over:
+            return None
+        return Throttled(self.window - (now - times[0]), started=not was_over)
+
+
+class AdminAuth:
+    """Every admin route needs ``Authorization: Bearer $GATEWAY_ADMIN_TOKEN``.
+
+    A failure is counted and logged (never with what was sent); an address with ``limit``
+    failures in the last second gets 429 instead of 401 until it stops.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None,
+        metrics: Metrics,
+        failures: AuthFailures | None = None,
+    ) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode() if token else None
+        self._failures = failures or AuthFailures()
+        self._unauthorized = metrics.admin_auth_failures.labels("unauthorized")
+        self._throttled = metrics.admin_auth_failures.labels("rate_limited")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for n, v in scope["headers"] if n == b"authorization"), b"")
+            if self._expected is None or not hmac.compare_digest(given, self._expected):
+                await self._refuse(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        address = scope["client"][0] if scope.get("client") else "unknown"
+        throttled = self._failures.fail(address)
+        if throttled is None:
+            self._unauthorized.inc()
+            log.warning(
+                "admin request refused, missing or wrong token: %s %s from %s",
+                scope["method"],
+                scope["path"],
+                address,
+            )
+            response = _error(401, "unauthorized")
+        else:
+            self._throttled.inc()
+            if throttled.started:
+                log.warning("admin authentication failures from %s throttled (429)", address)
+            wait = max(1, math.ceil(throttled.wait))
+            response = _error(429, "rate_limited", retry_after=wait)
+        if _announces_body(scope["headers"]):
+            # The body is never read: end the connection rather than keep taking it.
+            response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
+def _announces_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        (n == b"content-length" and v.strip() != b"0") or n == b"transfer-encoding"
+        for n, v in headers
+    )
+
+
+class AdminBodies:
+    """Reads every admin body under the same deadline as ingest bodies, and a size limit."""
+
+    def __init__(self, app: ASGIApp, bodies: BodyDeadlines, limit: int = MAX_ADMIN_BODY) -> None:
+        self.app = app
+        self.bodies = bodies
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for n, v in scope["headers"] if n == b"content-length"), b"")
+        try:
+            body = await self.bodies.read(
+                receive,
+                self.limit,
+                # More digits than any limit has: too large, without parsing a huge number.
+                (int(declared) if len(declared) < 19 else 2**63) if declared.isdigit() else None,
+            )
+        except PayloadTooLarge:
+            response = _error(413, "payload_too_large")
+            response.headers["connection"] = "close"  # the rest of the body is never read
+            await response(scope, receive, send)
+            return
+        except TimeoutError:
+            response = _error(408, "request_timeout")  # ends the connection
+            await response(scope, receive, send)
+            return
+        except Disconnected:
+            log.debug("admin client disconnected before its body arrived")
+            return
+        await self.app(scope, replaying(body, receive), send)
+
+
+async def _json(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError as exc:
+        raise BadRequest("the body is not valid JSON") from exc
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise BadRequest("limit must be a whole number from 1 to 1000")
+    return int(raw)
+
+
+def build_admin_app(runtime: Runtime) -> Any:
+    settings = runtime.settings
+    allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
+    events = EventPolicy.from_settings(settings)
+    control = OrgAdmin(runtime.store, runtime.hasher, runtime.invalidate_org, allowlist, events)
+
+    async def create_org(request: Request) -> Response:
+        org = await control.create_org(await _json(request))
+        return JSONResponse(await control.org_view(org), status_code=201)
+
+    async def get_org(request: Request) -> Response:
+        org = await control.get_org(request.path_params["org_id"])
+        return JSONResponse(await control.org_view(org))
+
+    async def update_org(request: Request) -> Response:
+        org = await control.update_org(request.path_params["org_id"], await _json(request))
+        return JSONResponse(await control.org_view(org))
+
+    async def create_key(request: Request) -> Response:
+        record, key = await control.create_key(request.path_params["org_id"])
+        return JSONResponse({"id": record.id, "key": key, "org_id": record.org_id}, status_code=201)
+
+    async def revoke_key(request: Request) -> Response:
+        await control.revoke_key(request.path_params["key_id"])
+        return Response(status_code=204)
+
+    async def usage(request: Request) -> Response:
+        await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
+        org_id = request.path_params["org_id"]
+        period = await control.period(org_id, datetime.now(UTC))
+        return JSONResponse(await control.usage(org_id, period))
+
+    async def billing(request: Request) -> Response:
+        await runtime.usage.flush()  # the balance counts this replica's spending so far
+        return JSONResponse(await control.billing(request.path_params["org_id"]))
+
+    async def webhook_events(request: Request) -> Response:
+        return JSONResponse({"events": await runtime.store.webhook_events(_limit(request))})
+
+    async def audit(request: Request) -> Response:
+        org_id = request.query_params.get("org_id")
+        entries = await runtime.store.audit_log(org_id, _limit(request))
+        return JSONResponse({"entries": entries})
+
+    async def suspension(request: Request) -> Response:
+        org = await control.set_suspension(request.path_params["org_id"], await _json(request))
+        return JSONResponse(await control.org_view(org))
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(SPEC)
+
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def bad_request(_request: Request, exc: Exception) -> Response:
+        return _error(400, "bad_request", str(exc))
+
+    async def not_found(_request: Request, _exc: Exception) -> Response:
+        return _error(404, "not_found")
+
+    async def conflict(_request: Request, exc: Exception) -> Response:
+        return _error(409, "conflict", str(exc))
+
+    async def store_down(_request: Request, _exc: Exception) -> Response:
+        return _error(503, "store_unavailable", retry_after=1)
+
+    app = Starlette(
+        routes=[
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/openapi.json", openapi, methods=["GET"]),
+            Route("/admin/orgs", create_org, methods=["POST"]),
+            Route("/admin/orgs/{org_id}", get_org, methods=["GET"]),
+            Route("/admin/orgs/{org_id}", update_org, methods=["PATCH"]),
+            Route("/admin/orgs/{org_id}/keys", create_key, methods=["POST"]),
+            Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+            Route("/admin/orgs/{org_id}/usage", usage, methods=["GET"]),
+            Route("/admin/orgs/{org_id}/suspension", suspension, methods=["PUT"]),
+            Route("/admin/orgs/{org_id}/billing", billing, methods=["GET"]),
+            Route("/admin/webhooks/events", webhook_events, methods=["GET"]),
+            Route("/admin/audit", audit, methods=["GET"]),
+        ],
+        middleware=[Middleware(AdminBodies, bodies=runtime.bodies)],
+        exception_handlers={
+            BadRequest: bad_request,
+            NotFound: not_found,
+            Conflict: conflict,
+            StoreError: store_down,
+        },
+    )
+    return AdminAuth(app, settings.admin_token, runtime.metrics)

@@ -1,0 +1,334 @@
+"""Operations on orgs and keys, shared by the admin API and the CLI.
+
+Input arrives as parsed JSON (or CLI flags turned into the same shape) and is
+validated here, so both front ends refuse the same things with the same messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.admin.origins import UpstreamAllowlist, parse_origin
+from gateway.billing.webhooks import EventPolicy
+from gateway.errors import BadOrigin, BadRequest, Conflict, CustomerTaken, NotFound
+from gateway.ingest.keys import KeyHasher, generate_key
+from gateway.limits.usage import CREDIT_PERIOD
+from gateway.store.base import Store
+from gateway.store.records import KeyRecord, OrgChanges, OrgRecord
+from policies import money
+from policies.billing import BillingState, manual_unsuspend
+from policies.model import SENT_METERS, Limits, Period, Prices
+from policies.periods import period_for
+
+log = logging.getLogger("gateway.admin.orgs")
+
+MAX_INT = 2**63 - 1  # every store keeps these in a signed 64-bit column
+MAX_PRICE = 10**9  # minor units per million units
+LIMIT_NAMES = ("requests", "bytes", "items", "rate_requests", "rate_bytes")
+
+
+def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, Any]:
+    """An org as the API shows it; ``suspended`` is the admin's suspension, ``billing_*`` the
+    billing one (the reconciler's or a provider's), which blocks ingest just the same."""
+    return {
+        "id": org.id,
+        "name": org.name,
+        "limits": org.limits.as_dict(),
+        "upstream": org.upstream,
+        "suspended": org.suspended,
+        "suspension_reason": org.suspension_reason,
+        "billing_suspended": _billing_blocked(org),
+        "billing_suspension_reason": _billing_reason(org, billing),
+        "payment_status": org.payment_status,
+        "shadow": org.shadow,
+        "prices": org.prices.as_dict(),
+        "block_over_balance": org.prices.block_over_balance,
+        "billing_customers": dict(org.billing_customers),
+    }
+
+
+def _billing_blocked(org: OrgRecord) -> bool:
+    """Refused for billing: suspended by the reconciler, or a payment the provider blocked."""
+    return org.billing_suspended or org.payment_status == "blocked"
+
+
+def _billing_reason(org: OrgRecord, billing: BillingState | None) -> str | None:
+    if org.billing_suspended and billing is not None and billing.suspension_reason:
+        return billing.suspension_reason
+    if org.payment_status == "blocked":
+        return "payment blocked by the provider"
+    return None
+
+
+def billing_json(state: BillingState, balance_minor: int) -> dict[str, Any]:
+    period = state.period
+    return {
+        "payment_status": state.payment_status,
+        "plan": state.plan,
+        "period_start": _iso(period.start) if period else None,
+        "period_end": _iso(period.end) if period else None,
+        "cancel_at_period_end": state.cancel_at_period_end,
+        "overdue_since": _iso(state.overdue_since) if state.overdue_since else None,
+        "suspended_at": _iso(state.suspended_at) if state.suspended_at else None,
+        "suspension_reason": state.suspension_reason,
+        "never_paid": state.never_paid,
+        "balance_minor": balance_minor,
+    }
+
+
+def _limits(raw: object, base: Limits) -> Limits:
+    if not isinstance(raw, Mapping):
+        raise BadRequest("limits must be an object")
+    unknown = set(raw) - set(LIMIT_NAMES)
+    if unknown:
+        raise BadRequest(f"unknown limits: {', '.join(sorted(map(str, unknown)))}")
+    changes: dict[str, int | None] = {}
+    for name, value in raw.items():
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_INT):
+            raise BadRequest(f"limits.{name} must be an integer from 0 to 2**63-1, or null")
+        if value is not None and name.startswith("rate_") and value < 1:
+            raise BadRequest(f"limits.{name} must be at least 1 (null lifts it)")
+        changes[name] = value
+    return replace(base, **changes)
+
+
+def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise BadRequest("upstream must be a string or null")
+    try:
+        origin = parse_origin(raw)
+    except BadOrigin as exc:
+        raise BadRequest(str(exc)) from exc
+    if not allowlist.allows(origin):
+        raise BadRequest("upstream is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
+    return origin.url
+
+
+def _name(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 200:
+        raise BadRequest("name must be a non-empty string of at most 200 characters")
+    return raw.strip()
+
+
+def _body(raw: object, allowed: set[str]) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise BadRequest("the body must be a JSON object")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise BadRequest(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    return raw
+
+
+_ORG_FIELDS = {"name", "limits", "upstream", "shadow"}
+_PATCH_FIELDS = _ORG_FIELDS | {"prices", "block_over_balance", "billing_customers"}
+PROVIDERS = ("stripe", "autumn", "paddle")
+
+
+def _prices(raw: Mapping[str, Any], base: Prices) -> Prices:
+    prices = raw.get("prices", {})
+    if not isinstance(prices, Mapping):
+        raise BadRequest("prices must be an object")
+    unknown = set(prices) - set(SENT_METERS)
+    if unknown:
+        raise BadRequest(f"unknown prices: {', '.join(sorted(map(str, unknown)))}")
+    changes: dict[str, Any] = {}
+    for name, value in prices.items():
+        # Bounded so that a price times a 64 MiB batch still fits a 64-bit counter.
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_PRICE):
+            raise BadRequest(f"prices.{name} must be an integer from 0 to {MAX_PRICE}")
+        changes[name] = value
+    if "block_over_balance" in raw:
+        if not isinstance(raw["block_over_balance"], bool):
+            raise BadRequest("block_over_balance must be a boolean")
+        changes["block_over_balance"] = raw["block_over_balance"]
+    return replace(base, **changes)
+
+
+def _customers(raw: object) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise BadRequest("billing_customers must be an object")
+    unknown = set(raw) - set(PROVIDERS)
+    if unknown:
+        raise BadRequest(f"unknown billing providers: {', '.join(sorted(map(str, unknown)))}")
+    for provider, customer in raw.items():
+        if not isinstance(customer, str) or not customer.strip() or len(customer) > 200:
+            raise BadRequest(f"billing_customers.{provider} must be a non-empty string")
+    return {str(k): str(v).strip() for k, v in raw.items()}
+
+
+class OrgAdmin:
+    """``event_policy`` decides the provider events kept for a customer before it was
+    linked; it must be the webhook endpoint's (``EventPolicy.from_settings``). Without one,
+    linking applies nothing and the events stay unlinked until a link that has one."""
+
+    def __init__(
+        self,
+        store: Store,
+        hasher: KeyHasher,
+        invalidate: Callable[[str], Awaitable[None]] | None = None,
+        allowlist: UpstreamAllowlist | None = None,
+        event_policy: EventPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.allowlist = allowlist or UpstreamAllowlist()
+        self.event_policy = event_policy
+        self._invalidate = invalidate
+
+    async def invalidate(self, org_id: str) -> None:
+        """Every replica drops the org's cached routing (and this one its local budgets)."""
+        if self._invalidate is not None:
+            await self._invalidate(org_id)
+
+    async def create_org(self, raw: object) -> OrgRecord:
+        body = _body(raw, _ORG_FIELDS)
+        if "name" not in body:
+            raise BadRequest("name is required")
+        shadow = body.get("shadow", False)
+        if not isinstance(shadow, bool):
+            raise BadRequest("shadow must be a boolean")
+        return await self.store.create_org(
+            _name(body["name"]),
+            _limits(body.get("limits", {}), Limits()),
+            _upstream(body.get("upstream"), self.allowlist),
+            shadow,
+        )
+
+    async def update_org(self, org_id: str, raw: object) -> OrgRecord:
+        body = _body(raw, _PATCH_FIELDS)
+        current = await self._org(org_id)
+        customers = _customers(body["billing_customers"]) if "billing_customers" in body else None
+        priced = "prices" in body or "block_over_balance" in body
+        shadow = body.get("shadow")
+        if shadow is not None and not isinstance(shadow, bool):
+            raise BadRequest("shadow must be a boolean")
+        changes = OrgChanges(
+            name=_name(body["name"]) if "name" in body else None,
+            limits=_limits(body["limits"], current.limits) if "limits" in body else None,
+            upstream=_upstream(body.get("upstream"), self.allowlist),
+            set_upstream="upstream" in body,
+            shadow=shadow,
+            prices=_prices(body, current.prices) if priced else None,
+        )
+        org = await self.store.update_org(org_id, changes)
+        if org is None:
+            raise NotFound(org_id)
+        if customers:
+            try:
+                org = await self.store.set_billing_customers(org_id, customers)
+            except CustomerTaken as exc:
+                raise Conflict("a billing customer id is already linked to another org") from exc
+            if org is None:
+                raise NotFound(org_id)
+            if await self._apply_unlinked(org_id, customers):
+                org = await self._org(org_id)
+        await self.invalidate(org_id)
+        return org
+
+    async def _apply_unlinked(self, org_id: str, customers: Mapping[str, str]) -> bool:
+        """The events each customer had before this link; True when any was applied.
+
+        Every customer of the body, changed or not: linking again finishes a link whose
+        events were not all applied (the store failed half-way)."""
+        policy = self.event_policy
+        if policy is None:
+            return False
+        moment = datetime.now(UTC)
+        any_applied = False
+        for provider, customer in customers.items():
+            outcomes = await self.store.apply_unlinked_events(
+                provider, customer, lambda event: policy.decide(event, moment), moment
+            )
+            applied = sum(outcome.status == "applied" for outcome in outcomes)
+            if outcomes:
+                log.info(
+                    "%s events from before the link, applied to %s: %d, refused: %d",
+                    provider,
+                    org_id,
+                    applied,
+                    len(outcomes) - applied,
+                )
+            any_applied = any_applied or applied > 0
+        return any_applied
+
+    async def _org(self, org_id: str) -> OrgRecord:
+        org = await self.store.get_org(org_id)
+        if org is None:
+            raise NotFound(org_id)
+        return org
+
+    async def get_org(self, org_id: str) -> OrgRecord:
+        return await self._org(org_id)
+
+    async def org_view(self, org: OrgRecord) -> dict[str, Any]:
+        """The org's JSON with its billing suspension's reason, when it has one."""
+        billing = await self.store.billing_state(org.id) if _billing_blocked(org) else None
+        return org_json(org, billing)
+
+    async def create_key(self, org_id: str) -> tuple[KeyRecord, str]:
+        key = generate_key()
+        record = await self.store.create_key(org_id, self.hasher(key))
+        if record is None:
+            raise NotFound(org_id)
+        return record, key
+
+    async def revoke_key(self, key_id: str) -> None:
+        org_id = await self.store.revoke_key(key_id)
+        if org_id is None:
+            raise NotFound(key_id)
+        await self.invalidate(org_id)
+
+    async def set_suspension(self, org_id: str, raw: object) -> OrgRecord:
+        body = _body(raw, {"suspended", "reason"})
+        suspended = body.get("suspended")
+        reason = body.get("reason")
+        if not isinstance(suspended, bool):
+            raise BadRequest("suspended must be a boolean")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise BadRequest("reason must be a string of at most 500 characters")
+        org = await self.store.set_suspension(org_id, suspended, reason)
+        if org is None:
+            raise NotFound(org_id)
+        if not suspended:
+            # Lifting also ends a billing suspension; its overdue clock starts again.
+            moment = datetime.now(UTC)
+            why = reason or "manual unsuspend"
+            await self.store.update_billing(
+                org_id, lambda s: manual_unsuspend(s, moment, why), actor="admin", now=moment
+            )
+            org = await self._org(org_id)
+        await self.invalidate(org_id)
+        return org
+
+    async def billing(self, org_id: str) -> dict[str, Any]:
+        await self._org(org_id)
+        state = await self.store.billing_state(org_id) or BillingState()
+        credited = await self.store.balance(org_id)
+        spent = (await self.store.usage(org_id, CREDIT_PERIOD.key)).get("credit", 0)
+        return billing_json(state, money.balance_minor(credited, spent))
+
+    async def period(self, org_id: str, now: datetime) -> Period:
+        state = await self.store.billing_state(org_id)
+        return period_for(now, state.period if state else None)
+
+    async def usage(self, org_id: str, period: Period) -> dict[str, Any]:
+        org = await self._org(org_id)
+        counters = await self.store.usage(org_id, period.key)
+        shadow = {m: counters.get(f"shadow_refused:{m}", 0) for m in ("requests", "bytes", "items")}
+        return {
+            "period_start": _iso(period.start),
+            "period_end": _iso(period.end),
+            "usage": {m: counters.get(m, 0) for m in ("requests", "bytes", "items")},
+            "limits": org.limits.as_dict(),
+            "shadow_refused": shadow,
+        }
+
+
+def _iso(moment: Any) -> str:
+    return str(moment.isoformat()).replace("+00:00", "Z")

@@ -1,0 +1,284 @@
+"""MeteringMiddleware: the gates as one ASGI middleware in front of any ASGI app.
+
+The gateway's reverse proxy is one such app; an ingest service written in Python can
+mount the same middleware in front of its own handlers. The inner app sees the
+request body, the org in ``X-Gateway-Org-Id`` and the admission in
+``scope["gateway.admission"]``; the ingest key and any client copy of the org header
+are gone. A response outside 2xx from the inner app refunds the request's usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from gateway.errors import BadRequest, ClientError, Disconnected
+from gateway.ingest.body import BodyDeadlines, replaying
+from gateway.ingest.keys import extract_key, strip_key_param
+from gateway.ingest.outcomes import Outcome
+from gateway.ingest.partial import MAX_ANSWER, rejected_items
+from gateway.ingest.payload import BodyLimits, PayloadInspector
+from gateway.limits.admission import AdmissionControl
+from gateway.limits.usage import Admission
+from gateway.metrics import Metrics
+from gateway.responses import send_refusal
+from gateway.types import ASGIApp, Message, Receive, Scope, Send
+from policies.decisions import Refusal
+from policies.model import Quantities
+
+log = logging.getLogger("gateway.ingest")
+
+OTLP_PATHS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
+LOGPUSH_PREFIX = "/v1/logpush/"
+METHOD_NOT_ALLOWED = Refusal(405, "method_not_allowed")
+REQUEST_TIMEOUT = Refusal(408, "request_timeout")
+# Tenant headers a client may not set: whatever it sent is replaced by the real org.
+_TENANT_HEADERS = frozenset({b"x-gateway-org-id", b"x-scope-orgid", b"x-tenant-id"})
+_DROPPED = frozenset({b"x-ingest-key"}) | _TENANT_HEADERS
+_BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
+_SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def _dropped(name: bytes) -> bool:
+    """Underscore spellings too: a CGI-style upstream reads ``X_Gateway_Org_Id`` the same."""
+    return name in _DROPPED or name.replace(b"_", b"-") in _DROPPED
+
+
+def signal_for(path: str) -> str | None:
+    """The signal of an ingest route; only exact routes count (a logpush source is one safe
+    path segment), so no other path of the upstream can be reached through the gates."""
+    signal = OTLP_PATHS.get(path)
+    if signal is None and path.startswith(LOGPUSH_PREFIX):
+        source = path[len(LOGPUSH_PREFIX) :]
+        if _SOURCE.fullmatch(source) and source not in {".", ".."}:
+            return "logpush"
+    return signal
+
+
+class _RequestHeaders:
+    """One pass over the client's headers: what the gates need, and what may go upstream."""
+
+    __slots__ = ("conflict", "content_encoding", "content_type", "declared", "named", "protobuf")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.content_type: bytes | None = None
+        self.content_encoding: bytes | None = None
+        self.declared: int | None = None
+        self.conflict: str | None = None
+        self.named: set[bytes] = set()
+        for name, value in headers:
+            if name == b"content-type":
+                if self.content_type is not None:
+                    # Valid JSON can be valid protobuf too: the backend must not read it otherwise.
+                    self.conflict = "more than one Content-Type header"
+                self.content_type = value
+            elif name == b"content-encoding":
+                if self.content_encoding is not None:
+                    self.conflict = "more than one Content-Encoding header"
+                self.content_encoding = value
+            elif name == b"content-length" and value.isdigit():
+                # More digits than any limit has: too large, without parsing a huge number.
+                self.declared = int(value) if len(value) < 19 else 2**63
+            elif name == b"connection":
+                self.named.update(t.strip().lower() for t in value.split(b","))
+                if not self.named.isdisjoint(_BODY_HEADERS):
+                    # Dropped on the way, the backend would read the body other than we counted.
+                    self.conflict = "Connection may not name a header that describes the body"
+        self.protobuf = self.content_type is not None and self.content_type.startswith(
+            b"application/x-protobuf"
+        )
+
+    def floor(self) -> Quantities:
+        """The least this request can count: one request, and the bytes of a plain body."""
+        declared = self.declared or 0
+        plain = self.content_encoding is None or self.content_encoding.strip() in (b"", b"identity")
+        return Quantities(1, declared if plain else min(declared, 1), min(declared, 1))
+
+    def forwardable(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The client's headers less the key, tenant headers and what its Connection names;
+        the gateway's own headers are added after this, so no client header can remove them."""
+        named = self.named
+        return [
+            (n, v)
+            for n, v in headers
+            if n != b"authorization" and n != b"connection" and n not in named and not _dropped(n)
+        ]
+
+
+class _Answer:
+    """The start of a 2xx answer's body, to read a partial success from (never all of it)."""
+
+    __slots__ = ("body", "content_type", "encoding")
+
+    def __init__(self) -> None:
+        self.body = b""
+        self.content_type: bytes | None = None
+        self.encoding: bytes | None = None
+
+    def start(self, message: Message) -> None:
+        for name, value in message.get("headers", ()):
+            name = name.lower()
+            if name == b"content-type":
+                self.content_type = value
+            elif name == b"content-encoding":
+                self.encoding = value
+
+    def add(self, chunk: bytes) -> None:
+        if chunk and len(self.body) + len(chunk) <= MAX_ANSWER:
+            self.body += chunk
+
+
+class _Exchange:
+    """One request's answer: a refusal decided by the gates, or what the inner app said."""
+
+    __slots__ = ("answer", "inner", "refused", "send_client", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send_client = send
+        self.status = 0
+        self.answer = _Answer()
+        self.inner: Scope | None = None
+        self.refused: Outcome | None = None
+
+    async def refuse(self, refusal: Refusal, style: str) -> Outcome:
+        # Decided before it is sent: a client gone meanwhile does not change the outcome.
+        self.refused = Outcome.of(refusal.code)
+        await send_refusal(self.send_client, refusal, style)
+        return self.refused
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.answer.start(message)
+        elif 200 <= self.status < 300:
+            self.answer.add(message.get("body", b""))
+        await self.send_client(message)
+
+    def outcome(self, failed: bool) -> Outcome:
+        """The refusal, or what the inner app's answer says (the proxy may have named it); an
+        exception before either is an internal error."""
+        if self.refused is not None:
+            return self.refused
+        if self.inner is None:
+            return Outcome.INTERNAL_ERROR
+        named = self.inner.get("gateway.outcome")
+        return Outcome.of(named) if named else Outcome.of_answer(self.status, failed)
+
+
+class MeteringMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        gates: AdmissionControl,
+        metrics: Metrics,
+        *,
+        limits: BodyLimits | None = None,
+        body_timeout: float = 30.0,
+        inspector: PayloadInspector | None = None,
+    ) -> None:
+        self.app = app
+        self.gates = gates
+        self.metrics = metrics
+        self.limits = limits or BodyLimits()
+        self.body_timeout = body_timeout
+        self.inspector = inspector or PayloadInspector(self.limits)
+        self._counters: dict[tuple[str, Outcome], Any] = {}
+        self._reads = BodyDeadlines(body_timeout)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        signal = signal_for(scope["path"])
+        if signal is None:
+            await self.app(scope, receive, send)
+            return
+        exchange = _Exchange(send)
+        outcome = Outcome.INTERNAL_ERROR
+        try:
+            outcome = await self._gate(scope, receive, signal, exchange)
+        except BaseException:
+            outcome = exchange.outcome(failed=True)
+            raise
+        finally:
+            # The one place a request is counted: every path, an exception's too, ends here.
+            self._count(signal, outcome)
+
+    async def _gate(
+        self, scope: Scope, receive: Receive, signal: str, exchange: _Exchange
+    ) -> Outcome:
+        request = _RequestHeaders(scope["headers"])
+        style = "protobuf" if request.protobuf else ("status" if signal != "logpush" else "json")
+
+        if scope["method"] != "POST":
+            return await exchange.refuse(METHOD_NOT_ALLOWED, style)
+        key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
+        auth = await self.gates.authorize(key)
+        if isinstance(auth, Refusal):
+            return await exchange.refuse(auth, style)
+        if request.conflict is not None:
+            return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
+        # What the key, the routing and the declared length decide comes before any parsing.
+        early = self.gates.precheck(auth, request.floor())
+        if early is not None:
+            return await exchange.refuse(early, style)
+        try:
+            body = await self._reads.read(receive, self.limits.max_received, request.declared)
+            payload = await self.inspector.inspect(
+                signal, request.content_type, request.content_encoding, body
+            )
+        except ClientError as exc:
+            return await exchange.refuse(exc.refusal(), style)
+        except TimeoutError:
+            return await exchange.refuse(REQUEST_TIMEOUT, style)
+        except Disconnected:
+            log.debug("client disconnected before its %s body arrived", signal)
+            return Outcome.CLIENT_DISCONNECTED
+        admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))
+        if isinstance(admission, Refusal):
+            return await exchange.refuse(admission, style)
+        return await self._forward(scope, receive, signal, request, body, admission, exchange)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        signal: str,
+        request: _RequestHeaders,
+        body: bytes,
+        admission: Admission,
+        exchange: _Exchange,
+    ) -> Outcome:
+        org_header = admission.routing.org_id.encode()
+        inner = dict(scope)
+        inner["headers"] = [
+            *request.forwardable(scope["headers"]),
+            (b"x-gateway-org-id", org_header),
+            (b"x-scope-orgid", org_header),
+        ]
+        inner["query_string"] = strip_key_param(scope["query_string"])
+        inner["gateway.admission"] = admission
+        inner["gateway.body"] = body
+        inner["gateway.signal"] = signal
+        exchange.inner = inner
+        try:
+            await self.app(inner, replaying(body, receive), exchange.send)
+        finally:
+            answer = exchange.answer
+            if not 200 <= exchange.status < 300:
+                self.gates.refund(admission)
+            elif answer.body:
+                # An OTLP partial success: the org pays only for what the backend accepted.
+                rejected = rejected_items(signal, answer.content_type, answer.encoding, answer.body)
+                if rejected:
+                    self.gates.refund_items(admission, rejected)
+        return exchange.outcome(failed=False)
+
+    def _count(self, signal: str, outcome: Outcome) -> None:
+        counter = self._counters.get((signal, outcome))
+        if counter is None:
+            counter = self._counters[(signal, outcome)] = self.metrics.requests.labels(
+                signal, outcome.value
+            )
+        counter.inc()

@@ -1,0 +1,101 @@
+"""The gates in order: key -> routing -> suspension -> rate -> usage, with shadow mode.
+
+Shadow mode (global, or per org) runs every gate, counts what it would have refused,
+and admits anyway, so that limits can be rolled out safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import StoreError
+from gateway.ingest.keys import KeyHasher
+from gateway.limits.guard import StoreGuard
+from gateway.limits.rates import RateLimiter
+from gateway.limits.routing import RoutingCache
+from gateway.limits.usage import Admission, UsageGate
+from gateway.metrics import Metrics
+from policies.decisions import INVALID_INGEST_KEY, Refusal, store_unavailable, suspension_refusal
+from policies.model import OrgRouting, Quantities
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    routing: OrgRouting
+    shadowed: Refusal | None = None
+
+
+class AdmissionControl:
+    def __init__(
+        self,
+        hasher: KeyHasher,
+        routing: RoutingCache,
+        usage: UsageGate,
+        rates: RateLimiter,
+        metrics: Metrics,
+        guards: tuple[StoreGuard, ...],
+        *,
+        shadow: bool = False,
+    ) -> None:
+        self._guards = guards
+        self._hasher = hasher
+        self._routing = routing
+        self._usage = usage
+        self._rates = rates
+        self._metrics = metrics
+        self._shadow = shadow
+
+    async def authorize(self, key: str | None) -> Authorized | Refusal:
+        """Who is sending, and may they send at all (before the body is read)."""
+        if key is None:
+            return INVALID_INGEST_KEY
+        try:
+            routing = await self._routing.lookup(self._hasher(key))
+        except StoreError:
+            return store_unavailable()
+        if routing is None:
+            return INVALID_INGEST_KEY
+        refusal = suspension_refusal(routing)
+        if refusal is None:
+            return Authorized(routing)
+        if self._shadow or routing.shadow:
+            return Authorized(routing, shadowed=refusal)
+        return refusal
+
+    def precheck(self, auth: Authorized, floor: Quantities) -> Refusal | None:
+        """A refusal already certain from what this process knows, before the body is read:
+        the store said a meter is exhausted and even the least this request counts is over."""
+        if auth.shadowed is not None or self._shadow or auth.routing.shadow:
+            return None
+        routing = auth.routing
+        if routing.prices.priced:
+            floor = floor.priced(routing.prices)
+        return self._usage.known_refusal(routing, floor)
+
+    async def admit(self, auth: Authorized, q: Quantities) -> Admission | Refusal:
+        """Rate and usage for one request's quantities: admitted and counted, or refused."""
+        routing = auth.routing
+        if routing.prices.priced:
+            q = q.priced(routing.prices)
+        refusal = auth.shadowed or self._rates.check(routing, q)
+        if refusal is None:
+            outcome = await self._usage.admit(routing, q)
+            if isinstance(outcome, Admission):
+                # Admitted while the store is failing: on last-known routing or unreserved quota.
+                if outcome.fail_open or any(guard.is_open for guard in self._guards):
+                    self._metrics.fail_open.inc()
+                return outcome
+            refusal = outcome
+        if not (self._shadow or routing.shadow):
+            return refusal
+        self._metrics.shadow_refusals.labels(refusal.code).inc()
+        self._usage.record_shadow(routing, q)
+        return self._usage.admit_unmetered(routing, q)
+
+    def refund(self, admission: Admission) -> None:
+        self._metrics.refunds.inc()
+        self._usage.refund(admission)
+
+    def refund_items(self, admission: Admission, items: int) -> None:
+        """The upstream accepted the batch but rejected ``items`` of it (partial success)."""
+        self._metrics.refunded_items.inc(self._usage.refund_items(admission, items))

@@ -1,0 +1,585 @@
+"""The usage gate: exact per-period limits spent from reservations held in memory.
+
+Each (org, period) has a local budget per limited meter, reserved from the store in
+chunks (``policies.reservations``). A request spends all of its meters from the
+budget or none; when a meter runs short, one refill per org goes to the store while
+the org's other requests wait for it. Spent quantities are flushed as idempotent
+batches through the spool. When the store fails, known orgs are admitted (fail-open)
+and their usage is spooled like any other; local budgets are forfeited, never trusted
+past their reservations' expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+
+from gateway.errors import StoreError
+from gateway.limits.guard import StoreGuard
+from gateway.limits.spool import Spool
+from gateway.store.base import QuotaStore
+from gateway.store.records import Exhausted, ReserveRequest, UsageBatch
+from policies.decisions import Refusal, quota_held_elsewhere, usage_exceeded
+from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
+from policies.periods import period_at
+from policies.reservations import ChunkPolicy
+
+log = logging.getLogger("gateway.limits.usage")
+
+SHADOW_PREFIX = "shadow_refused:"
+
+#: The credit meter is counted over an org's whole life: its limit is the prepaid balance.
+CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+
+@dataclass(slots=True)
+class _Known:
+    """The store's last word that a meter was exhausted: refuse needs above ``left``;
+    ``used`` is the usage (committed, or spent here) at that moment, for the refusal body."""
+
+    left: int
+    limit: int
+    used: int
+    until: float
+    held_elsewhere: bool = False  # other holders still had unspent quota: retry, not final
+
+
+@dataclass(slots=True)
+class _Budget:
+    period: Period
+    limits: tuple[tuple[str, int], ...] | None = None  # what the reservation was taken under
+    generation: int = 0
+    remaining: dict[str, int] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+    exhausted: dict[str, _Known] = field(default_factory=dict)
+    refill: asyncio.Future[None] | None = None
+    low_water: dict[str, int] = field(default_factory=dict)  # refill ahead below this
+    active: float = 0.0  # when it was last granted or spent from: idle budgets go back
+    committing: dict[str, int] = field(default_factory=dict)  # taken for a flush, not yet in
+
+    def pending(self) -> bool:
+        return any(self.used.values()) or any(self.reserved.values())
+
+    def local_used(self, meter: str) -> int:
+        """What this process spent that the store may not have yet."""
+        return self.used.get(meter, 0) + self.committing.get(meter, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What one admission did to one budget: usage counted and quota taken from the reservation."""
+
+    period_key: str
+    generation: int
+    counted: tuple[tuple[str, int], ...]
+    reserved: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request let through, and what it spent, so that it can be refunded exactly."""
+
+    routing: OrgRouting
+    quantities: Quantities
+    parts: tuple[Spent, ...]
+    fail_open: bool = False
+
+
+# A request spends from its billing period's budget (requests, bytes, items) and, when the org
+# is priced, from its lifetime credit budget: the balance is everything credited, ever.
+_Account = tuple["_Budget", tuple[tuple[str, int], ...], dict[str, int]]
+
+
+@dataclass(slots=True)
+class UsageStats:
+    fail_open: int = 0
+    refills: int = 0
+    flush_failures: int = 0
+    shadow_refused: int = 0
+
+
+def _held_elsewhere(others: int, need: int, left: int) -> bool:
+    """Whether a refusal should be a retry: other holders keep enough of what is left (a
+    quarter or more, and this request's need) that its return is worth waiting for. The
+    slivers busy holders keep at the very end of a burst are theirs to spend: that is final."""
+    return need <= others <= left and 4 * others >= left
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """The period meters' limits and the credit limit, once per distinct Limits value."""
+    metered = limits.metered()
+    return tuple(p for p in metered if p[0] != "credit"), tuple(
+        p for p in metered if p[0] == "credit"
+    )
+
+
+def _zero_limit(
+    budget: _Budget, limited: tuple[tuple[str, int], ...], deficit: dict[str, int]
+) -> Refusal | None:
+    """A meter limited to 0 (or an empty prepaid balance) refuses any need before any I/O:
+    the store could not grant it either."""
+    for meter, limit in limited:
+        if limit <= 0 and meter in deficit:
+            known = budget.exhausted.get(meter)
+            used = (known.used if known is not None else 0) + budget.local_used(meter)
+            return usage_exceeded(meter, limit, used, budget.period.end)
+    return None
+
+
+class UsageGate:
+    def __init__(
+        self,
+        store: QuotaStore,
+        guard: StoreGuard,
+        spool: Spool,
+        *,
+        holder: str | None = None,
+        policy: ChunkPolicy | None = None,
+        reservation_ttl: float = 60.0,
+        known_ttl: float = 1.0,
+        flush_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        on_new_period: Callable[[str, Period], None] | None = None,
+        idle_after: float | None = None,
+        on_contention: Callable[[str], None] | None = None,
+    ) -> None:
+        self._on_new_period = on_new_period
+        # A budget nobody spent from for this long goes back to the store at the next flush.
+        self._idle_after = idle_after
+        # Called when the store refused while other holders still held unspent quota.
+        self._on_contention = on_contention
+        self._contention_asked: dict[str, float] = {}
+        self._committing: dict[str, _Budget] = {}
+        self.holder = holder or uuid.uuid4().hex
+        self._store = store
+        self._guard = guard
+        self._spool = spool
+        self._policy = policy or ChunkPolicy()
+        self._ttl = reservation_ttl
+        self._known_ttl = known_ttl
+        self._flush_timeout = flush_timeout
+        self._clock = clock
+        self._budgets: dict[tuple[str, str], _Budget] = {}
+        self._period = period_at(clock())
+        self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
+        self._last_heartbeat = clock()
+        self._flush_lock = asyncio.Lock()
+        self._orphans: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.stats = UsageStats()
+
+    def period_of(self, routing: OrgRouting, now: float) -> Period:
+        """The org's billing period (rolled forward past its end), else the calendar month."""
+        if routing.period is None:
+            return self.current_period(now)
+        return period_at(now, routing.period)
+
+    def current_period(self, now: float) -> Period:
+        # Cached: building a calendar month costs about 4 µs, this check under 0.1 µs.
+        start, end = self._period_bounds
+        if not start <= now < end:
+            self._period = period_at(now)
+            self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
+        return self._period
+
+    def _budget(self, org_id: str, period: Period) -> _Budget:
+        key = (org_id, period.key)
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = _Budget(period)
+            if self._on_new_period is not None and period is not CREDIT_PERIOD:
+                self._on_new_period(org_id, period)
+        return budget
+
+    def _accounts(self, routing: OrgRouting, q: Quantities, now: float) -> list[_Account]:
+        limits = routing.limits
+        main = self._budget(routing.org_id, self.period_of(routing, now))
+        limited, capped = _split(limits)
+        sent = {"requests": q.requests, "bytes": q.bytes, "items": q.items}
+        accounts: list[_Account] = [(main, limited, sent)]
+        if q.credit or capped:
+            credit = self._budget(routing.org_id, CREDIT_PERIOD)
+            accounts.append((credit, capped, {"credit": q.credit}))
+        return accounts
+
+    async def admit(self, routing: OrgRouting, q: Quantities) -> Admission | Refusal:
+        now = self._clock()
+        accounts = self._accounts(routing, q, now)
+        for budget, limited, _ in accounts:
+            if budget.limits != limited:
+                stale, budget.limits = budget.limits is not None, limited
+                if stale:
+                    # Limits changed: what was reserved under the old ones goes back first.
+                    self._forfeit(budget)
+                    await self.flush()
+        while True:
+            for budget, limited, counted in accounts:
+                remaining = budget.remaining
+                deficit = {
+                    m: need - remaining.get(m, 0)
+                    for m, _ in limited
+                    if (need := counted[m]) > remaining.get(m, 0)
+                }
+                if deficit:
+                    break
+            else:
+                admission = self._spend(routing, q, accounts)
+                self._refill_ahead(routing, accounts)
+                return admission
+            refusal = _zero_limit(budget, limited, deficit) or self._known_refusal(
+                budget, deficit, now
+            )
+            if refusal is not None:
+                return refusal
+            if budget.refill is not None:
+                await asyncio.shield(budget.refill)
+                continue
+            try:
+                refusal = await self._refill(routing, budget, deficit)
+            except StoreError:
+                # Fail open, but not for an org the store last said was over its limit.
+                refusal = self._known_refusal(budget, deficit, now=float("-inf"))
+                if refusal is not None:
+                    return refusal
+                self.stats.fail_open += 1
+                return self._spend(routing, q, accounts, reserved=False, fail_open=True)
+            if refusal is not None:
+                return refusal
+
+    def known_refusal(self, routing: OrgRouting, floor: Quantities) -> Refusal | None:
+        """The refusal of a request counting at least ``floor``, if the store's last word on
+        an exhausted meter settles it; never asks the store."""
+        now = self._clock()
+        for budget, limited, counted in self._accounts(routing, floor, now):
+            if not budget.exhausted:
+                continue
+            remaining = budget.remaining
+            deficit = {
+                m: need - remaining.get(m, 0)
+                for m, _ in limited
+                if (need := counted[m]) > remaining.get(m, 0)
+            }
+            refusal = self._known_refusal(budget, deficit, now)
+            if refusal is not None:
+                return refusal
+        return None
+
+    def _refill_ahead(self, routing: OrgRouting, accounts: list[_Account]) -> None:
+        """Below a quarter of the last grant, refill in the background: requests keep
+        spending what is left instead of all waiting for the store when it runs out."""
+        if self._policy.strict:
+            return  # strict mode asks the store for exactly what each request needs
+        for budget, limited, _ in accounts:
+            if budget.refill is not None:
+                continue
+            low = {
+                m: 1
+                for m, _ in limited
+                if budget.remaining.get(m, 0) < budget.low_water.get(m, 0)
+                and m not in budget.exhausted
+            }
+            if low:
+                task = asyncio.get_running_loop().create_task(
+                    self._refill_quietly(routing, budget, low)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _refill_quietly(
+        self, routing: OrgRouting, budget: _Budget, needs: dict[str, int]
+    ) -> None:
+        if budget.refill is not None:
+            return  # a request's own refill started meanwhile: one refill per budget at a time
+        with contextlib.suppress(StoreError):
+            await self._refill(routing, budget, needs)
+
+    def _known_refusal(
+        self, budget: _Budget, deficit: dict[str, int], now: float
+    ) -> Refusal | None:
+        for meter, need in deficit.items():
+            known = budget.exhausted.get(meter)
+            if known is not None and known.until > now and need > known.left:
+                if known.held_elsewhere:
+                    return quota_held_elsewhere(meter)
+                return usage_exceeded(meter, known.limit, known.used, budget.period.end)
+        return None
+
+    async def _refill(
+        self, routing: OrgRouting, budget: _Budget, deficit: dict[str, int]
+    ) -> Refusal | None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        budget.refill = future
+        generation = budget.generation
+        # What this process holds of each meter before asking: our commits during the call
+        # move quota from our reservation to usage, so only this snapshot compares with the
+        # store's answer.
+        held = {m: budget.remaining.get(m, 0) + budget.local_used(m) for m in deficit}
+        try:
+            self.stats.refills += 1
+            request = ReserveRequest(
+                holder=self.holder,
+                org_id=routing.org_id,
+                period_start=budget.period.key,
+                needs=deficit,
+                policy=self._policy,
+                now=self._clock(),
+                ttl=self._ttl,
+                limits=routing.limits,
+                period_end=budget.period.end.timestamp(),
+            )
+            result = await self._guard.call(lambda: self._store.reserve(request))
+            if isinstance(result, Exhausted):
+                left = result.limit - result.taken
+                committed = result.taken if result.committed is None else result.committed
+                until = self._clock() + self._known_ttl
+                meter = result.meter
+                elsewhere = _held_elsewhere(
+                    result.taken - committed - held.get(meter, 0),
+                    deficit[meter],
+                    result.limit - committed,
+                )
+                # Usage is what is taken less what this process still holds unspent: our
+                # commits move quota from our reservation to usage, never change the sum.
+                used = max(committed, result.taken - budget.remaining.get(meter, 0))
+                budget.exhausted[meter] = _Known(left, result.limit, used, until, elsewhere)
+                if elsewhere:
+                    # The org is not at its limit: others hold its quota. Ask for it, and tell
+                    # the client to retry (429) rather than drop the batch (402 is final).
+                    self._ask_others(routing.org_id)
+                    return quota_held_elsewhere(meter)
+                return usage_exceeded(meter, result.limit, used, budget.period.end)
+            if budget.generation != generation:
+                return None  # forfeited meanwhile; the grant stays unused until it expires
+            budget.active = self._clock()
+            for meter, amount in result.amounts.items():
+                budget.remaining[meter] = budget.remaining.get(meter, 0) + amount
+                budget.low_water[meter] = amount // 4
+                budget.exhausted.pop(meter, None)
+            return None
+        finally:
+            budget.refill = None
+            future.set_result(None)
+
+    def _ask_others(self, org_id: str) -> None:
+        """Ask the other holders to give the org's unspent quota back now (once a second)."""
+        now = self._clock()
+        if self._on_contention is None or now - self._contention_asked.get(org_id, -1e18) < 1.0:
+            return
+        self._contention_asked[org_id] = now
+        self._on_contention(org_id)
+
+    def _committed(self, batch: UsageBatch) -> None:
+        budget = self._committing.pop(batch.batch_id, None)
+        if budget is not None:
+            for meter, n in batch.used.items():
+                budget.committing[meter] = budget.committing.get(meter, 0) - n
+
+    def give_back(self, org_id: str, idle_for: float = 0.1) -> bool:
+        """Return the org's unspent reservations at the next flush (another holder needs them),
+        unless this process is spending them right now; True when there was something to return."""
+        returned = False
+        now = self._clock()
+        for (org, _), budget in self._budgets.items():
+            if (
+                org == org_id
+                and budget.refill is None
+                and now - budget.active >= idle_for
+                and any(budget.remaining.values())
+            ):
+                self._forfeit(budget)
+                returned = True
+        return returned
+
+    def _spend(
+        self,
+        routing: OrgRouting,
+        q: Quantities,
+        accounts: list[_Account],
+        *,
+        reserved: bool = True,
+        fail_open: bool = False,
+    ) -> Admission:
+        parts = []
+        for budget, limited, counted in accounts:
+            taken = []
+            if reserved:
+                budget.active = self._clock()
+                for meter, _ in limited:
+                    n = counted[meter]
+                    if n:
+                        budget.remaining[meter] -= n
+                        budget.reserved[meter] = budget.reserved.get(meter, 0) - n
+                        taken.append((meter, n))
+            usage = {m: n for m, n in counted.items() if n}
+            self._count(routing.org_id, budget, usage)
+            parts.append(
+                Spent(budget.period.key, budget.generation, tuple(usage.items()), tuple(taken))
+            )
+        return Admission(routing, q, tuple(parts), fail_open=fail_open)
+
+    def _count(self, org_id: str, budget: _Budget, used: dict[str, int]) -> None:
+        """Usage to commit: in memory for the next flush, and in the spool at once."""
+        for meter, delta in used.items():
+            budget.used[meter] = budget.used.get(meter, 0) + delta
+        self._spool.record_spend(org_id, budget.period.key, used)
+
+    def admit_unmetered(self, routing: OrgRouting, q: Quantities) -> Admission:
+        """Count a request that passes regardless of limits (shadow mode)."""
+        return self._spend(routing, q, self._accounts(routing, q, self._clock()), reserved=False)
+
+    def record_shadow(self, routing: OrgRouting, q: Quantities) -> None:
+        """Count what shadow mode would have refused, as meters of their own."""
+        self.stats.shadow_refused += 1
+        budget = self._budget(routing.org_id, self.period_of(routing, self._clock()))
+        self._count(routing.org_id, budget, {SHADOW_PREFIX + m: q.of(m) for m in SENT_METERS})
+
+    def refund(self, admission: Admission) -> None:
+        """The upstream did not accept the batch: the org pays nothing for it."""
+        for part in admission.parts:
+            self._give_back_part(admission.routing.org_id, part, dict(part.counted))
+
+    def refund_items(self, admission: Admission, items: int) -> int:
+        """The upstream rejected ``items`` of an accepted batch: those (and their price) are
+        not charged. Returns the items refunded (never more than were counted)."""
+        items = min(items, admission.quantities.items)
+        if items <= 0:
+            return 0
+        credit = items * (admission.routing.prices.items or 0)
+        for part in admission.parts:
+            counted = dict(part.counted)
+            deltas = {
+                m: min(n, counted[m])
+                for m, n in (("items", items), ("credit", credit))
+                if n and counted.get(m)
+            }
+            if deltas:
+                self._give_back_part(admission.routing.org_id, part, deltas)
+        return items
+
+    def _give_back_part(self, org_id: str, part: Spent, deltas: dict[str, int]) -> None:
+        budget = self._budgets.get((org_id, part.period_key))
+        if budget is None:
+            budget = _Budget(self.current_period(self._clock()), generation=-1)
+            self._budgets[(org_id, part.period_key)] = budget
+        self._count(org_id, budget, {m: -n for m, n in deltas.items()})
+        if part.generation != budget.generation:
+            return  # its reservation was forfeited: no longer ours to reuse
+        for meter, n in part.reserved:
+            n = min(n, deltas.get(meter, 0))
+            if n:
+                budget.remaining[meter] = budget.remaining.get(meter, 0) + n
+                budget.reserved[meter] = budget.reserved.get(meter, 0) + n
+
+    def forfeit(self) -> None:
+        """Give up every local budget (its reservation may have expired in the store)."""
+        for budget in self._budgets.values():
+            self._forfeit(budget)
+
+    @staticmethod
+    def _forfeit(budget: _Budget) -> None:
+        budget.generation += 1
+        for meter, left in budget.remaining.items():
+            budget.reserved[meter] = budget.reserved.get(meter, 0) - left
+        budget.remaining.clear()
+        budget.exhausted.clear()
+
+    def _take_batches(self, *, release: bool) -> list[UsageBatch]:
+        now = self._clock()
+        batches = []
+        idle_after = self._idle_after
+        for (org_id, period_key), budget in list(self._budgets.items()):
+            over = budget.period.end.timestamp() <= now
+            if (
+                idle_after is not None
+                and not (release or over)
+                and budget.refill is None
+                and now - budget.active >= idle_after
+                and any(budget.remaining.values())
+            ):
+                self._forfeit(budget)  # idle: the unspent part goes back with this batch
+            if release or over:
+                for meter, left in budget.remaining.items():
+                    budget.reserved[meter] = budget.reserved.get(meter, 0) - left
+                budget.remaining.clear()
+            if budget.pending():
+                batch = UsageBatch(
+                    batch_id=uuid.uuid4().hex,
+                    holder=self.holder,
+                    org_id=org_id,
+                    period_start=period_key,
+                    used={m: v for m, v in budget.used.items() if v},
+                    reserved={m: v for m, v in budget.reserved.items() if v},
+                )
+                batches.append(batch)
+                for meter, n in batch.used.items():
+                    budget.committing[meter] = budget.committing.get(meter, 0) + n
+                self._committing[batch.batch_id] = budget
+                budget.used = {}
+                budget.reserved = {}
+            if over and budget.refill is None:
+                del self._budgets[(org_id, period_key)]
+        return batches
+
+    async def flush(self, *, release: bool = False) -> int:
+        """Spool what was spent, adopt dead holders' spools, commit everything pending.
+
+        Returns how many batches are still pending.
+        """
+        async with self._flush_lock:
+            batches = self._take_batches(release=release)
+            self._spool.append(batches)
+            for orphan in self._spool.adopt():
+                log.info("adopted the spool of dead holder %s", orphan.holder)
+                self._orphans.add(orphan.holder)
+            await asyncio.to_thread(self._spool.sync)
+            done: list[str] = []
+            try:
+                for batch in self._spool.pending():
+                    commit = partial(self._store.commit, batch)
+                    await self._guard.call(commit, budget=self._flush_timeout)
+                    done.append(batch.batch_id)
+                    self._committed(batch)
+                await self._guard.call(
+                    lambda: self._store.heartbeat(self.holder, self._clock(), self._ttl),
+                    budget=self._flush_timeout,
+                )
+                self._last_heartbeat = self._clock()
+                # A dead holder's usage is committed: its reservations can go back now.
+                for holder in list(self._orphans):
+                    await self._guard.call(
+                        partial(self._store.release, holder), budget=self._flush_timeout
+                    )
+                    self._orphans.discard(holder)
+            except StoreError:
+                self.stats.flush_failures += 1
+                if self._clock() - self._last_heartbeat > self._ttl / 2:
+                    self.forfeit()
+            finally:
+                if done:
+                    await asyncio.to_thread(self._spool.done, done)
+            return len(self._spool.pending())
+
+    async def close(self) -> int:
+        """Flush everything and hand unspent reservations back; returns batches still pending."""
+        left = await self.flush(release=True)
+        try:
+            await self._guard.call(partial(self._store.release, self.holder), budget=5.0)
+        except StoreError:
+            log.warning("could not release reservations; they expire in %.0f s", self._ttl)
+        return left
+
+    def invalidate_org(self, org_id: str) -> None:
+        """Forget cached exhaustion for an org whose limits changed."""
+        for (org, _), budget in self._budgets.items():
+            if org == org_id:
+                budget.exhausted.clear()
