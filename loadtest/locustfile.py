@@ -200,7 +200,7 @@ class Thresholds:
 TRAFFIC: Traffic | None = None
 
 
-@events.init.add_listener
+@events.init.add_listener  # type: ignore[untyped-decorator]
 def _load_tenants(environment: Any, **_kwargs: Any) -> None:
     global TRAFFIC
     path = Path(os.environ.get("LOADTEST_TENANTS", "loadtest/tenants.json"))
@@ -208,7 +208,7 @@ def _load_tenants(environment: Any, **_kwargs: Any) -> None:
     logger.info("%d tenants from %s", len(TRAFFIC.picker), path)
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def _enforce_thresholds(environment: Any, **_kwargs: Any) -> None:
     options = environment.parsed_options
     if isinstance(environment.runner, WorkerRunner) or not (options and options.headless):
@@ -237,7 +237,11 @@ class IngestUser(FastHttpUser):
         name = body.name if caller.kind == "normal" else gate_name(caller.kind)
         headers = {**body.headers, "Authorization": f"Bearer {caller.key}"}
         with self.client.post(
-            body.path, data=body.data, headers=headers, name=name, catch_response=True
+            body.path,
+            data=body.data,  # type: ignore[arg-type]  # bytes are sent as they are
+            headers=headers,
+            name=name,
+            catch_response=True,
         ) as response:
             status = response.status_code
             content_type = (response.headers or {}).get("content-type", "")

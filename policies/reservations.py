@@ -34,3 +34,10 @@ class ChunkPolicy:
             return need
         share = remaining // (2 * max(1, self.replicas))
         return max(need, min(self.max_chunk(meter), share))
+
+
+def worth_waiting_for(others: int, need: int, left: int) -> bool:
+    """Whether a refusal should be a retry: other holders keep enough of what is left (a
+    quarter or more, and this request's need) that its return is worth waiting for. The
+    slivers busy holders keep at the very end of a burst are theirs to spend: that is final."""
+    return need <= others <= left and 4 * others >= left

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -17,7 +18,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DOCKERFILE = DEPLOY.parent / "Dockerfile"
 
 
-def compose() -> dict[str, object]:
+def compose() -> dict[str, Any]:
     loaded = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     assert isinstance(loaded, dict)
     return loaded

@@ -16,7 +16,7 @@ from gateway.admin.origins import UpstreamAllowlist, parse_origin
 from gateway.billing.webhooks import EventPolicy
 from gateway.errors import BadOrigin, BadRequest, Conflict, CustomerTaken, NotFound
 from gateway.ingest.keys import KeyHasher, generate_key
-from gateway.limits.usage import CREDIT_PERIOD
+from gateway.limits.budgets import CREDIT_PERIOD
 from gateway.store.base import Store
 from gateway.store.records import KeyRecord, OrgChanges, OrgRecord
 from policies import money

@@ -20,7 +20,7 @@ from gateway.ingest.outcomes import Outcome
 from gateway.ingest.partial import MAX_ANSWER, rejected_items
 from gateway.ingest.payload import BodyLimits, PayloadInspector
 from gateway.limits.admission import AdmissionControl
-from gateway.limits.usage import Admission
+from gateway.limits.budgets import Admission
 from gateway.metrics import Metrics
 from gateway.responses import send_refusal
 from gateway.types import ASGIApp, Message, Receive, Scope, Send

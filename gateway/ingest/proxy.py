@@ -10,7 +10,7 @@ from gateway.errors import UpstreamError
 from gateway.ingest.metering import OTLP_PATHS
 from gateway.ingest.outcomes import Outcome
 from gateway.ingest.upstream import Upstream
-from gateway.limits.usage import Admission
+from gateway.limits.budgets import Admission
 from gateway.responses import PLAIN_JSON, PROTOBUF, PROTOBUF_TYPE, STATUS_JSON, send_refusal
 from gateway.types import Receive, Scope, Send
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from gateway.errors import StoreError
 from gateway.ingest.keys import KeyHasher
+from gateway.limits.budgets import Admission
 from gateway.limits.guard import StoreGuard
 from gateway.limits.rates import RateLimiter
 from gateway.limits.routing import RoutingCache
-from gateway.limits.usage import Admission, UsageGate
+from gateway.limits.usage import UsageGate
 from gateway.metrics import Metrics
 from policies.decisions import INVALID_INGEST_KEY, Refusal, store_unavailable, suspension_refusal
 from policies.model import OrgRouting, Quantities

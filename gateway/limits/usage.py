@@ -13,90 +13,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from functools import partial
 
 from gateway.errors import StoreError
+from gateway.limits.budgets import (
+    CREDIT_PERIOD,
+    Account,
+    Admission,
+    Budget,
+    Known,
+    Spent,
+    split_limits,
+    zero_limit_refusal,
+)
 from gateway.limits.guard import StoreGuard
 from gateway.limits.spool import Spool
 from gateway.store.base import QuotaStore
 from gateway.store.records import Exhausted, ReserveRequest, UsageBatch
 from policies.decisions import Refusal, quota_held_elsewhere, usage_exceeded
-from policies.model import SENT_METERS, Limits, OrgRouting, Period, Quantities
+from policies.model import SENT_METERS, OrgRouting, Period, Quantities
 from policies.periods import period_at
-from policies.reservations import ChunkPolicy
+from policies.reservations import ChunkPolicy, worth_waiting_for
 
 log = logging.getLogger("gateway.limits.usage")
 
 SHADOW_PREFIX = "shadow_refused:"
-
-#: The credit meter is counted over an org's whole life: its limit is the prepaid balance.
-CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
-
-
-@dataclass(slots=True)
-class _Known:
-    """The store's last word that a meter was exhausted: refuse needs above ``left``;
-    ``used`` is the usage (committed, or spent here) at that moment, for the refusal body."""
-
-    left: int
-    limit: int
-    used: int
-    until: float
-    held_elsewhere: bool = False  # other holders still had unspent quota: retry, not final
-
-
-@dataclass(slots=True)
-class _Budget:
-    period: Period
-    limits: tuple[tuple[str, int], ...] | None = None  # what the reservation was taken under
-    generation: int = 0
-    remaining: dict[str, int] = field(default_factory=dict)
-    used: dict[str, int] = field(default_factory=dict)
-    reserved: dict[str, int] = field(default_factory=dict)
-    exhausted: dict[str, _Known] = field(default_factory=dict)
-    refill: asyncio.Future[None] | None = None
-    low_water: dict[str, int] = field(default_factory=dict)  # refill ahead below this
-    active: float = 0.0  # when it was last granted or spent from: idle budgets go back
-    committing: dict[str, int] = field(default_factory=dict)  # taken for a flush, not yet in
-
-    def pending(self) -> bool:
-        return any(self.used.values()) or any(self.reserved.values())
-
-    def local_used(self, meter: str) -> int:
-        """What this process spent that the store may not have yet."""
-        return self.used.get(meter, 0) + self.committing.get(meter, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Spent:
-    """What one admission did to one budget: usage counted and quota taken from the reservation."""
-
-    period_key: str
-    generation: int
-    counted: tuple[tuple[str, int], ...]
-    reserved: tuple[tuple[str, int], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A request let through, and what it spent, so that it can be refunded exactly."""
-
-    routing: OrgRouting
-    quantities: Quantities
-    parts: tuple[Spent, ...]
-    fail_open: bool = False
-
-
-# A request spends from its billing period's budget (requests, bytes, items) and, when the org
-# is priced, from its lifetime credit budget: the balance is everything credited, ever.
-_Account = tuple["_Budget", tuple[tuple[str, int], ...], dict[str, int]]
 
 
 @dataclass(slots=True)
@@ -105,35 +51,6 @@ class UsageStats:
     refills: int = 0
     flush_failures: int = 0
     shadow_refused: int = 0
-
-
-def _held_elsewhere(others: int, need: int, left: int) -> bool:
-    """Whether a refusal should be a retry: other holders keep enough of what is left (a
-    quarter or more, and this request's need) that its return is worth waiting for. The
-    slivers busy holders keep at the very end of a burst are theirs to spend: that is final."""
-    return need <= others <= left and 4 * others >= left
-
-
-@functools.lru_cache(maxsize=4096)
-def _split(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
-    """The period meters' limits and the credit limit, once per distinct Limits value."""
-    metered = limits.metered()
-    return tuple(p for p in metered if p[0] != "credit"), tuple(
-        p for p in metered if p[0] == "credit"
-    )
-
-
-def _zero_limit(
-    budget: _Budget, limited: tuple[tuple[str, int], ...], deficit: dict[str, int]
-) -> Refusal | None:
-    """A meter limited to 0 (or an empty prepaid balance) refuses any need before any I/O:
-    the store could not grant it either."""
-    for meter, limit in limited:
-        if limit <= 0 and meter in deficit:
-            known = budget.exhausted.get(meter)
-            used = (known.used if known is not None else 0) + budget.local_used(meter)
-            return usage_exceeded(meter, limit, used, budget.period.end)
-    return None
 
 
 class UsageGate:
@@ -159,7 +76,7 @@ class UsageGate:
         # Called when the store refused while other holders still held unspent quota.
         self._on_contention = on_contention
         self._contention_asked: dict[str, float] = {}
-        self._committing: dict[str, _Budget] = {}
+        self._committing: dict[str, Budget] = {}
         self.holder = holder or uuid.uuid4().hex
         self._store = store
         self._guard = guard
@@ -169,7 +86,7 @@ class UsageGate:
         self._known_ttl = known_ttl
         self._flush_timeout = flush_timeout
         self._clock = clock
-        self._budgets: dict[tuple[str, str], _Budget] = {}
+        self._budgets: dict[tuple[str, str], Budget] = {}
         self._period = period_at(clock())
         self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
         self._last_heartbeat = clock()
@@ -192,21 +109,21 @@ class UsageGate:
             self._period_bounds = (self._period.start.timestamp(), self._period.end.timestamp())
         return self._period
 
-    def _budget(self, org_id: str, period: Period) -> _Budget:
+    def _budget(self, org_id: str, period: Period) -> Budget:
         key = (org_id, period.key)
         budget = self._budgets.get(key)
         if budget is None:
-            budget = self._budgets[key] = _Budget(period)
+            budget = self._budgets[key] = Budget(period)
             if self._on_new_period is not None and period is not CREDIT_PERIOD:
                 self._on_new_period(org_id, period)
         return budget
 
-    def _accounts(self, routing: OrgRouting, q: Quantities, now: float) -> list[_Account]:
+    def _accounts(self, routing: OrgRouting, q: Quantities, now: float) -> list[Account]:
         limits = routing.limits
         main = self._budget(routing.org_id, self.period_of(routing, now))
-        limited, capped = _split(limits)
+        limited, capped = split_limits(limits)
         sent = {"requests": q.requests, "bytes": q.bytes, "items": q.items}
-        accounts: list[_Account] = [(main, limited, sent)]
+        accounts: list[Account] = [(main, limited, sent)]
         if q.credit or capped:
             credit = self._budget(routing.org_id, CREDIT_PERIOD)
             accounts.append((credit, capped, {"credit": q.credit}))
@@ -220,7 +137,7 @@ class UsageGate:
                 stale, budget.limits = budget.limits is not None, limited
                 if stale:
                     # Limits changed: what was reserved under the old ones goes back first.
-                    self._forfeit(budget)
+                    budget.forfeit()
                     await self.flush()
         while True:
             for budget, limited, counted in accounts:
@@ -236,7 +153,7 @@ class UsageGate:
                 admission = self._spend(routing, q, accounts)
                 self._refill_ahead(routing, accounts)
                 return admission
-            refusal = _zero_limit(budget, limited, deficit) or self._known_refusal(
+            refusal = zero_limit_refusal(budget, limited, deficit) or self._known_refusal(
                 budget, deficit, now
             )
             if refusal is not None:
@@ -274,7 +191,7 @@ class UsageGate:
                 return refusal
         return None
 
-    def _refill_ahead(self, routing: OrgRouting, accounts: list[_Account]) -> None:
+    def _refill_ahead(self, routing: OrgRouting, accounts: list[Account]) -> None:
         """Below a quarter of the last grant, refill in the background: requests keep
         spending what is left instead of all waiting for the store when it runs out."""
         if self._policy.strict:
@@ -296,7 +213,7 @@ class UsageGate:
                 task.add_done_callback(self._background.discard)
 
     async def _refill_quietly(
-        self, routing: OrgRouting, budget: _Budget, needs: dict[str, int]
+        self, routing: OrgRouting, budget: Budget, needs: dict[str, int]
     ) -> None:
         if budget.refill is not None:
             return  # a request's own refill started meanwhile: one refill per budget at a time
@@ -304,7 +221,7 @@ class UsageGate:
             await self._refill(routing, budget, needs)
 
     def _known_refusal(
-        self, budget: _Budget, deficit: dict[str, int], now: float
+        self, budget: Budget, deficit: dict[str, int], now: float
     ) -> Refusal | None:
         for meter, need in deficit.items():
             known = budget.exhausted.get(meter)
@@ -315,7 +232,7 @@ class UsageGate:
         return None
 
     async def _refill(
-        self, routing: OrgRouting, budget: _Budget, deficit: dict[str, int]
+        self, routing: OrgRouting, budget: Budget, deficit: dict[str, int]
     ) -> Refusal | None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         budget.refill = future
@@ -343,7 +260,7 @@ class UsageGate:
                 committed = result.taken if result.committed is None else result.committed
                 until = self._clock() + self._known_ttl
                 meter = result.meter
-                elsewhere = _held_elsewhere(
+                elsewhere = worth_waiting_for(
                     result.taken - committed - held.get(meter, 0),
                     deficit[meter],
                     result.limit - committed,
@@ -351,7 +268,7 @@ class UsageGate:
                 # Usage is what is taken less what this process still holds unspent: our
                 # commits move quota from our reservation to usage, never change the sum.
                 used = max(committed, result.taken - budget.remaining.get(meter, 0))
-                budget.exhausted[meter] = _Known(left, result.limit, used, until, elsewhere)
+                budget.exhausted[meter] = Known(left, result.limit, used, until, elsewhere)
                 if elsewhere:
                     # The org is not at its limit: others hold its quota. Ask for it, and tell
                     # the client to retry (429) rather than drop the batch (402 is final).
@@ -396,7 +313,7 @@ class UsageGate:
                 and now - budget.active >= idle_for
                 and any(budget.remaining.values())
             ):
-                self._forfeit(budget)
+                budget.forfeit()
                 returned = True
         return returned
 
@@ -404,7 +321,7 @@ class UsageGate:
         self,
         routing: OrgRouting,
         q: Quantities,
-        accounts: list[_Account],
+        accounts: list[Account],
         *,
         reserved: bool = True,
         fail_open: bool = False,
@@ -427,7 +344,7 @@ class UsageGate:
             )
         return Admission(routing, q, tuple(parts), fail_open=fail_open)
 
-    def _count(self, org_id: str, budget: _Budget, used: dict[str, int]) -> None:
+    def _count(self, org_id: str, budget: Budget, used: dict[str, int]) -> None:
         """Usage to commit: in memory for the next flush, and in the spool at once."""
         for meter, delta in used.items():
             budget.used[meter] = budget.used.get(meter, 0) + delta
@@ -469,7 +386,7 @@ class UsageGate:
     def _give_back_part(self, org_id: str, part: Spent, deltas: dict[str, int]) -> None:
         budget = self._budgets.get((org_id, part.period_key))
         if budget is None:
-            budget = _Budget(self.current_period(self._clock()), generation=-1)
+            budget = Budget(self.current_period(self._clock()), generation=-1)
             self._budgets[(org_id, part.period_key)] = budget
         self._count(org_id, budget, {m: -n for m, n in deltas.items()})
         if part.generation != budget.generation:
@@ -483,15 +400,7 @@ class UsageGate:
     def forfeit(self) -> None:
         """Give up every local budget (its reservation may have expired in the store)."""
         for budget in self._budgets.values():
-            self._forfeit(budget)
-
-    @staticmethod
-    def _forfeit(budget: _Budget) -> None:
-        budget.generation += 1
-        for meter, left in budget.remaining.items():
-            budget.reserved[meter] = budget.reserved.get(meter, 0) - left
-        budget.remaining.clear()
-        budget.exhausted.clear()
+            budget.forfeit()
 
     def _take_batches(self, *, release: bool) -> list[UsageBatch]:
         now = self._clock()
@@ -506,11 +415,9 @@ class UsageGate:
                 and now - budget.active >= idle_after
                 and any(budget.remaining.values())
             ):
-                self._forfeit(budget)  # idle: the unspent part goes back with this batch
+                budget.forfeit()  # idle: the unspent part goes back with this batch
             if release or over:
-                for meter, left in budget.remaining.items():
-                    budget.reserved[meter] = budget.reserved.get(meter, 0) - left
-                budget.remaining.clear()
+                budget.release_remaining()
             if budget.pending():
                 batch = UsageBatch(
                     batch_id=uuid.uuid4().hex,

@@ -23,6 +23,7 @@ from gateway.ingest.app import IngestApp
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
+from gateway.types import Message
 from policies.model import Limits
 from tests.badinput.samples import EMPTY_TRACES, JSON, ONE_SPAN, PROTOBUF, protobuf_body
 from tests.fakes import MemoryUpstream
@@ -86,8 +87,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 @dataclass
 class Exchange:
-    starts: list[dict[str, Any]]
-    bodies: list[dict[str, Any]]
+    starts: list[Message]
+    bodies: list[Message]
 
     @property
     def status(self) -> int:
@@ -120,9 +121,9 @@ def drive(
         "server": ("127.0.0.1", 8080),
     }
     pending = list(chunks) or [b""]
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         if pending:
             chunk = pending.pop(0)
             return {"type": "http.request", "body": chunk, "more_body": bool(pending) or stall}
@@ -130,7 +131,7 @@ def drive(
             await asyncio.sleep(3600)
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     rig.run(rig.app(scope, receive, send))
@@ -351,16 +352,16 @@ def test_a_stalled_body_gets_408(rig: Rig) -> None:
 
 
 def test_a_client_gone_mid_body_gets_no_answer_and_no_error(rig: Rig) -> None:
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
     messages: list[dict[str, Any]] = [
         {"type": "http.request", "body": b"{", "more_body": True},
         {"type": "http.disconnect"},
     ]
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return messages.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     scope = {

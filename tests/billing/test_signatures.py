@@ -15,7 +15,6 @@ from svix.webhooks import Webhook, WebhookVerificationError
 
 from gateway.billing.signatures import (
     PROVIDERS,
-    SignatureError,
     Verified,
     load_secrets,
     parse_secrets,
@@ -23,7 +22,7 @@ from gateway.billing.signatures import (
     verify_stripe,
     verify_svix,
 )
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SignatureError
 
 NOW = 1_700_000_000
 BODY = json.dumps({"id": "evt_1", "object": "event", "type": "customer.updated"}).encode()

@@ -12,7 +12,7 @@ import gzip
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -420,11 +420,12 @@ async def test_two_content_types_or_encodings_are_refused(
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "zstd"])
 async def test_every_encoding_is_counted_after_decoding(env: Env, encoding: str) -> None:
     raw = request([resource([scope([SPAN] * 7)])])
-    body = {
+    packers: dict[str, Callable[[bytes], bytes]] = {
         "gzip": gzip.compress,
         "deflate": zlib.compress,
         "zstd": zstandard.ZstdCompressor().compress,
-    }[encoding](raw)
+    }
+    body = packers[encoding](raw)
     assert await assert_parity(env, "traces", "protobuf", body, encoding) == "counted"
 
 
@@ -454,7 +455,7 @@ def sdk_batches() -> dict[str, bytes]:
         with tracer.start_as_current_span(f"op-{i}", attributes={"i": i}):
             with tracer.start_as_current_span("child"):
                 pass
-    logs = InMemoryLogRecordExporter()
+    logs = InMemoryLogRecordExporter()  # type: ignore[no-untyped-call]
     logger_provider = LoggerProvider(resource=res)
     logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
     otel_logger = logger_provider.get_logger("parity")

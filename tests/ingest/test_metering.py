@@ -18,6 +18,7 @@ from gateway.responses import decode_status
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
+from gateway.types import Message
 from policies.model import Limits
 from tests.fakes import FlakyStore
 from tests.refusals import code_of, error_of
@@ -60,7 +61,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Any]:
     flaky = FlakyStore(MemoryStore())
     runtime = Runtime(
         Settings(data_dir=tmp_path, key_secret=SECRET, flush_interval=3600, cache_ttl=0.05),
-        store=flaky,  # type: ignore[arg-type]
+        store=flaky,
         spool_dir=None,
     )
     service = Service()
@@ -268,13 +269,13 @@ async def test_a_body_that_never_finishes_gets_408_and_others_are_served(tmp_pat
             "headers": [(b"content-type", b"application/json"), (b"x-ingest-key", key.encode())],
             "client": ("127.0.0.1", 1),
         }
-        sent: list[dict[str, Any]] = []
+        sent: list[Message] = []
 
         async def slow_receive() -> dict[str, Any]:
             await asyncio.sleep(3600)  # the body never comes
             raise AssertionError
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             sent.append(message)
 
         slow = asyncio.create_task(gated(scope, slow_receive, send))

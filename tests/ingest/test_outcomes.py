@@ -24,6 +24,7 @@ from gateway.ingest.upstream import UpstreamResponse
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
+from gateway.types import Message, Receive, Scope, Send
 from policies.decisions import (
     BILLING_SUSPENDED,
     INVALID_INGEST_KEY,
@@ -54,7 +55,7 @@ class Rig:
         upstream = MemoryUpstream(answer)
         proxy = ReverseProxy(upstream, "http://upstream.test", upstream)
 
-        async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def inner(scope: Scope, receive: Receive, send: Send) -> None:
             if dict(scope["headers"]).get(b"x-case") == b"raise":
                 raise RuntimeError("the inner app failed")
             await proxy(scope, receive, send)
@@ -102,12 +103,12 @@ class Rig:
             "scheme": "http",
         }
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             if disconnect:
                 return {"type": "http.disconnect"}
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send(_message: dict[str, Any]) -> None:
+        async def send(_message: Message) -> None:
             if gone:
                 raise OSError("the client went away while it was answered")
 

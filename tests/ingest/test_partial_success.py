@@ -16,7 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import zstandard
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsPartialSuccess,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceResponse,
@@ -138,7 +141,9 @@ async def test_rejected_log_records_and_a_quiet_answer(rig: Rig) -> None:
     rig.upstream.answer = UpstreamResponse(
         200,
         [(b"content-type", b"application/x-protobuf")],
-        ExportLogsServiceResponse(partial_success={"rejected_log_records": 4}).SerializeToString(),
+        ExportLogsServiceResponse(
+            partial_success=ExportLogsPartialSuccess(rejected_log_records=4)
+        ).SerializeToString(),
     )
     await rig.send(key, logs_json(10), "/v1/logs")
     rig.upstream.answer = json_answer({})  # {"partialSuccess": {}}: everything accepted
@@ -169,7 +174,7 @@ async def test_a_priced_org_gets_the_price_of_rejected_items_back(rig: Rig) -> N
     rig.upstream.answer = json_answer({"rejectedSpans": "2"})
     await rig.send(key, spans_json(5))
     await rig.runtime.usage.flush()
-    from gateway.limits.usage import CREDIT_PERIOD
+    from gateway.limits.budgets import CREDIT_PERIOD
 
     credit = await rig.runtime.store.usage(org_id, CREDIT_PERIOD.key)
     assert credit["credit"] == 3 * 1_000_000

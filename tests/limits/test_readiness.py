@@ -93,7 +93,7 @@ async def test_a_readyz_flood_against_a_failing_store_lets_no_one_over_a_limit(
     await store.create_key(org.id, runtime.hasher("igk_readiness"))
     headers = {"authorization": "Bearer igk_readiness", "content-type": "application/json"}
     app = IngestApp(runtime)
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
 
         async def status(method: str, path: str, **request: Any) -> int:

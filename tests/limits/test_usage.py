@@ -1,15 +1,16 @@
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from gateway.limits.budgets import Admission
 from gateway.limits.guard import StoreGuard
 from gateway.limits.spool import Spool, read_orphan
-from gateway.limits.usage import Admission, UsageGate
+from gateway.limits.usage import UsageGate
 from gateway.store.base import OrgChanges, Store, UsageBatch
 from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SQLiteStore
@@ -20,12 +21,12 @@ from tests.fakes import Clock, FlakyStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     backend: Store = (
         MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "gw.db"))
     )
     await backend.open()
-    yield backend  # type: ignore[misc]
+    yield backend
     await backend.close()
 
 
@@ -140,7 +141,7 @@ async def test_close_releases_unspent_reservations(store: Store) -> None:
 async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: Path) -> None:
     flaky = FlakyStore(SQLiteStore(str(tmp_path / "gw.db")))
     await flaky.open()
-    routing = await org_with(flaky, requests=1_000)  # type: ignore[arg-type]
+    routing = await org_with(flaky, requests=1_000)
     breaker = Clock(0.0)
     usage = gate(flaky, tmp_path, breaker=breaker, policy=ChunkPolicy(max_requests=2))
     for _ in range(3):
@@ -167,7 +168,7 @@ async def test_fail_open_admits_known_orgs_and_replays_usage_exactly(tmp_path: P
 
 async def test_a_down_store_is_not_asked_again_for_every_request(tmp_path: Path) -> None:
     flaky = FlakyStore(MemoryStore())
-    routing = await org_with(flaky, requests=10**9)  # type: ignore[arg-type]
+    routing = await org_with(flaky, requests=10**9)
     # The breaker's clock stands still: a slow loop cannot let a probe through meanwhile.
     usage = gate(flaky, breaker=Clock(0.0), policy=ChunkPolicy(strict=True))
     flaky.down = True
@@ -178,7 +179,7 @@ async def test_a_down_store_is_not_asked_again_for_every_request(tmp_path: Path)
 
 async def test_fail_open_still_refuses_an_org_known_to_be_over_its_limit() -> None:
     flaky = FlakyStore(MemoryStore())
-    routing = await org_with(flaky, requests=2)  # type: ignore[arg-type]
+    routing = await org_with(flaky, requests=2)
     usage = gate(flaky, policy=ChunkPolicy(strict=True), known_ttl=0.0)
     assert isinstance(await usage.admit(routing, Quantities()), Admission)
     assert isinstance(await usage.admit(routing, Quantities()), Admission)
@@ -316,7 +317,7 @@ async def test_a_request_with_nothing_on_a_limited_meter_is_admitted(store: Stor
 async def test_a_budget_running_low_is_refilled_before_a_request_has_to_wait() -> None:
     """Regression: every org's requests all waited for the store each time its chunk ran out."""
     flaky = FlakyStore(MemoryStore())
-    routing = await org_with(flaky, requests=10**6)  # type: ignore[arg-type]
+    routing = await org_with(flaky, requests=10**6)
     usage = gate(flaky, policy=ChunkPolicy(max_requests=100))
     for _ in range(80):
         assert isinstance(await usage.admit(routing, Quantities()), Admission)

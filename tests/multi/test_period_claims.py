@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from gateway.limits.budgets import Admission
 from gateway.limits.guard import StoreGuard
 from gateway.limits.spool import Spool
-from gateway.limits.usage import Admission, UsageGate
+from gateway.limits.usage import UsageGate
 from gateway.store.postgres import PostgresStore
 from policies.model import Limits, Period, Quantities
 from tests.services import postgres_url, unique_name

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -63,7 +64,7 @@ def cluster(tmp_path: Path, upstream: Upstream) -> Iterator[Cluster]:
     group.stop()
 
 
-def post(key: str) -> dict[str, object]:
+def post(key: str) -> dict[str, Any]:
     return {
         "content": BODY,
         "headers": {"content-type": "application/json", "authorization": f"Bearer {key}"},

@@ -40,15 +40,15 @@ def test_an_org_on_two_replicas_reaches_exactly_its_limit_from_either(cluster: C
     org, key = a.new_tenant("uneven", limits={"requests": LIMIT})
     statuses: Counter[int] = Counter()
     with httpx.Client(timeout=10) as client:
-        statuses[client.post(f"{b.url}/v1/traces", **post(key)).status_code] += 1  # type: ignore[arg-type]
+        statuses[client.post(f"{b.url}/v1/traces", **post(key)).status_code] += 1
         for _ in range(120):
-            statuses[client.post(f"{a.url}/v1/traces", **post(key)).status_code] += 1  # type: ignore[arg-type]
+            statuses[client.post(f"{a.url}/v1/traces", **post(key)).status_code] += 1
         # Within about two seconds B's unspent chunk is back and A reaches the limit.
         deadline = time.monotonic() + 5
         while statuses[200] < LIMIT and time.monotonic() < deadline:
-            statuses[client.post(f"{a.url}/v1/traces", **post(key)).status_code] += 1  # type: ignore[arg-type]
+            statuses[client.post(f"{a.url}/v1/traces", **post(key)).status_code] += 1
             time.sleep(0.02)
-        final = [client.post(f"{a.url}/v1/traces", **post(key)).status_code for _ in range(20)]  # type: ignore[arg-type]
+        final = [client.post(f"{a.url}/v1/traces", **post(key)).status_code for _ in range(20)]
     assert statuses[200] == LIMIT, statuses
     assert final == [402] * 20  # at the limit, with nothing held elsewhere: final
     assert set(statuses) <= {200, 402, 429}, statuses  # 429: quota still held by B, retry

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.reservations import ChunkPolicy
+from policies.reservations import ChunkPolicy, worth_waiting_for
 
 
 def test_max_chunk_per_meter() -> None:
@@ -66,3 +66,12 @@ def test_want_is_between_need_and_remaining(
     need = data.draw(st.integers(0, remaining), label="need")
     want = policy.want(meter, need, remaining)
     assert need <= want <= remaining
+
+
+def test_only_a_real_share_held_elsewhere_makes_a_refusal_a_retry() -> None:
+    assert worth_waiting_for(others=49, need=1, left=99)  # an idle replica sits on half
+    assert worth_waiting_for(others=130, need=1, left=130)
+    assert not worth_waiting_for(others=5, need=1, left=100)  # a busy holder's last sliver
+    assert not worth_waiting_for(others=30, need=40, left=100)  # could not cover this request
+    assert not worth_waiting_for(others=0, need=1, left=0)
+    assert not worth_waiting_for(others=40, need=1, left=0)  # at the limit: nothing returns

@@ -17,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
+from gateway.types import Receive, Scope, Send
 from tests.fakes import Clock
 from tests.harness import ADMIN_TOKEN, Gateway
 
@@ -76,7 +77,7 @@ async def test_failures_get_401_then_429_while_the_right_token_still_works(
 ) -> None:
     reached: list[str] = []
 
-    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         reached.append(scope["path"])
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})

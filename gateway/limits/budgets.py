@@ -1,0 +1,110 @@
+"""What the usage gate keeps per (org, period) in memory: the local budget spent from a
+reservation, what the store said was exhausted, and what one admission spent (for refunds)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from policies.decisions import Refusal, usage_exceeded
+from policies.model import Limits, OrgRouting, Period, Quantities
+
+SHADOW_PREFIX = "shadow_refused:"
+
+#: The credit meter is counted over an org's whole life: its limit is the prepaid balance.
+CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+
+@dataclass(slots=True)
+class Known:
+    """The store's last word that a meter was exhausted: refuse needs above ``left``;
+    ``used`` is the usage (committed, or spent here) at that moment, for the refusal body."""
+
+    left: int
+    limit: int
+    used: int
+    until: float
+    held_elsewhere: bool = False  # other holders still had unspent quota: retry, not final
+
+
+@dataclass(slots=True)
+class Budget:
+    period: Period
+    limits: tuple[tuple[str, int], ...] | None = None  # what the reservation was taken under
+    generation: int = 0
+    remaining: dict[str, int] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+    exhausted: dict[str, Known] = field(default_factory=dict)
+    refill: asyncio.Future[None] | None = None
+    low_water: dict[str, int] = field(default_factory=dict)  # refill ahead below this
+    active: float = 0.0  # when it was last granted or spent from: idle budgets go back
+    committing: dict[str, int] = field(default_factory=dict)  # taken for a flush, not yet in
+
+    def pending(self) -> bool:
+        return any(self.used.values()) or any(self.reserved.values())
+
+    def local_used(self, meter: str) -> int:
+        """What this process spent that the store may not have yet."""
+        return self.used.get(meter, 0) + self.committing.get(meter, 0)
+
+    def forfeit(self) -> None:
+        """Give up what is left of the reservation, and what is known of the store."""
+        self.generation += 1
+        self.release_remaining()
+        self.exhausted.clear()
+
+    def release_remaining(self) -> None:
+        """Hand back what is left of the reservation with the next batch."""
+        for meter, left in self.remaining.items():
+            self.reserved[meter] = self.reserved.get(meter, 0) - left
+        self.remaining.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """What one admission did to one budget: usage counted and quota taken from the reservation."""
+
+    period_key: str
+    generation: int
+    counted: tuple[tuple[str, int], ...]
+    reserved: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request let through, and what it spent, so that it can be refunded exactly."""
+
+    routing: OrgRouting
+    quantities: Quantities
+    parts: tuple[Spent, ...]
+    fail_open: bool = False
+
+
+# A request spends from its billing period's budget (requests, bytes, items) and, when the org
+# is priced, from its lifetime credit budget: the balance is everything credited, ever.
+Account = tuple["Budget", tuple[tuple[str, int], ...], dict[str, int]]
+
+
+@functools.lru_cache(maxsize=4096)
+def split_limits(limits: Limits) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+    """The period meters' limits and the credit limit, once per distinct Limits value."""
+    metered = limits.metered()
+    return tuple(p for p in metered if p[0] != "credit"), tuple(
+        p for p in metered if p[0] == "credit"
+    )
+
+
+def zero_limit_refusal(
+    budget: Budget, limited: tuple[tuple[str, int], ...], deficit: dict[str, int]
+) -> Refusal | None:
+    """A meter limited to 0 (or an empty prepaid balance) refuses any need before any I/O:
+    the store could not grant it either."""
+    for meter, limit in limited:
+        if limit <= 0 and meter in deficit:
+            known = budget.exhausted.get(meter)
+            used = (known.used if known is not None else 0) + budget.local_used(meter)
+            return usage_exceeded(meter, limit, used, budget.period.end)
+    return None
