@@ -29,14 +29,15 @@ class Clock:
 
 class FlakyStore:
     """Delegates to a real store; ``down = True`` makes every call fail like a dead server,
-    ``failing`` names the methods that fail alone, ``delay`` slows every call, and ``calls``
-    counts each method's calls."""
+    ``failing`` names the methods that fail alone, ``delay`` slows every call and ``delays``
+    the methods it names, and ``calls`` counts each method's calls."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.down = False
         self.failing: set[str] = set()
         self.delay = 0.0
+        self.delays: dict[str, float] = {}
         self.calls: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -46,8 +47,9 @@ class FlakyStore:
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] = self.calls.get(name, 0) + 1
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            delay = self.delays.get(name, self.delay)
+            if delay:
+                await asyncio.sleep(delay)
             if (self.down and name not in {"open", "close"}) or name in self.failing:
                 raise StoreError("store is down (injected)")
             return await target(*args, **kwargs)

@@ -6,6 +6,8 @@ import hmac
 import secrets
 from urllib.parse import parse_qsl, unquote_plus
 
+from gateway.errors import ConfigError
+
 KEY_PREFIX = "igk_"
 _BEARER = b"bearer "
 MAX_KEY_LENGTH = 256
@@ -69,7 +71,7 @@ class KeyHasher:
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
-            raise ValueError("the key hashing secret must be at least 16 bytes")
+            raise ConfigError("the key hashing secret must be at least 16 bytes")
         self._secret = secret
 
     def __call__(self, key: str) -> bytes:

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.errors import ConfigError
 from gateway.ingest.keys import (
     KEY_PREFIX,
     MAX_KEY_LENGTH,
@@ -145,7 +146,7 @@ def test_hasher_differs_by_secret() -> None:
 
 
 def test_hasher_rejects_short_secrets() -> None:
-    with pytest.raises(ValueError, match="at least 16 bytes"):
+    with pytest.raises(ConfigError, match="at least 16 bytes"):
         KeyHasher(SECRET[:15])
 
 

@@ -24,24 +24,7 @@ from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from policies.model import Limits
-from tests.fakes import Clock, MemoryUpstream
-
-
-class PingStore(MemoryStore):
-    """A memory store whose ping is slow (``delay``) or fails (``down``); pings are counted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delay = 0.0
-        self.down = False
-        self.pings: list[float] = []
-
-    async def ping(self) -> None:
-        self.pings.append(time.monotonic())
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.down:
-            raise StoreError("ping failed (injected)")
+from tests.fakes import Clock, FlakyStore, MemoryUpstream
 
 
 @pytest.fixture
@@ -52,24 +35,28 @@ async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
         upstream_url="http://upstream.test",
         flush_interval=3600,  # no flusher between the probes and the assertions
     )
-    running = Runtime(settings, store=PingStore(), upstream=MemoryUpstream(), spool_dir=None)
+    store = FlakyStore(MemoryStore())  # its pings are counted, slowed or failed
+    running = Runtime(settings, store=store, upstream=MemoryUpstream(), spool_dir=None)
     await running.start()
     yield running
     await running.close()
 
 
-def pings(runtime: Runtime) -> list[float]:
+def flaky(runtime: Runtime) -> FlakyStore:
     store = runtime.store
-    assert isinstance(store, PingStore)
-    return store.pings
+    assert isinstance(store, FlakyStore)
+    return store
+
+
+def pings(runtime: Runtime) -> int:
+    return flaky(runtime).calls.get("ping", 0)
 
 
 async def test_a_readyz_flood_against_a_slow_store_never_opens_the_reservation_breaker(
     runtime: Runtime,
 ) -> None:
-    store = runtime.store
-    assert isinstance(store, PingStore)
-    store.delay = 5.0  # far past the 0.25 s budget
+    store = flaky(runtime)
+    store.delays["ping"] = 5.0  # far past the 0.25 s budget
     started = time.monotonic()
     answers: list[bool] = []
     while time.monotonic() - started < 2.5:
@@ -80,15 +67,14 @@ async def test_a_readyz_flood_against_a_slow_store_never_opens_the_reservation_b
     assert answers and not any(answers)
     assert not runtime.guard.is_open
     # One ping in flight, its answer kept a second: never more than one a second, plus the first.
-    assert 1 <= len(pings(runtime)) <= elapsed + 1
+    assert 1 <= pings(runtime) <= elapsed + 1
 
 
 async def test_a_readyz_flood_against_a_failing_store_lets_no_one_over_a_limit(
     runtime: Runtime,
 ) -> None:
-    store = runtime.store
-    assert isinstance(store, PingStore)
-    store.down = True
+    store = flaky(runtime)
+    store.failing.add("ping")
     org = await store.create_org("acme", Limits(requests=5), None)
     await store.create_key(org.id, runtime.hasher("igk_readiness"))
     headers = {"authorization": "Bearer igk_readiness", "content-type": "application/json"}
@@ -120,7 +106,7 @@ async def test_an_open_reservation_breaker_is_not_ready_and_costs_no_ping(
     runtime: Runtime,
 ) -> None:
     assert await runtime.ready()
-    before = len(pings(runtime))
+    before = pings(runtime)
 
     async def failing() -> None:
         raise StoreError("reservation failed (injected)")
@@ -130,7 +116,7 @@ async def test_an_open_reservation_breaker_is_not_ready_and_costs_no_ping(
 
     assert runtime.guard.is_open
     assert not await runtime.ready()
-    assert len(pings(runtime)) == before
+    assert pings(runtime) == before
 
 
 async def test_concurrent_callers_share_one_ping_and_its_answer_for_a_second() -> None:

@@ -13,28 +13,10 @@ from gateway.limits.routing import RoutingCache
 from gateway.store.base import OrgRecord
 from gateway.store.memory import MemoryStore
 from policies.model import Limits, OrgRouting
-from tests.fakes import Clock
+from tests.fakes import Clock, FlakyStore
 
 KNOWN = b"hash-of-igk_known"
 UNKNOWN = b"hash-of-igk_unknown"
-
-
-class FaultyStore(MemoryStore):
-    """The real MemoryStore whose key reads can be slowed down or made to fail."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads = 0
-        self.delay = 0.0
-        self.failing = False
-
-    async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
-        self.reads += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.failing:
-            raise StoreError("injected failure")
-        return await super().routing_for_key(key_hash)
 
 
 @pytest.fixture
@@ -43,13 +25,14 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store() -> FaultyStore:
-    return FaultyStore()
+def store() -> FlakyStore:
+    """A real MemoryStore whose key reads can be slowed down or made to fail."""
+    return FlakyStore(MemoryStore())
 
 
 @pytest.fixture
-async def org(store: FaultyStore) -> OrgRecord:
-    record = await store.create_org("acme", Limits(requests=10), "http://upstream")
+async def org(store: FlakyStore) -> OrgRecord:
+    record: OrgRecord = await store.create_org("acme", Limits(requests=10), "http://upstream")
     assert await store.create_key(record.id, KNOWN) is not None
     return record
 
@@ -61,11 +44,11 @@ def guard(clock: Clock) -> StoreGuard:
 
 
 @pytest.fixture
-def cache(store: FaultyStore, guard: StoreGuard, clock: Clock) -> RoutingCache:
+def cache(store: FlakyStore, guard: StoreGuard, clock: Clock) -> RoutingCache:
     return RoutingCache(store, guard, ttl=1.0, negative_ttl=1.0, timer=clock)
 
 
-def read_known(store: FaultyStore) -> Callable[[], Awaitable[OrgRouting | None]]:
+def read_known(store: FlakyStore) -> Callable[[], Awaitable[OrgRouting | None]]:
     return lambda: store.routing_for_key(KNOWN)
 
 
@@ -79,17 +62,17 @@ async def test_lookup_returns_the_orgs_routing(cache: RoutingCache, org: OrgReco
 
 
 async def test_hit_does_not_read_the_store_within_ttl(
-    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     clock.now = 0.99
     assert await cache.lookup(KNOWN) == org.routing()
     assert cache.store_reads == 1
-    assert store.reads == 1
+    assert store.calls["routing_for_key"] == 1
 
 
 async def test_lookup_after_ttl_reads_the_store_again(
-    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     await store.set_suspension(org.id, True, "unpaid")
@@ -97,35 +80,35 @@ async def test_lookup_after_ttl_reads_the_store_again(
     routing = await cache.lookup(KNOWN)
     assert routing is not None and routing.suspended
     assert cache.store_reads == 2
-    assert store.reads == 2
+    assert store.calls["routing_for_key"] == 2
 
 
 @pytest.mark.parametrize("key_hash", [UNKNOWN, KNOWN], ids=["missing", "known"])
 async def test_concurrent_lookups_of_one_key_read_the_store_once(
-    cache: RoutingCache, store: FaultyStore, org: OrgRecord, key_hash: bytes
+    cache: RoutingCache, store: FlakyStore, org: OrgRecord, key_hash: bytes
 ) -> None:
-    store.delay = 0.01
+    store.delays["routing_for_key"] = 0.01
     results = await asyncio.gather(*(cache.lookup(key_hash) for _ in range(100)))
     expected = org.routing() if key_hash == KNOWN else None
     assert results == [expected] * 100
     assert cache.store_reads == 1
-    assert store.reads == 1
+    assert store.calls["routing_for_key"] == 1
 
 
 async def test_concurrent_lookups_of_a_never_seen_key_share_one_failure(
-    cache: RoutingCache, store: FaultyStore
+    cache: RoutingCache, store: FlakyStore
 ) -> None:
-    store.delay = 0.01
-    store.failing = True
+    store.delays["routing_for_key"] = 0.01
+    store.failing.add("routing_for_key")
     results = await asyncio.gather(
         *(cache.lookup(UNKNOWN) for _ in range(20)), return_exceptions=True
     )
     assert all(isinstance(r, StoreError) for r in results)
-    assert store.reads == 1
+    assert store.calls["routing_for_key"] == 1
 
 
 async def test_unknown_key_is_negatively_cached_until_negative_ttl(
-    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     assert await cache.lookup(UNKNOWN) is None
     await store.create_key(org.id, UNKNOWN)
@@ -138,31 +121,31 @@ async def test_unknown_key_is_negatively_cached_until_negative_ttl(
 
 
 async def test_failed_refresh_serves_the_last_known_routing(
-    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     clock.now = 1.01
-    store.failing = True
+    store.failing.add("routing_for_key")
     assert await cache.lookup(KNOWN) == org.routing()
     assert cache.stale_served == 1
     assert cache.store_reads == 2
     # With the circuit open the store is not even asked, and the last-known routing still serves.
     assert await cache.lookup(KNOWN) == org.routing()
     assert cache.stale_served == 2
-    assert store.reads == 2
+    assert store.calls["routing_for_key"] == 2
 
 
 async def test_never_seen_key_while_the_store_fails_raises(
-    cache: RoutingCache, store: FaultyStore
+    cache: RoutingCache, store: FlakyStore
 ) -> None:
-    store.failing = True
+    store.failing.add("routing_for_key")
     with pytest.raises(StoreError):
         await cache.lookup(UNKNOWN)
     assert cache.stale_served == 0
 
 
 async def test_revoked_key_is_not_served_stale(
-    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     await cache.lookup(KNOWN)
     (key_id,) = store.key_ids
@@ -170,13 +153,13 @@ async def test_revoked_key_is_not_served_stale(
     clock.now = 1.01
     assert await cache.lookup(KNOWN) is None
     clock.now = 2.02
-    store.failing = True
+    store.failing.add("routing_for_key")
     with pytest.raises(StoreError):
         await cache.lookup(KNOWN)
 
 
 async def test_invalidate_org_makes_the_next_lookup_see_a_suspension(
-    cache: RoutingCache, store: FaultyStore, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, org: OrgRecord
 ) -> None:
     assert (await cache.lookup(KNOWN)) == org.routing()
     await store.set_suspension(org.id, True, "unpaid")
@@ -189,7 +172,7 @@ async def test_invalidate_org_makes_the_next_lookup_see_a_suspension(
 
 
 async def test_invalidate_org_keeps_other_orgs(
-    cache: RoutingCache, store: FaultyStore, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, org: OrgRecord
 ) -> None:
     other = await store.create_org("other", Limits(), None)
     await store.create_key(other.id, UNKNOWN)
@@ -204,9 +187,9 @@ async def test_invalidate_org_keeps_other_orgs(
 
 
 async def test_cancelled_leader_does_not_cancel_waiting_lookups(
-    cache: RoutingCache, store: FaultyStore, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, org: OrgRecord
 ) -> None:
-    store.delay = 0.01
+    store.delays["routing_for_key"] = 0.01
     leader = asyncio.create_task(cache.lookup(KNOWN))
     await asyncio.sleep(0)
     follower = asyncio.create_task(cache.lookup(KNOWN))
@@ -221,73 +204,73 @@ async def test_cancelled_leader_does_not_cancel_waiting_lookups(
 
 
 async def test_guard_passes_results_through_and_stays_closed(
-    guard: StoreGuard, store: FaultyStore, org: OrgRecord
+    guard: StoreGuard, store: FlakyStore, org: OrgRecord
 ) -> None:
     assert await guard.call(read_known(store)) == org.routing()
     assert not guard.is_open
 
 
 async def test_after_a_failure_the_guard_refuses_without_calling_the_store(
-    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
+    guard: StoreGuard, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
-    store.failing = True
+    store.failing.add("routing_for_key")
     with pytest.raises(StoreError) as failed:
         await guard.call(read_known(store))
     assert not isinstance(failed.value, StoreUnavailable)
     assert guard.is_open
-    store.failing = False
+    store.failing.discard("routing_for_key")
     clock.now = 0.49
     with pytest.raises(StoreUnavailable):
         await guard.call(read_known(store))
-    assert store.reads == 1
+    assert store.calls["routing_for_key"] == 1
 
 
 async def test_after_cooldown_exactly_one_probe_goes_through(
-    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
+    guard: StoreGuard, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
-    store.failing = True
+    store.failing.add("routing_for_key")
     with pytest.raises(StoreError):
         await guard.call(read_known(store))
-    store.failing = False
-    store.delay = 0.01
+    store.failing.discard("routing_for_key")
+    store.delays["routing_for_key"] = 0.01
     clock.now = 0.5
     probe = asyncio.create_task(guard.call(read_known(store)))
     await asyncio.sleep(0)
     with pytest.raises(StoreUnavailable):
         await guard.call(read_known(store))
     assert await probe == org.routing()
-    assert store.reads == 2
+    assert store.calls["routing_for_key"] == 2
     assert not guard.is_open
     assert await guard.call(read_known(store)) == org.routing()
-    assert store.reads == 3
+    assert store.calls["routing_for_key"] == 3
 
 
 async def test_failed_probe_doubles_the_cooldown(
-    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
+    guard: StoreGuard, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
-    store.failing = True
+    store.failing.add("routing_for_key")
     with pytest.raises(StoreError):
         await guard.call(read_known(store))
     clock.now = 0.5
     with pytest.raises(StoreError):
         await guard.call(read_known(store))
-    store.failing = False
+    store.failing.discard("routing_for_key")
     clock.now = 1.49
     with pytest.raises(StoreUnavailable):
         await guard.call(read_known(store))
     clock.now = 1.5
     assert await guard.call(read_known(store)) == org.routing()
-    assert store.reads == 3
+    assert store.calls["routing_for_key"] == 3
 
 
 async def test_cancelled_probe_does_not_leave_the_guard_half_open(
-    guard: StoreGuard, store: FaultyStore, clock: Clock, org: OrgRecord
+    guard: StoreGuard, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
-    store.failing = True
+    store.failing.add("routing_for_key")
     with pytest.raises(StoreError):
         await guard.call(read_known(store))
-    store.failing = False
-    store.delay = 0.01
+    store.failing.discard("routing_for_key")
+    store.delays["routing_for_key"] = 0.01
     clock.now = 0.5
     probe = asyncio.create_task(guard.call(read_known(store)))
     await asyncio.sleep(0)
@@ -299,7 +282,7 @@ async def test_cancelled_probe_does_not_leave_the_guard_half_open(
 
 
 async def test_slow_store_beyond_the_budget_raises_store_error(
-    store: FaultyStore, clock: Clock, org: OrgRecord
+    store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     guard = StoreGuard(timeout=0.01, clock=clock)
     store.delay = 30.0  # far past the budget, and past any scheduling delay
@@ -312,7 +295,7 @@ async def test_slow_store_beyond_the_budget_raises_store_error(
 
 
 async def test_call_budget_overrides_the_timeout(
-    guard: StoreGuard, store: FaultyStore, org: OrgRecord
+    guard: StoreGuard, store: FlakyStore, org: OrgRecord
 ) -> None:
     store.delay = 30.0  # within the guard's 30 s timeout, far past the call's budget
     started = time.monotonic()
@@ -332,7 +315,7 @@ async def test_unmapped_driver_errors_become_store_errors(guard: StoreGuard) -> 
 
 
 async def test_a_key_in_use_is_refreshed_ahead_of_expiry_without_waiting(
-    cache: RoutingCache, store: FaultyStore, clock: Clock, org: OrgRecord
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
 ) -> None:
     """Regression: each TTL expiry made a request wait for the store (p99 stalls under load)."""
     await cache.lookup(KNOWN)
@@ -345,9 +328,9 @@ async def test_a_key_in_use_is_refreshed_ahead_of_expiry_without_waiting(
     while not (routing := await cache.lookup(KNOWN)) or not routing.suspended:
         assert time.monotonic() < deadline, "the refresh ahead never landed"
         await asyncio.sleep(0.01)
-    assert store.reads == 2
+    assert store.calls["routing_for_key"] == 2
     clock.now = 1.5  # the first entry would have expired; the refreshed one has not
-    before = store.reads
+    before = store.calls["routing_for_key"]
     routing = await cache.lookup(KNOWN)
     assert routing is not None and routing.suspended
-    assert store.reads == before
+    assert store.calls["routing_for_key"] == before

@@ -1,0 +1,1 @@
+"""The billing plane: provider webhooks and their signatures, the reconciler, usage export."""
