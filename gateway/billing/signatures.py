@@ -81,16 +81,7 @@ def verify_stripe(
     tolerance: int = DEFAULT_TOLERANCE,
 ) -> Verified:
     """Check a Stripe-Signature header; schemes other than v1 (such as test-mode v0) are ignored."""
-    keys = [utf8_key(secret) for secret in _configured(secrets)]
-    if header is None:
-        raise SignatureError("missing_signature")
-    fields = _fields(header, ",")
-    timestamp = _timestamp(fields, "t")
-    signed = f"{timestamp}.".encode() + body
-    expected = [_hmac(key, signed).hex() for key in keys]
-    _match_hex(expected, [value for name, value in fields if name == "v1"])
-    _fresh(int(timestamp), now, tolerance)
-    return Verified()
+    return _verify_timestamped_hex(body, header, secrets, now, tolerance, _STRIPE)
 
 
 def verify_svix(
@@ -142,19 +133,45 @@ def verify_paddle(
     Paddle's guide recommends comparing ts with the current time and rejecting old events to
     stop replays; we hold it to the same window, both ways, as Stripe and Svix.
     """
-    keys = [utf8_key(secret) for secret in _configured(secrets)]
-    if header is None:
-        raise SignatureError("missing_signature")
-    fields = _fields(header, ";")
-    timestamp = _timestamp(fields, "ts")
-    signed = f"{timestamp}:".encode() + body
-    expected = [_hmac(key, signed).hex() for key in keys]
-    _match_hex(expected, [value for name, value in fields if name == "h1"])
-    _fresh(int(timestamp), now, tolerance)
-    return Verified()
+    return _verify_timestamped_hex(body, header, secrets, now, tolerance, _PADDLE)
 
 
 Verifier = Callable[[bytes, Mapping[str, str], Sequence[str], float], Verified]
+
+
+@dataclass(frozen=True, slots=True)
+class _HexScheme:
+    """A header of ``name=value`` fields holding a timestamp and hex HMACs of
+    ``timestamp + joiner + body``: Stripe's and Paddle's, told apart by their spellings."""
+
+    separator: str
+    timestamp_field: str
+    joiner: str
+    signature_field: str
+
+
+_STRIPE = _HexScheme(",", "t", ".", "v1")
+_PADDLE = _HexScheme(";", "ts", ":", "h1")
+
+
+def _verify_timestamped_hex(
+    body: bytes,
+    header: str | None,
+    secrets: Sequence[str],
+    now: float,
+    tolerance: int,
+    scheme: _HexScheme,
+) -> Verified:
+    keys = [utf8_key(secret) for secret in _configured(secrets)]
+    if header is None:
+        raise SignatureError("missing_signature")
+    fields = _fields(header, scheme.separator)
+    timestamp = _timestamp(fields, scheme.timestamp_field)
+    signed = f"{timestamp}{scheme.joiner}".encode() + body
+    expected = [_hmac(key, signed).hex() for key in keys]
+    _match_hex(expected, [value for name, value in fields if name == scheme.signature_field])
+    _fresh(int(timestamp), now, tolerance)
+    return Verified()
 
 
 class WebhookProvider(NamedTuple):

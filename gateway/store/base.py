@@ -105,15 +105,7 @@ class DurableQuotaStore(QuotaStore, Protocol):
     async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
         """Usage, live reservations and applied batch ids of one (org, period), read at once."""
 
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
         """Record a grant decided elsewhere (by the Redis counters), without a limit check."""
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:

@@ -185,15 +185,9 @@ class MemoryStore(MemoryBilling):
             ],
         )
 
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+        holder, org_id, period_start = request.holder, request.org_id, request.period_start
+        now, ttl = request.now, request.ttl
         for meter, amount in amounts.items():
             key = (holder, org_id, period_start, meter)
             current = self.reservations.get(key)

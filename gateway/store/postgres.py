@@ -112,16 +112,19 @@ _ADD_RESERVATION = """INSERT INTO quota_reservations AS x
         expires_at = excluded.expires_at"""
 
 # A holder's rows are locked in the global order (org, period, meter rank) first.
-_HEARTBEAT = """UPDATE quota_reservations q SET expires_at = $3::float8 + $4::float8
-    FROM (
+_HOLDER_ROWS = """(
         SELECT s.org_id, s.period_start, s.meter FROM quota_reservations s
-        WHERE s.holder = $1 AND s.expires_at > $3
+        WHERE s.holder = $1 {live}
         ORDER BY s.org_id, s.period_start,
             COALESCE(array_position($2::text[], s.meter), 2147483647), s.meter
         FOR UPDATE
     ) s
     WHERE q.holder = $1 AND q.org_id = s.org_id AND q.period_start = s.period_start
         AND q.meter = s.meter"""
+# Both statements are built from the constant above alone (no input reaches them).
+_HEARTBEAT = "UPDATE quota_reservations q SET expires_at = $3::float8 + $4::float8 FROM " + (  # noqa: S608
+    _HOLDER_ROWS.format(live="AND s.expires_at > $3")
+)
 # Keep holder $1 (lease $2) live until $4 + $5 and count 1 + the others live at $4. Presences
 # no longer live are forgotten, skipping those another replica is forgetting at the same time.
 _LIVE_HOLDERS = """WITH gone AS (
@@ -133,16 +136,7 @@ _LIVE_HOLDERS = """WITH gone AS (
         ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at
     )
     SELECT 1 + count(*) FROM leases WHERE name LIKE $3 AND name <> $2 AND expires_at > $4"""
-_RELEASE = """DELETE FROM quota_reservations q
-    USING (
-        SELECT s.org_id, s.period_start, s.meter FROM quota_reservations s
-        WHERE s.holder = $1
-        ORDER BY s.org_id, s.period_start,
-            COALESCE(array_position($2::text[], s.meter), 2147483647), s.meter
-        FOR UPDATE
-    ) s
-    WHERE q.holder = $1 AND q.org_id = s.org_id AND q.period_start = s.period_start
-        AND q.meter = s.meter"""
+_RELEASE = "DELETE FROM quota_reservations q USING " + _HOLDER_ROWS.format(live="")  # noqa: S608
 
 _LIVE_RESERVATIONS = """SELECT holder, meter, amount, expires_at FROM quota_reservations
     WHERE org_id = $1 AND period_start = $2 AND expires_at > $3 AND amount > 0
@@ -453,15 +447,9 @@ class PostgresStore(SQLSteps):
             batch_ids=[row["batch_id"] for row in batches],
         )
 
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+        holder, org_id, period_start = request.holder, request.org_id, request.period_start
+        now, ttl = request.now, request.ttl
         if not amounts:
             return
         meters, values = _sorted_deltas(amounts)

@@ -250,14 +250,7 @@ class RedisQuotaStore:
         """
         give_back = [request.holder, token, *_flatten(recorded)]
         try:
-            await self.truth.add_reservation(
-                request.holder,
-                request.org_id,
-                request.period_start,
-                recorded,
-                request.now,
-                request.ttl,
-            )
+            await self.truth.add_reservation(request, recorded)
             kept = await self._run(
                 "keep_grant",
                 [key],

@@ -454,15 +454,9 @@ class SQLiteStore(SQLSteps):
 
         return await self._call(lambda: _read(self._connection(), work))
 
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+        holder, org_id, period_start = request.holder, request.org_id, request.period_start
+        now, ttl = request.now, request.ttl
         rows = [
             {
                 "holder": holder,

@@ -358,9 +358,9 @@ async def test_live_reservations_lists_live_rows_that_hold_something(store: Stor
 
 async def test_add_reservation_is_recorded_without_a_limit_check(store: Store) -> None:
     org = await org_with(store, requests=5)
-    await store.add_reservation("a", org.id, PERIOD, {"requests": 3}, now=1_000, ttl=60)
+    await store.add_reservation(ask(org, holder="a", now=1_000), {"requests": 3})
     # A live row grows and its expiry restarts, past the limit if told so.
-    await store.add_reservation("a", org.id, PERIOD, {"requests": 4}, now=1_010, ttl=60)
+    await store.add_reservation(ask(org, holder="a", now=1_010), {"requests": 4})
     assert await store.live_reservations(org.id, PERIOD, now=1_010) == [
         ReservationRow("a", "requests", 7, 1_070.0)
     ]
@@ -369,7 +369,7 @@ async def test_add_reservation_is_recorded_without_a_limit_check(store: Store) -
     )
 
     # An expired row is replaced, not grown.
-    await store.add_reservation("a", org.id, PERIOD, {"requests": 2}, now=2_000, ttl=60)
+    await store.add_reservation(ask(org, holder="a", now=2_000), {"requests": 2})
     assert await store.live_reservations(org.id, PERIOD, now=2_000) == [
         ReservationRow("a", "requests", 2, 2_060.0)
     ]
@@ -381,7 +381,7 @@ async def test_add_reservation_is_recorded_without_a_limit_check(store: Store) -
 async def test_added_reservations_are_committed_like_granted_ones(store: Store) -> None:
     org = await org_with(store, requests=10, bytes=100)
     amounts = {"requests": 4, "bytes": 40}
-    await store.add_reservation("a", org.id, PERIOD, amounts, now=1_000, ttl=60)
+    await store.add_reservation(ask(org, holder="a", now=1_000), amounts)
     spent = UsageBatch("batch-1", "a", org.id, PERIOD, {"requests": 4}, {"requests": -4})
     assert await store.commit(spent) is True
     assert await store.live_reservations(org.id, PERIOD, now=1_000) == [
@@ -506,7 +506,8 @@ async def test_data_survives_close_and_reopen(durable: NewStore) -> None:
 async def test_reservations_and_periods_survive_close_and_reopen(durable: NewStore) -> None:
     first = durable()
     await first.open()
-    await first.add_reservation("a", "org_a", PERIOD, {"requests": 3}, now=1_000, ttl=60)
+    held = ReserveRequest("a", "org_a", PERIOD, {}, STRICT, 1_000, 60)
+    await first.add_reservation(held, {"requests": 3})
     await first.claim_period("org_a", PERIOD)
     await first.close()
 

@@ -272,15 +272,7 @@ async def test_release_keeps_fields_of_holders_whose_names_extend_it(
 
 
 class _FailingTruth(MemoryStore):
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
         raise StoreError("truth is down")
 
 
@@ -295,15 +287,7 @@ async def test_grant_the_truth_did_not_record_is_given_back(
 
 
 class _StuckTruth(MemoryStore):
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
         await asyncio.Event().wait()
 
 

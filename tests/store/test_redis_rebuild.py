@@ -64,17 +64,9 @@ class GatedTruth:
         if gate is not None:
             await gate.wait()
 
-    async def add_reservation(
-        self,
-        holder: str,
-        org_id: str,
-        period_start: str,
-        amounts: Mapping[str, int],
-        now: float,
-        ttl: float,
-    ) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
         await self._gate("add_reservation")
-        await self.inner.add_reservation(holder, org_id, period_start, amounts, now, ttl)
+        await self.inner.add_reservation(request, amounts)
 
     async def commit(self, batch: UsageBatch) -> bool:
         applied = await self.inner.commit(batch)
