@@ -23,6 +23,7 @@ GatewayError
 policies.billing.MalformedEvent  a ValueError outside this tree, because ``policies`` imports
                                  nothing from ``gateway``; the webhook endpoint answers it with
                                  400 bad_request.
+policies.entitlements.EntitlementError  likewise: a plan or limits that cannot be applied.
 
 Library errors (aiohttp, asyncpg, redis, sqlite3, OSError, TimeoutError) are mapped to the
 most specific of these where they arise, with ``raise ... from exc``. Anything else raised is

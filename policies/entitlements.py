@@ -1,0 +1,161 @@
+"""Entitlements: the meters a limit can be set on, plans, and the limits an org ends up with.
+
+A meter is a unit over all signals (``requests``, ``bytes``, ``items``) or over one signal
+(``traces.items`` = spans, ``logs.items`` = log records, ``metrics.items`` = data points,
+``logpush.items`` = lines; ``logs.bytes``, ``traces.requests``, ...). A request counts on the
+totals and on its own signal's meters. A plan gives default limits, overage caps, rates and a
+credit grant; an org's own limits override its plan's: absent = the plan's value, a number =
+that value, ``None`` = unlimited. Overage admits up to N units past a limit (``None``: no cap;
+absent or 0: a hard limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+UNITS: tuple[str, ...] = ("requests", "bytes", "items")
+SIGNALS: tuple[str, ...] = ("traces", "logs", "metrics", "logpush")
+SIGNAL_METERS: tuple[str, ...] = tuple(f"{s}.{u}" for s in SIGNALS for u in UNITS)
+#: Every meter a limit or an overage cap can be set on, totals first.
+LIMITED_METERS: tuple[str, ...] = (*UNITS, *SIGNAL_METERS)
+RATES: tuple[str, ...] = ("rate_requests", "rate_bytes")
+#: Every signed 64-bit column in every store holds these.
+MAX_VALUE = 2**63 - 1
+
+
+class EntitlementError(ValueError):
+    """A plan or a set of limits that cannot be applied: the message says which field."""
+
+
+def meters_of(signal: str) -> tuple[str, ...]:
+    """The meters one request of ``signal`` counts on: the totals, then its signal's."""
+    if signal not in SIGNALS:
+        raise EntitlementError(f"unknown signal {signal!r}")
+    return (*UNITS, *(f"{signal}.{unit}" for unit in UNITS))
+
+
+def amounts(signal: str, requests: int, bytes_: int, items: int) -> dict[str, int]:
+    """What one request of ``signal`` spends on each of its meters."""
+    values = (requests, bytes_, items)
+    spent = dict(zip(UNITS, values, strict=True))
+    spent.update({f"{signal}.{unit}": v for unit, v in zip(UNITS, values, strict=True)})
+    return spent
+
+
+@dataclass(frozen=True, slots=True)
+class Entitlement:
+    """One meter's limit and overage cap. ``overage`` 0 is a hard limit; ``None`` no cap."""
+
+    limit: int | None
+    overage: int | None = 0
+
+    @property
+    def allowance(self) -> int | None:
+        """The most that may be admitted: the limit and its overage; ``None`` is no bound."""
+        if self.limit is None or self.overage is None:
+            return None
+        return self.limit + self.overage
+
+    def overage_used(self, used: int) -> int:
+        return 0 if self.limit is None else max(0, used - self.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A named set of default limits, overage caps, rates and a credit grant per period."""
+
+    name: str
+    limits: Mapping[str, int | None] = field(default_factory=dict)
+    overage: Mapping[str, int | None] = field(default_factory=dict)
+    rate_requests: int | None = None
+    rate_bytes: int | None = None
+    grant_minor: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "limits": dict(self.limits),
+            "overage": dict(self.overage),
+            "rate_requests": self.rate_requests,
+            "rate_bytes": self.rate_bytes,
+            "grant_minor": self.grant_minor,
+        }
+
+
+def effective_limits(
+    plan: Plan | None, overrides: Mapping[str, int | None]
+) -> dict[str, Entitlement]:
+    """Every limited meter of an org on ``plan`` with its own ``overrides``.
+
+    An override replaces the plan's limit (``None``: unlimited); an unlimited meter has no
+    entitlement, whatever its overage. Overage caps come from the plan.
+    """
+    limits: dict[str, int | None] = dict(plan.limits) if plan is not None else {}
+    limits.update(overrides)
+    overage = plan.overage if plan is not None else {}
+    return {
+        meter: Entitlement(limit, overage.get(meter, 0))
+        for meter in LIMITED_METERS
+        if (limit := limits.get(meter)) is not None
+    }
+
+
+def effective_rates(
+    plan: Plan | None, overrides: Mapping[str, int | None]
+) -> dict[str, int | None]:
+    """``rate_requests`` and ``rate_bytes``: the org's own when set, else the plan's."""
+    base: dict[str, int | None] = {"rate_requests": None, "rate_bytes": None}
+    if plan is not None:
+        base = {"rate_requests": plan.rate_requests, "rate_bytes": plan.rate_bytes}
+    return {name: overrides[name] if name in overrides else base[name] for name in RATES}
+
+
+def parse_limits(
+    raw: object, what: str = "limits", *, rates: bool = False
+) -> dict[str, int | None]:
+    """``{meter: int | null}``: known meters, integers from 0 (rates from 1), or null."""
+    if not isinstance(raw, Mapping):
+        raise EntitlementError(f"{what} must be an object of meter: integer or null")
+    allowed = (*LIMITED_METERS, *RATES) if rates else LIMITED_METERS
+    parsed: dict[str, int | None] = {}
+    for meter, value in raw.items():
+        if meter not in allowed:
+            known = ", ".join(allowed)
+            raise EntitlementError(f"{what}.{meter} is not a meter (one of {known})")
+        parsed[meter] = _count(value, f"{what}.{meter}", 1 if meter in RATES else 0)
+    return parsed
+
+
+def parse_plan(name: str, raw: object) -> Plan:
+    """A plan from its JSON (or TOML) body; every field is optional but must be well formed."""
+    if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
+        raise EntitlementError("a plan name is 1 to 64 printable characters")
+    if not isinstance(raw, Mapping):
+        raise EntitlementError("a plan must be an object")
+    unknown = set(raw) - {"limits", "overage", "rate_requests", "rate_bytes", "grant_minor"}
+    if unknown:
+        raise EntitlementError(f"unknown plan field {sorted(unknown)[0]!r}")
+    limits = parse_limits(raw.get("limits", {}), "limits")
+    overage = parse_limits(raw.get("overage", {}), "overage")
+    grant = raw.get("grant_minor", 0)
+    if grant is None:
+        grant = 0
+    return Plan(
+        name,
+        limits={m: v for m, v in limits.items() if v is not None},
+        overage=overage,
+        rate_requests=_count(raw.get("rate_requests"), "rate_requests", 1),
+        rate_bytes=_count(raw.get("rate_bytes"), "rate_bytes", 1),
+        grant_minor=_count(grant, "grant_minor", 0) or 0,
+    )
+
+
+def _count(value: object, what: str, least: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EntitlementError(f"{what} must be an integer or null")
+    if not least <= value <= MAX_VALUE:
+        raise EntitlementError(f"{what} must be from {least} to {MAX_VALUE}")
+    return value
