@@ -110,15 +110,15 @@ def _limits(args: argparse.Namespace) -> dict[str, int]:
     return {n: v for n in names if (v := getattr(args, n, None)) is not None}
 
 
-async def _with_control(settings: Settings, work: Callable[[OrgAdmin], Awaitable[Any]]) -> Any:
+async def _with_orgs(settings: Settings, work: Callable[[OrgAdmin], Awaitable[Any]]) -> Any:
     store = open_store(settings.store_url)
     invalidation = open_invalidation(settings.store_url, settings.redis_url)
     await store.open()
     try:
         allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
         hasher = KeyHasher(settings.key_secret_bytes())
-        control = OrgAdmin(store, hasher, invalidation.publish, allowlist)
-        return await work(control)
+        orgs = OrgAdmin(store, hasher, invalidation.publish, allowlist)
+        return await work(orgs)
     finally:
         await invalidation.close()
         await store.close()
@@ -161,38 +161,38 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
         body: dict[str, Any] = {"name": args.name, "limits": _limits(args), "shadow": args.shadow}
         if args.upstream:
             body["upstream"] = args.upstream
-        return await _with_control(settings, lambda c: _org(c.create_org(body)))
+        return await _with_orgs(settings, lambda c: _org(c.create_org(body)))
     if args.command == "orgs":
         patch: dict[str, Any] = {"limits": _limits(args)}
         if args.name:
             patch["name"] = args.name
         if args.upstream:
             patch["upstream"] = args.upstream
-        return await _with_control(settings, lambda c: _org(c.update_org(args.org_id, patch)))
+        return await _with_orgs(settings, lambda c: _org(c.update_org(args.org_id, patch)))
     if args.command == "keys" and args.action == "create":
 
         async def create(c: OrgAdmin) -> dict[str, str]:
             record, key = await c.create_key(args.org_id)
             return {"id": record.id, "key": key, "org_id": record.org_id}
 
-        return await _with_control(settings, create)
+        return await _with_orgs(settings, create)
     if args.command == "keys":
 
         async def revoke(c: OrgAdmin) -> dict[str, str]:
             await c.revoke_key(args.key_id)
             return {"revoked": args.key_id}
 
-        return await _with_control(settings, revoke)
+        return await _with_orgs(settings, revoke)
     if args.command == "usage":
 
         async def usage(c: OrgAdmin) -> dict[str, Any]:
             # The org's billing period, as the admin API reports it.
             return await c.usage(args.org_id, await c.period(args.org_id, datetime.now(UTC)))
 
-        return await _with_control(settings, usage)
+        return await _with_orgs(settings, usage)
     if args.command == "suspend":
         body = {"suspended": not args.lift, "reason": args.reason}
-        return await _with_control(settings, lambda c: _org(c.set_suspension(args.org_id, body)))
+        return await _with_orgs(settings, lambda c: _org(c.set_suspension(args.org_id, body)))
     raise AssertionError(args.command)
 
 
@@ -226,7 +226,7 @@ async def _quickstart(settings: Settings) -> None:
         _record, key = await c.create_key(org.id)
         return org.id, key
 
-    org_id, key = await _with_control(settings, demo)
+    org_id, key = await _with_orgs(settings, demo)
     where = settings.upstream_url or f"the local sink in {settings.data_dir / 'sink'}"
     port, admin = settings.port, settings.admin_port
     print(

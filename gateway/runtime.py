@@ -114,7 +114,7 @@ class Runtime:
         self._presence_ttl = max(2.0, 5 * settings.flush_interval)
         # A guard of its own: a slow count must not open the circuit for reservations.
         self._presence = StoreGuard(max(settings.gate_timeout, settings.flush_interval))
-        self.gates = AdmissionControl(
+        self.admission = AdmissionControl(
             self.hasher,
             self.routing,
             self.usage,
@@ -229,7 +229,7 @@ class Runtime:
         """The gates in front of any ASGI app (the proxy, or an ingest service's own)."""
         return MeteringMiddleware(
             app,
-            self.gates,
+            self.admission,
             self.metrics,
             limits=self.limits,
             body_timeout=self.settings.body_timeout,

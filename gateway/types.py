@@ -10,3 +10,5 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Reads a whole request body under a size limit and a deadline (``BodyDeadlines.read``).
+ReadBody = Callable[[Receive, int, int | None], Awaitable[bytes]]

@@ -12,7 +12,7 @@ TESTS = Path(__file__).parent
 # The suites that start gateway processes, marked by folder so they can be selected or left out.
 _FOLDER_MARKS = {name: getattr(pytest.mark, name) for name in ("e2e", "multi", "reliability")}
 # Elsewhere, a test is e2e when it or one of its fixtures starts a process.
-_STARTS_A_PROCESS = ("start_gateway(", "Popen(")
+_STARTS_A_PROCESS = ("start_gateway(", "Popen(", "subprocess.run(")
 
 
 @functools.cache

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +34,7 @@ from gateway.types import ASGIApp, Receive, Scope, Send
 from policies.decisions import Refusal
 
 log = logging.getLogger("gateway.admin.app")
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 500: "internal_error"}
 MAX_ADMIN_BODY = 1024 * 1024
 
 
@@ -200,37 +202,37 @@ def build_admin_app(runtime: Runtime) -> Any:
     settings = runtime.settings
     allowlist = UpstreamAllowlist(settings.upstream_allowlist, settings.upstream_url)
     events = EventPolicy.from_settings(settings)
-    control = OrgAdmin(runtime.store, runtime.hasher, runtime.invalidate_org, allowlist, events)
+    orgs = OrgAdmin(runtime.store, runtime.hasher, runtime.invalidate_org, allowlist, events)
 
     async def create_org(request: Request) -> Response:
-        org = await control.create_org(await _json(request))
-        return JSONResponse(await control.org_view(org), status_code=201)
+        org = await orgs.create_org(await _json(request))
+        return JSONResponse(await orgs.org_view(org), status_code=201)
 
     async def get_org(request: Request) -> Response:
-        org = await control.get_org(request.path_params["org_id"])
-        return JSONResponse(await control.org_view(org))
+        org = await orgs.get_org(request.path_params["org_id"])
+        return JSONResponse(await orgs.org_view(org))
 
     async def update_org(request: Request) -> Response:
-        org = await control.update_org(request.path_params["org_id"], await _json(request))
-        return JSONResponse(await control.org_view(org))
+        org = await orgs.update_org(request.path_params["org_id"], await _json(request))
+        return JSONResponse(await orgs.org_view(org))
 
     async def create_key(request: Request) -> Response:
-        record, key = await control.create_key(request.path_params["org_id"])
+        record, key = await orgs.create_key(request.path_params["org_id"])
         return JSONResponse({"id": record.id, "key": key, "org_id": record.org_id}, status_code=201)
 
     async def revoke_key(request: Request) -> Response:
-        await control.revoke_key(request.path_params["key_id"])
+        await orgs.revoke_key(request.path_params["key_id"])
         return Response(status_code=204)
 
     async def usage(request: Request) -> Response:
         await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
         org_id = request.path_params["org_id"]
-        period = await control.period(org_id, datetime.now(UTC))
-        return JSONResponse(await control.usage(org_id, period))
+        period = await orgs.period(org_id, datetime.now(UTC))
+        return JSONResponse(await orgs.usage(org_id, period))
 
     async def billing(request: Request) -> Response:
         await runtime.usage.flush()  # the balance counts this replica's spending so far
-        return JSONResponse(await control.billing(request.path_params["org_id"]))
+        return JSONResponse(await orgs.billing(request.path_params["org_id"]))
 
     async def webhook_events(request: Request) -> Response:
         return JSONResponse({"events": await runtime.store.webhook_events(_limit(request))})
@@ -241,8 +243,8 @@ def build_admin_app(runtime: Runtime) -> Any:
         return JSONResponse({"entries": entries})
 
     async def suspension(request: Request) -> Response:
-        org = await control.set_suspension(request.path_params["org_id"], await _json(request))
-        return JSONResponse(await control.org_view(org))
+        org = await orgs.set_suspension(request.path_params["org_id"], await _json(request))
+        return JSONResponse(await orgs.org_view(org))
 
     async def openapi(_request: Request) -> Response:
         return JSONResponse(SPEC)
@@ -261,6 +263,15 @@ def build_admin_app(runtime: Runtime) -> Any:
 
     async def store_down(_request: Request, _exc: Exception) -> Response:
         return _error(503, "store_unavailable", retry_after=1)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        # Starlette's own answers (no such route, wrong method) in our shape.
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return _error(status, _HTTP_CODES.get(status, "bad_request"))
+
+    async def internal_error(_request: Request, exc: Exception) -> Response:
+        log.error("admin request failed", exc_info=exc)
+        return _error(500, "internal_error")
 
     app = Starlette(
         routes=[
@@ -283,6 +294,8 @@ def build_admin_app(runtime: Runtime) -> Any:
             NotFound: not_found,
             Conflict: conflict,
             StoreError: store_down,
+            HTTPException: http_error,
+            Exception: internal_error,
         },
     )
     return AdminAuth(app, settings.admin_token, runtime.metrics)

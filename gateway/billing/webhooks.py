@@ -23,13 +23,12 @@ from typing import Any
 
 from gateway.billing.signatures import PROVIDERS, load_secrets
 from gateway.errors import ClientError, Disconnected, SignatureError, StoreError
-from gateway.ingest.body import BodyDeadlines
 from gateway.metrics import Metrics
 from gateway.responses import send_json, send_refusal
 from gateway.settings import Settings
 from gateway.store.base import BillingStore
 from gateway.store.records import BALANCE_OUT_OF_RANGE, Decide
-from gateway.types import Receive, Scope, Send
+from gateway.types import ReadBody, Receive, Scope, Send
 from policies.billing import (
     OTHER_CURRENCY,
     OUT_OF_RANGE,
@@ -92,7 +91,8 @@ def _refusal(status: int, code: str, **detail: str) -> Refusal:
 
 class WebhookEndpoint:
     """The endpoint over what it uses: the billing store, the metrics, a callback that drops an
-    org's routing on every replica, and its settings (secrets, plans, currency, body timeout)."""
+    org's routing on every replica, its settings (secrets, plans, currency) and a body reader
+    with the listener's deadline."""
 
     def __init__(
         self,
@@ -101,13 +101,14 @@ class WebhookEndpoint:
         invalidate: Callable[[str], Awaitable[None]],
         settings: Settings,
         *,
+        read_body: ReadBody,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.metrics = metrics
         self.invalidate = invalidate
         self.clock = clock
-        self.bodies = BodyDeadlines(settings.body_timeout)
+        self.read_body = read_body
         configured = {
             "stripe": settings.stripe_webhook_secret,
             "autumn": settings.autumn_webhook_secret,
@@ -133,7 +134,7 @@ class WebhookEndpoint:
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in scope["headers"]}
         declared = headers.get("content-length", "")
         try:
-            body = await self.bodies.read(
+            body = await self.read_body(
                 receive,
                 MAX_WEBHOOK_BODY,
                 int(declared)

@@ -24,12 +24,13 @@ class IngestApp:
             runtime.metrics.upstream_seconds,
         )
         # --no-gates: forwarding alone, to measure what the gates cost.
-        self.gated = runtime.middleware(proxy) if runtime.settings.gates else proxy
+        self.metered = runtime.middleware(proxy) if runtime.settings.gates else proxy
         self.webhooks = WebhookEndpoint(
             runtime.store,
             runtime.metrics,
             runtime.invalidate_org,
             runtime.settings,
+            read_body=runtime.bodies.read,
             clock=runtime.clock,
         )
 
@@ -44,7 +45,7 @@ class IngestApp:
             ok = await self.runtime.ready()
             await send_text(send, 200 if ok else 503, "ready" if ok else "store unreachable")
         elif signal_for(path) is not None:
-            await self.gated(scope, receive, send)
+            await self.metered(scope, receive, send)
         elif path.startswith("/webhooks/"):
             await self.webhooks(scope, receive, send)
         else:

@@ -170,7 +170,7 @@ class MeteringMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        gates: AdmissionControl,
+        admission: AdmissionControl,
         metrics: Metrics,
         *,
         limits: BodyLimits | None = None,
@@ -178,7 +178,7 @@ class MeteringMiddleware:
         inspector: PayloadInspector | None = None,
     ) -> None:
         self.app = app
-        self.gates = gates
+        self.admission = admission
         self.metrics = metrics
         self.limits = limits or BodyLimits()
         self.body_timeout = body_timeout
@@ -197,7 +197,7 @@ class MeteringMiddleware:
         exchange = _Exchange(send)
         outcome = Outcome.INTERNAL_ERROR
         try:
-            outcome = await self._gate(scope, receive, signal, exchange)
+            outcome = await self._admit(scope, receive, signal, exchange)
         except BaseException:
             outcome = exchange.outcome(failed=True)
             raise
@@ -205,7 +205,7 @@ class MeteringMiddleware:
             # The one place a request is counted: every path, an exception's too, ends here.
             self._count(signal, outcome)
 
-    async def _gate(
+    async def _admit(
         self, scope: Scope, receive: Receive, signal: str, exchange: _Exchange
     ) -> Outcome:
         request = _RequestHeaders(scope["headers"])
@@ -214,13 +214,13 @@ class MeteringMiddleware:
         if scope["method"] != "POST":
             return await exchange.refuse(METHOD_NOT_ALLOWED, style)
         key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
-        auth = await self.gates.authorize(key)
+        auth = await self.admission.authorize(key)
         if isinstance(auth, Refusal):
             return await exchange.refuse(auth, style)
         if request.conflict is not None:
             return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.
-        early = self.gates.precheck(auth, request.floor())
+        early = self.admission.precheck(auth, request.floor())
         if early is not None:
             return await exchange.refuse(early, style)
         try:
@@ -235,7 +235,7 @@ class MeteringMiddleware:
         except Disconnected:
             log.debug("client disconnected before its %s body arrived", signal)
             return Outcome.CLIENT_DISCONNECTED
-        admission = await self.gates.admit(auth, Quantities(1, payload.size, payload.items))
+        admission = await self.admission.admit(auth, Quantities(1, payload.size, payload.items))
         if isinstance(admission, Refusal):
             return await exchange.refuse(admission, style)
         return await self._forward(scope, receive, signal, request, body, admission, exchange)
@@ -267,12 +267,12 @@ class MeteringMiddleware:
         finally:
             answer = exchange.answer
             if not 200 <= exchange.status < 300:
-                self.gates.refund(admission)
+                self.admission.refund(admission)
             elif answer.body:
                 # An OTLP partial success: the org pays only for what the backend accepted.
                 rejected = rejected_items(signal, answer.content_type, answer.encoding, answer.body)
                 if rejected:
-                    self.gates.refund_items(admission, rejected)
+                    self.admission.refund_items(admission, rejected)
         return exchange.outcome(failed=False)
 
     def _count(self, signal: str, outcome: Outcome) -> None:

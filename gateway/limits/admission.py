@@ -6,10 +6,10 @@ and admits anyway, so that limits can be rolled out safely.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import StoreError
-from gateway.ingest.keys import KeyHasher
 from gateway.limits.budgets import Admission
 from gateway.limits.guard import StoreGuard
 from gateway.limits.rates import RateLimiter
@@ -29,7 +29,7 @@ class Authorized:
 class AdmissionControl:
     def __init__(
         self,
-        hasher: KeyHasher,
+        hasher: Callable[[str], bytes],
         routing: RoutingCache,
         usage: UsageGate,
         rates: RateLimiter,

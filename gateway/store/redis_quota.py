@@ -62,7 +62,7 @@ from gateway.store.records import (
 )
 from policies.model import METERS
 
-log = logging.getLogger("gateway.store.redis")
+log = logging.getLogger("gateway.store.redis_quota")
 
 # What a script takes in ARGV.
 Arg = str | int | float

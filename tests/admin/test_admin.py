@@ -257,3 +257,12 @@ async def test_allowlisted_org_upstreams_and_the_default_origin_pass(
     _, client = admin
     r = await client.post("/admin/orgs", json={"name": "a", "upstream": upstream})
     assert r.status_code == 201, r.text
+
+
+async def test_unknown_routes_and_methods_answer_in_the_error_shape(admin: Any) -> None:
+    _, client = admin
+    missing = await client.get("/admin/nope")
+    assert (missing.status_code, missing.json()) == (404, {"error": "not_found"})
+    wrong = await client.delete("/admin/orgs")
+    assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
+    assert wrong.headers["content-type"] == "application/json"

@@ -3,7 +3,7 @@
 In process, on every store backend: the ingest app (webhooks, data plane) and the admin app
 share one Runtime. A test that changes the settings starts a second Runtime on the same data,
 as an operator's restart would. Bodies are shaped like the providers' own (trimmed to the
-fields that matter); the pure decisions are in tests/policies/test_billing.py.
+fields that matter); the pure decisions are in tests/policies/billing/.
 """
 
 from __future__ import annotations

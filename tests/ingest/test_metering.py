@@ -182,7 +182,7 @@ async def test_usage_limit_refusal_body(env: Any) -> None:
 async def test_rate_limit_answers_429_with_retry_after(env: Any) -> None:
     runtime, _, client, _ = env
     # The bucket refills 2 tokens/s: on the real clock a 0.5 s stall would let the third pass.
-    runtime.gates._rates = RateLimiter(clock=lambda: 0.0)
+    runtime.admission._rates = RateLimiter(clock=lambda: 0.0)
     _, key = await new_key(runtime, limits=Limits(rate_requests=2))
     statuses = [(await client.post("/v1/traces", **otlp_json(key))).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]

@@ -155,7 +155,7 @@ async def test_every_path_counts_exactly_one_outcome_and_the_counters_sum_to_the
     async def broken(*_args: Any) -> None:
         raise RuntimeError("the gates failed")
 
-    monkeypatch.setattr(rig.runtime.gates, "admit", broken)
+    monkeypatch.setattr(rig.runtime.admission, "admit", broken)
     with pytest.raises(RuntimeError, match="gates failed"):
         await rig.send(key)
 

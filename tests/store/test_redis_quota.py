@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,6 +22,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.redis_quota import RedisQuotaStore
 from policies.model import Limits
 from policies.reservations import ChunkPolicy
+from tests.fakes import FlakyStore
 from tests.services import ThrowawayRedis, unavailable
 from tests.store.conftest import MakeStore
 
@@ -271,30 +271,24 @@ async def test_release_keeps_fields_of_holders_whose_names_extend_it(
     assert set(await hash_of(raw, store, org)) == {"ready", "exp:a:b", "res:a:b:requests"}
 
 
-class _FailingTruth(MemoryStore):
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
-        raise StoreError("truth is down")
-
-
 async def test_grant_the_truth_did_not_record_is_given_back(
     make_store: MakeStore, raw: aioredis.Redis, org: str
 ) -> None:
-    store = await make_store(truth=_FailingTruth())
+    truth = FlakyStore(MemoryStore())
+    truth.failing.add("add_reservation")
+    store = await make_store(truth=truth)
     limits = Limits(requests=5)
     with pytest.raises(StoreError):
         await store.reserve(ask(org, limits, requests=5))
     assert (await hash_of(raw, store, org))["res:replica-a:requests"] == "0"
 
 
-class _StuckTruth(MemoryStore):
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
-        await asyncio.Event().wait()
-
-
 async def test_grant_abandoned_by_a_timed_out_caller_is_given_back(
     make_store: MakeStore, raw: aioredis.Redis, org: str
 ) -> None:
-    store = await make_store(truth=_StuckTruth())
+    truth = FlakyStore(MemoryStore())
+    truth.delays["add_reservation"] = 3600.0  # never answers before the caller gives up
+    store = await make_store(truth=truth)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(store.reserve(ask(org, Limits(requests=5), requests=5)), 0.2)
     deadline = time.monotonic() + 10  # the give-back runs in the background
