@@ -69,10 +69,13 @@ class Runtime:
         spool_dir: Path | bool | None = True,
         invalidation: Invalidation | None = None,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        # The wall clock, injected so that tests can put it where a boundary is.
+        # The wall clock (periods, leases) and the monotonic timer (TTLs, breakers, buckets),
+        # injected so that tests can put them where a boundary is.
         self.clock = clock
+        self.timer = timer
         if store is None:
             store, built = build_store(settings)
             quota = quota or built
@@ -84,12 +87,12 @@ class Runtime:
             else open_invalidation(settings.store_url, settings.redis_url)
         )
         self.metrics = Metrics()
-        self.guard = StoreGuard(settings.gate_timeout)
+        self.guard = StoreGuard(settings.gate_timeout, clock=timer)
         self.hasher = KeyHasher(settings.key_secret_bytes())
         # Key lookups have a breaker and a budget of their own: a burst of never-seen keys
         # queueing on the store must not open the circuit for reservations, or get 503s.
-        lookups = StoreGuard(settings.lookup_timeout)
-        self.routing = RoutingCache(self.store, lookups, ttl=settings.cache_ttl)
+        lookups = StoreGuard(settings.lookup_timeout, clock=timer)
+        self.routing = RoutingCache(self.store, lookups, ttl=settings.cache_ttl, timer=timer)
         spool_path = settings.data_dir / "spool" if spool_dir is True else spool_dir or None
         holder = uuid.uuid4().hex
         self.spool = Spool(spool_path, holder=holder)
@@ -110,10 +113,11 @@ class Runtime:
         # Rates are shared among the holders live in the store, counted once a flush tick. A
         # holder stays live for 5 ticks (at least 2 s): late ticks never make the others
         # over-admit, and a dead holder stops counting within seconds, not a reservation TTL.
-        self.rates = RateLimiter()
+        self.rates = RateLimiter(clock=timer)
         self._presence_ttl = max(2.0, 5 * settings.flush_interval)
         # A guard of its own: a slow count must not open the circuit for reservations.
-        self._presence = StoreGuard(max(settings.gate_timeout, settings.flush_interval))
+        presence_budget = max(settings.gate_timeout, settings.flush_interval)
+        self._presence = StoreGuard(presence_budget, clock=timer)
         self.admission = AdmissionControl(
             self.hasher,
             self.routing,
@@ -137,7 +141,7 @@ class Runtime:
         # Webhook and admin bodies: the same deadline as ingest, so no client holds a worker.
         self.bodies = BodyDeadlines(settings.body_timeout)
         self._flusher: asyncio.Task[None] | None = None
-        self.readiness = Readiness(self._ping, self.guard, settings.gate_timeout)
+        self.readiness = Readiness(self._ping, self.guard, settings.gate_timeout, clock=timer)
 
     async def _ping(self) -> None:
         await self.store.ping()

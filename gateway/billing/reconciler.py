@@ -11,17 +11,22 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from gateway.errors import StoreError
-from gateway.store.base import Store
+from gateway.store.base import BillingStore, LeaseStore
 from policies.billing import suspension_change
 
 log = logging.getLogger("gateway.billing.reconciler")
 LEASE = "reconciler"
 
 
+class ReconcilerStore(BillingStore, LeaseStore, Protocol):
+    """What the reconciler needs of a store: billing state, and a lease to run alone."""
+
+
 async def reconcile(
-    store: Store,
+    store: BillingStore,
     now: datetime,
     grace: timedelta,
     on_change: Callable[[str], Awaitable[None]],
@@ -42,7 +47,7 @@ async def reconcile(
 
 
 async def run_forever(
-    store: Store,
+    store: ReconcilerStore,
     holder: str,
     interval: float,
     grace: timedelta,

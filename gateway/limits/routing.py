@@ -99,6 +99,10 @@ class RoutingCache:
             self._refresh_at[key_hash] = self._timer() + self._refresh_after
         return routing
 
+    async def settled(self) -> None:
+        """Wait for the reads in flight (refreshes ahead included); their errors stay theirs."""
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
     def invalidate_org(self, org_id: str) -> None:
         """Drop every cached routing of one org, so the next request reads the store."""
         for cache in (self._fresh, self._known):

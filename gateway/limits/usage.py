@@ -485,6 +485,10 @@ class UsageGate:
             log.warning("could not release reservations; they expire in %.0f s", self._ttl)
         return left
 
+    async def settled(self) -> None:
+        """Wait for the refills running behind requests."""
+        await asyncio.gather(*self._background, return_exceptions=True)
+
     def invalidate_org(self, org_id: str) -> None:
         """Forget cached exhaustion for an org whose limits changed."""
         for (org, _), budget in self._budgets.items():

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway.billing.reconciler import reconcile
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.sqlite import SQLiteStore
@@ -44,7 +45,12 @@ async def test_two_replicas_run_the_schedule_and_suspend_an_overdue_org_once(
                 break
             assert time.monotonic() < deadline, "no replica suspended the overdue org"
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # five more passes of both replicas: none suspends it again
+        # More passes of both replicas (awaited, not slept for): none suspends it again.
+        grace = timedelta(seconds=settings.suspension_grace)
+        for _ in range(3):
+            for runtime in replicas:
+                now = datetime.now(UTC)
+                assert await reconcile(runtime.store, now, grace, runtime.invalidate_org) == []
         suspensions = [
             e for e in await store.audit_log(org.id) if e["field"] == "suspended_at" and e["new"]
         ]

@@ -20,7 +20,7 @@ from gateway.settings import Settings
 from gateway.store.memory import MemoryStore
 from gateway.types import Message
 from policies.model import Limits
-from tests.fakes import FlakyStore
+from tests.fakes import Clock, FlakyStore
 from tests.refusals import code_of, error_of
 
 SECRET = "s" * 32
@@ -63,6 +63,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Any]:
         Settings(data_dir=tmp_path, key_secret=SECRET, flush_interval=3600, cache_ttl=0.05),
         store=flaky,
         spool_dir=None,
+        timer=Clock(0.0),  # cache TTLs, breakers and buckets move only when a test moves them
     )
     service = Service()
     await runtime.start()
@@ -207,7 +208,9 @@ async def test_store_down_known_key_fails_open_unknown_key_gets_503(env: Any) ->
     runtime, _, client, flaky = env
     _org_id, key = await new_key(runtime, limits=Limits(requests=10**6))
     assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
-    await asyncio.sleep(0.1)  # the fresh entry expires; the next lookup asks the store
+    timer = runtime.timer
+    assert isinstance(timer, Clock)
+    timer.advance(0.1)  # the fresh entry expires; the next lookup asks the store
     flaky.down = True
     assert (await client.post("/v1/traces", **otlp_json(key))).status_code == 200
     r = await client.post("/v1/traces", **otlp_json("igk_never_seen"))
