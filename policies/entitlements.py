@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-UNITS: tuple[str, ...] = ("requests", "bytes", "items")
-SIGNALS: tuple[str, ...] = ("traces", "logs", "metrics", "logpush")
+from policies.model import SENT_METERS as UNITS
+from policies.model import SIGNALS
+
 SIGNAL_METERS: tuple[str, ...] = tuple(f"{s}.{u}" for s in SIGNALS for u in UNITS)
 #: Every meter a limit or an overage cap can be set on, totals first.
 LIMITED_METERS: tuple[str, ...] = (*UNITS, *SIGNAL_METERS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -21,6 +22,24 @@ SENT_METERS: tuple[str, ...] = ("requests", "bytes", "items")
 #: Money is integers in minor units; the credit meter counts millionths of one.
 MICROS_PER_MINOR = 1_000_000
 
+#: The signals a request belongs to; each has its own meters (``traces.items``, ...).
+SIGNALS: tuple[str, ...] = ("traces", "logs", "metrics", "logpush")
+SIGNAL_METERS: frozenset[str] = frozenset(f"{s}.{m}" for s in SIGNALS for m in SENT_METERS)
+
+
+def lock_key(meter: str) -> tuple[int, str]:
+    """The order every store locks and checks meters in: ``METERS`` first, then by name."""
+    return (METERS.index(meter) if meter in METERS else len(METERS), meter)
+
+
+def lock_order(meters: Iterable[str]) -> list[str]:
+    return sorted(meters, key=lock_key)
+
+
+def is_quota_meter(meter: str) -> bool:
+    """A meter a limit can hold: the totals, credit, and every signal's meters."""
+    return meter in METERS or meter in SIGNAL_METERS
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -32,8 +51,19 @@ class Limits:
     rate_requests: int | None = None
     rate_bytes: int | None = None
     credit: int | None = None
+    #: Limits on one signal's meters (``traces.items``, ``logs.bytes``, ...), sorted by name.
+    signals: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, int]) -> Limits:
+        """Limits from ``{name: value}``: totals, rates and signal meters alike."""
+        signals = tuple(sorted((m, v) for m, v in values.items() if m in SIGNAL_METERS))
+        plain = {m: v for m, v in values.items() if m not in SIGNAL_METERS}
+        return cls(**plain, signals=signals)
 
     def usage_limit(self, meter: str) -> int | None:
+        if meter in SIGNAL_METERS:
+            return dict(self.signals).get(meter)
         value: int | None = getattr(self, meter)
         return value
 
@@ -44,13 +74,14 @@ class Limits:
     def as_dict(self) -> dict[str, int]:
         """The configured limits (``credit`` is derived from the balance, not configured)."""
         names = (*SENT_METERS, "rate_requests", "rate_bytes")
-        return {n: v for n in names if (v := getattr(self, n)) is not None}
+        return {n: v for n in names if (v := getattr(self, n)) is not None} | dict(self.signals)
 
 
 @functools.lru_cache(maxsize=4096)
 def _metered(limits: Limits) -> tuple[tuple[str, int], ...]:
     # Computed once per distinct Limits value: it runs on every admitted request.
-    return tuple((m, lim) for m in METERS if (lim := limits.usage_limit(m)) is not None)
+    totals = tuple((m, lim) for m in METERS if (lim := limits.usage_limit(m)) is not None)
+    return totals + limits.signals
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +145,8 @@ class Quantities:
     bytes: int = 0
     items: int = 0
     credit: int = 0
+    #: The request's signal: it counts on that signal's meters too.
+    signal: str | None = None
 
     def of(self, meter: str) -> int:
         value: int = getattr(self, meter)
@@ -122,7 +155,16 @@ class Quantities:
     def as_dict(self) -> dict[str, int]:
         return {m: self.of(m) for m in METERS}
 
+    def sent(self) -> dict[str, int]:
+        """What the request counts on every meter it sent: the totals and its signal's."""
+        counted = {"requests": self.requests, "bytes": self.bytes, "items": self.items}
+        if self.signal is not None:
+            s = self.signal
+            counted |= {f"{s}.requests": self.requests, f"{s}.bytes": self.bytes}
+            counted[f"{s}.items"] = self.items
+        return counted
+
     def priced(self, prices: Prices) -> Quantities:
         """The same quantities with their cost on the credit meter."""
         cost = prices.cost_micros(self.requests, self.bytes, self.items)
-        return Quantities(self.requests, self.bytes, self.items, cost)
+        return Quantities(self.requests, self.bytes, self.items, cost, self.signal)

@@ -21,7 +21,7 @@ from gateway.store.base import Store
 from gateway.store.records import KeyRecord, OrgChanges, OrgRecord
 from policies import money
 from policies.billing import BillingState, manual_unsuspend
-from policies.model import SENT_METERS, Limits, Period, Prices
+from policies.model import SENT_METERS, SIGNAL_METERS, Limits, Period, Prices, lock_order
 from policies.periods import period_for
 
 log = logging.getLogger("gateway.admin.orgs")
@@ -83,7 +83,7 @@ def billing_json(state: BillingState, balance_minor: int) -> dict[str, Any]:
 def _limits(raw: object, base: Limits) -> Limits:
     if not isinstance(raw, Mapping):
         raise BadRequest("limits must be an object")
-    unknown = set(raw) - set(LIMIT_NAMES)
+    unknown = set(raw) - set(LIMIT_NAMES) - SIGNAL_METERS
     if unknown:
         raise BadRequest(f"unknown limits: {', '.join(sorted(map(str, unknown)))}")
     changes: dict[str, int | None] = {}
@@ -93,7 +93,8 @@ def _limits(raw: object, base: Limits) -> Limits:
         if value is not None and name.startswith("rate_") and value < 1:
             raise BadRequest(f"limits.{name} must be at least 1 (null lifts it)")
         changes[name] = value
-    return replace(base, **changes)
+    merged = {**base.as_dict(), **changes}
+    return Limits.from_dict({name: v for name, v in merged.items() if v is not None})
 
 
 def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
@@ -321,11 +322,18 @@ class OrgAdmin:
         org = await self._org(org_id)
         counters = await self.store.usage(org_id, period.key)
         shadow = {m: counters.get(f"shadow_refused:{m}", 0) for m in ("requests", "bytes", "items")}
+        limits = org.limits.as_dict()
+        # Every meter with usage or a limit; the totals always.
+        used = {m for m, n in counters.items() if n}
+        shown = set(SENT_METERS) | ((used | set(limits)) & SIGNAL_METERS)
         return {
             "period_start": _iso(period.start),
             "period_end": _iso(period.end),
-            "usage": {m: counters.get(m, 0) for m in ("requests", "bytes", "items")},
-            "limits": org.limits.as_dict(),
+            "usage": {m: counters.get(m, 0) for m in SENT_METERS},
+            "limits": limits,
+            "meters": {
+                m: {"used": counters.get(m, 0), "limit": limits.get(m)} for m in lock_order(shown)
+            },
             "shadow_refused": shadow,
         }
 

@@ -89,11 +89,12 @@ class _RequestHeaders:
             b"application/x-protobuf"
         )
 
-    def floor(self) -> Quantities:
+    def floor(self, signal: str) -> Quantities:
         """The least this request can count: one request, and the bytes of a plain body."""
         declared = self.declared or 0
         plain = self.content_encoding is None or self.content_encoding.strip() in (b"", b"identity")
-        return Quantities(1, declared if plain else min(declared, 1), min(declared, 1))
+        least = declared if plain else min(declared, 1)
+        return Quantities(1, least, min(declared, 1), signal=signal)
 
     def forwardable(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The client's headers less the key, tenant headers and what its Connection names;
@@ -220,7 +221,7 @@ class MeteringMiddleware:
         if request.conflict is not None:
             return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.
-        early = self.admission.precheck(auth, request.floor())
+        early = self.admission.precheck(auth, request.floor(signal))
         if early is not None:
             return await exchange.refuse(early, style)
         try:
@@ -235,7 +236,8 @@ class MeteringMiddleware:
         except Disconnected:
             log.debug("client disconnected before its %s body arrived", signal)
             return Outcome.CLIENT_DISCONNECTED
-        admission = await self.admission.admit(auth, Quantities(1, payload.size, payload.items))
+        quantities = Quantities(1, payload.size, payload.items, signal=signal)
+        admission = await self.admission.admit(auth, quantities)
         if isinstance(admission, Refusal):
             return await exchange.refuse(admission, style)
         return await self._forward(scope, receive, signal, request, body, admission, exchange)

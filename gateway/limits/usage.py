@@ -122,8 +122,7 @@ class UsageGate:
         limits = routing.limits
         main = self._budget(routing.org_id, self.period_of(routing, now))
         limited, capped = split_limits(limits)
-        sent = {"requests": q.requests, "bytes": q.bytes, "items": q.items}
-        accounts: list[Account] = [(main, limited, sent)]
+        accounts: list[Account] = [(main, limited, q.sent())]
         if q.credit or capped:
             credit = self._budget(routing.org_id, CREDIT_PERIOD)
             accounts.append((credit, capped, {"credit": q.credit}))
@@ -372,13 +371,12 @@ class UsageGate:
         if items <= 0:
             return 0
         credit = items * (admission.routing.prices.items or 0)
+        refunded = [("items", items), ("credit", credit)]
+        if admission.quantities.signal is not None:
+            refunded.append((f"{admission.quantities.signal}.items", items))
         for part in admission.parts:
             counted = dict(part.counted)
-            deltas = {
-                m: min(n, counted[m])
-                for m, n in (("items", items), ("credit", credit))
-                if n and counted.get(m)
-            }
+            deltas = {m: min(n, counted[m]) for m, n in refunded if n and counted.get(m)}
             if deltas:
                 self._give_back_part(admission.routing.org_id, part, deltas)
         return items

@@ -35,7 +35,7 @@ from gateway.store.records import (
     new_id,
 )
 from policies.billing import BillingState
-from policies.model import METERS, Limits, OrgRouting
+from policies.model import Limits, OrgRouting, is_quota_meter, lock_order
 
 
 @dataclass(slots=True)
@@ -102,7 +102,7 @@ class MemoryStore(MemoryBilling):
         org = self.orgs.get(request.org_id)
         limits = org.limits if org else Limits()
         grants: dict[str, int] = {}
-        for meter in METERS:
+        for meter in lock_order(request.needs):
             need = request.needs.get(meter)
             if need is None:
                 continue
@@ -176,7 +176,7 @@ class MemoryStore(MemoryBilling):
     async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
         usage = await self.usage(org_id, period_start)
         return QuotaSnapshot(
-            used={meter: usage[meter] for meter in METERS if meter in usage},
+            used={m: usage[m] for m in lock_order(usage) if is_quota_meter(m)},
             reservations=await self.live_reservations(org_id, period_start, now),
             batch_ids=[
                 batch_id

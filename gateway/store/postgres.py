@@ -51,7 +51,7 @@ from gateway.store.records import (
 )
 from gateway.store.seam import Dialect, Done, Step, advance, numbered
 from gateway.store.sql import SQLSteps
-from policies.model import METERS
+from policies.model import METERS, is_quota_meter, lock_order
 
 T = TypeVar("T")
 
@@ -246,13 +246,8 @@ async def _apply_migrations(conn: Any, schema: str | None) -> list[str]:
     return applied
 
 
-def _meter_order(meter: str) -> tuple[int, str]:
-    """Lock order of counters and reservations: METERS first, then any other name."""
-    return (METERS.index(meter) if meter in METERS else len(METERS), meter)
-
-
 def _sorted_deltas(deltas: Mapping[str, int]) -> tuple[list[str], list[int]]:
-    meters = sorted(deltas, key=_meter_order)
+    meters = lock_order(deltas)
     return meters, [deltas[meter] for meter in meters]
 
 
@@ -360,7 +355,7 @@ class PostgresStore(SQLSteps):
     # data plane
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
-        meters = [meter for meter in METERS if meter in request.needs]
+        meters = lock_order(request.needs)
         if not meters:
             return Granted({})
         policy = request.policy
@@ -442,7 +437,7 @@ class PostgresStore(SQLSteps):
             batches = await conn.fetch(_BATCH_IDS, org_id, period_start)
         counted = {row["meter"]: row["used"] for row in used}
         return QuotaSnapshot(
-            used={meter: counted[meter] for meter in METERS if meter in counted},
+            used={m: counted[m] for m in lock_order(counted) if is_quota_meter(m)},
             reservations=[ReservationRow(*row) for row in rows],
             batch_ids=[row["batch_id"] for row in batches],
         )

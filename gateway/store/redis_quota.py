@@ -60,7 +60,7 @@ from gateway.store.records import (
     ReserveResult,
     UsageBatch,
 )
-from policies.model import METERS
+from policies.model import is_quota_meter, lock_order
 
 log = logging.getLogger("gateway.store.redis_quota")
 
@@ -90,12 +90,12 @@ def _flatten(pairs: Mapping[str, Arg]) -> list[Arg]:
 def _hash_fields(snapshot: QuotaSnapshot) -> dict[str, Arg]:
     """The quota hash fields (see reserve.lua) that hold a snapshot of the truth."""
     fields: dict[str, Arg] = {
-        f"used:{meter}": snapshot.used[meter] for meter in METERS if snapshot.used.get(meter)
+        f"used:{meter}": n for meter, n in snapshot.used.items() if n and is_quota_meter(meter)
     }
     reserved: dict[str, int] = {}
     expiry: dict[str, float] = {}
     for row in snapshot.reservations:
-        if row.meter in METERS and row.amount > 0:
+        if is_quota_meter(row.meter) and row.amount > 0:
             name = f"res:{row.holder}:{row.meter}"
             reserved[name] = reserved.get(name, 0) + row.amount
             # One expiry per holder in Redis: its latest, so nothing live is dropped.
@@ -204,7 +204,7 @@ class RedisQuotaStore:
             int(request.policy.strict),
             request.policy.replicas,
         ]
-        for meter in METERS:
+        for meter in lock_order(request.needs):
             need = request.needs.get(meter)
             if need is None:
                 continue
@@ -238,7 +238,7 @@ class RedisQuotaStore:
         if recorded:
             await self._write_through(key, token, request, recorded)
         grants.update(amounts)
-        return Granted({meter: grants[meter] for meter in METERS if meter in grants})
+        return Granted({meter: grants[meter] for meter in lock_order(grants)})
 
     async def _write_through(
         self, key: str, token: str, request: ReserveRequest, recorded: dict[str, int]

@@ -74,7 +74,7 @@ def org_from_rows(
     return OrgRecord(
         id=first[0],
         name=first[1],
-        limits=Limits(**{row[8]: row[9] for row in found if row[8] is not None}),
+        limits=Limits.from_dict({row[8]: row[9] for row in found if row[8] is not None}),
         upstream=first[2],
         suspended=bool(first[3]),
         suspension_reason=first[4],

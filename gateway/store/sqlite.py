@@ -46,7 +46,7 @@ from gateway.store.records import (
 )
 from gateway.store.seam import Dialect, Done, Step, advance
 from gateway.store.sql import SQLSteps
-from policies.model import METERS
+from policies.model import is_quota_meter, lock_order
 
 T = TypeVar("T")
 
@@ -321,7 +321,7 @@ class SQLiteStore(SQLSteps):
             counter = {"org": request.org_id, "period": request.period_start}
             grants: dict[str, int] = {}
             recorded: list[tuple[str, int]] = []
-            for meter in METERS:
+            for meter in lock_order(request.needs):
                 need = request.needs.get(meter)
                 if need is None:
                     continue
@@ -447,7 +447,7 @@ class SQLiteStore(SQLSteps):
                 (*counter, time.time() - 3600),
             ).fetchall()
             return QuotaSnapshot(
-                used={meter: used[meter] for meter in METERS if meter in used},
+                used={m: used[m] for m in lock_order(used) if is_quota_meter(m)},
                 reservations=_live_reservations(conn, org_id, period_start, now),
                 batch_ids=[row[0] for row in batch_ids],
             )
