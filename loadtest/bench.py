@@ -586,7 +586,7 @@ async def seed_keys(path: Path, key_secret: str, count: int, orgs: int) -> list[
     store = SQLiteStore(str(path))
     await store.open()
     try:
-        limits = Limits(**BIG_LIMITS)
+        limits = Limits.from_dict(BIG_LIMITS)
         org_ids = [(await store.create_org(f"memory-{i}", limits, None)).id for i in range(orgs)]
         hasher = KeyHasher(key_secret.encode())
         keys = [generate_key() for _ in range(count)]

@@ -21,7 +21,8 @@ class ChunkPolicy:
     strict: bool = False
 
     def max_chunk(self, meter: str) -> int:
-        value: int = getattr(self, f"max_{meter}")
+        """The bound of ``meter``; a signal's meter (``logs.items``) has its unit's."""
+        value: int = getattr(self, f"max_{meter.rpartition('.')[2]}")
         return value
 
     def want(self, meter: str, need: int, remaining: int) -> int:

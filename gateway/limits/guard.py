@@ -11,6 +11,9 @@ from gateway.errors import StoreError, StoreUnavailable
 from policies.breaker import Breaker
 
 T = TypeVar("T")
+# Mistakes in our own code, not failures of the store: they end the request as internal_error
+# (a loud 500) rather than trip the breaker and admit everyone unlimited (fail-open).
+_PROGRAMMING_ERRORS = (AttributeError, TypeError, NameError, LookupError, AssertionError)
 
 
 class StoreGuard:
@@ -34,6 +37,10 @@ class StoreGuard:
             result = await asyncio.wait_for(make(), budget or self.timeout)
         except asyncio.CancelledError:
             # Cancellation says nothing about the store; only a probe must not stay in flight.
+            if self._breaker.state == "half_open":
+                self._breaker = self._breaker.failure(self._clock())
+            raise
+        except _PROGRAMMING_ERRORS:
             if self._breaker.state == "half_open":
                 self._breaker = self._breaker.failure(self._clock())
             raise

@@ -144,7 +144,7 @@ class UsageGate:
                 deficit = {
                     m: need - remaining.get(m, 0)
                     for m, _ in limited
-                    if (need := counted[m]) > remaining.get(m, 0)
+                    if (need := counted.get(m, 0)) > remaining.get(m, 0)
                 }
                 if deficit:
                     break
@@ -183,7 +183,7 @@ class UsageGate:
             deficit = {
                 m: need - remaining.get(m, 0)
                 for m, _ in limited
-                if (need := counted[m]) > remaining.get(m, 0)
+                if (need := counted.get(m, 0)) > remaining.get(m, 0)
             }
             refusal = self._known_refusal(budget, deficit, now)
             if refusal is not None:
@@ -331,7 +331,7 @@ class UsageGate:
             if reserved:
                 budget.active = self._clock()
                 for meter, _ in limited:
-                    n = counted[meter]
+                    n = counted.get(meter, 0)
                     if n:
                         budget.remaining[meter] -= n
                         budget.reserved[meter] = budget.reserved.get(meter, 0) - n

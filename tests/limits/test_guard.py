@@ -67,3 +67,20 @@ async def test_a_call_past_its_budget_is_a_store_error_and_the_next_is_not_even_
 
     assert await guard.call(fine) == 7
     assert not guard.is_open
+
+
+@pytest.mark.parametrize("mistake", [AttributeError("max_logs.items"), KeyError("meter")])
+async def test_a_programming_error_is_no_store_failure_and_opens_no_circuit(
+    mistake: Exception,
+) -> None:
+    """Regression: a bug on the reservation path tripped the breaker, and every request was
+    admitted unlimited (fail-open) instead of failing loudly."""
+    guard = StoreGuard(clock=Clock())
+
+    async def buggy() -> None:
+        raise mistake
+
+    with pytest.raises(type(mistake)) as caught:
+        await guard.call(buggy)
+    assert caught.value is mistake
+    assert not guard.is_open

@@ -48,7 +48,7 @@ def gate(
 
 
 async def org_with(store: Store, **limits: int):  # type: ignore[no-untyped-def]
-    return (await store.create_org("acme", Limits(**limits), None)).routing()
+    return (await store.create_org("acme", Limits.from_dict(limits), None)).routing()
 
 
 async def test_thousand_concurrent_requests_admit_exactly_the_remaining_hundred(

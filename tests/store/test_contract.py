@@ -51,11 +51,11 @@ def ask(
 
 
 async def org_with(store: Store, **limits: int) -> OrgRecord:
-    return await store.create_org("acme", Limits(**limits), "http://upstream:4318")
+    return await store.create_org("acme", Limits.from_dict(limits), "http://upstream:4318")
 
 
 async def relimit(store: Store, org: OrgRecord, **limits: int) -> OrgRecord:
-    updated = await store.update_org(org.id, OrgChanges(limits=Limits(**limits)))
+    updated = await store.update_org(org.id, OrgChanges(limits=Limits.from_dict(limits)))
     assert updated is not None
     return updated
 
@@ -615,3 +615,36 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [
             (SQLITE_SCHEMA_VERSION,)
         ]
+
+
+# meters per signal
+
+
+def needs(org: OrgRecord, wanted: dict[str, int]) -> ReserveRequest:
+    return ReserveRequest("replica-a", org.id, PERIOD, wanted, STRICT, 1_000.0, 60.0, org.limits)
+
+
+async def test_a_signal_meter_is_limited_reserved_committed_and_snapshotted(store: Store) -> None:
+    limits = Limits.from_dict({"logs.items": 5, "items": 100})
+    org = await store.create_org("acme", limits, None)
+    assert (await store.get_org(org.id)) == org and org.limits == limits
+    await store.create_key(org.id, b"hash-signal")
+    routing = await store.routing_for_key(b"hash-signal")
+    assert routing is not None and routing.limits == limits
+
+    granted = await store.reserve(needs(org, {"logs.items": 5, "items": 5}))
+    assert granted == Granted({"items": 5, "logs.items": 5})
+    refused = await store.reserve(needs(org, {"logs.items": 1, "items": 1}))
+    assert isinstance(refused, Exhausted)
+    assert (refused.meter, refused.limit, refused.taken) == ("logs.items", 5, 5)
+
+    spent = {"requests": 2, "items": 5, "logs.requests": 2, "logs.items": 5}
+    batch = UsageBatch("batch-signal", "replica-a", org.id, PERIOD, spent,
+                       {"items": -5, "logs.items": -5})  # fmt: skip
+    assert await store.commit(batch)
+    assert await store.usage(org.id, PERIOD) == spent
+    snapshot = await store.quota_snapshot(org.id, PERIOD, now=1_000)
+    assert snapshot.used == {"requests": 2, "items": 5, "logs.requests": 2, "logs.items": 5}
+    after = await store.reserve(needs(org, {"logs.items": 1}))
+    assert isinstance(after, Exhausted)
+    assert (after.meter, after.limit, after.taken) == ("logs.items", 5, 5)

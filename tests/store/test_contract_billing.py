@@ -65,7 +65,7 @@ def suspend(state: BillingState) -> BillingChange:
 
 
 async def billed_org(store: Store, customer: str = "cus_1", **limits: int) -> OrgRecord:
-    org = await store.create_org("acme", Limits(**limits), "http://upstream:4318")
+    org = await store.create_org("acme", Limits.from_dict(limits), "http://upstream:4318")
     linked = await store.set_billing_customers(org.id, {"stripe": customer})
     assert linked is not None
     return linked
