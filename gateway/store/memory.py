@@ -99,14 +99,12 @@ class MemoryStore(MemoryBilling):
         )
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
-        org = self.orgs.get(request.org_id)
-        limits = org.limits if org else Limits()
         grants: dict[str, int] = {}
         for meter in lock_order(request.needs):
             need = request.needs.get(meter)
             if need is None:
                 continue
-            limit = _limit(limits, request, meter)
+            limit = request.limits.usage_limit(meter)
             if limit is None:
                 grants[meter] = need
                 continue
@@ -117,7 +115,7 @@ class MemoryStore(MemoryBilling):
                 return Exhausted(meter, limit, taken, used)
             grants[meter] = request.policy.want(meter, need, remaining)
         for meter, amount in grants.items():
-            if _limit(limits, request, meter) is None:
+            if request.limits.usage_limit(meter) is None:
                 continue
             key = (request.holder, request.org_id, request.period_start, meter)
             current = self.reservations.get(key)
@@ -327,10 +325,3 @@ class MemoryStore(MemoryBilling):
         for (provider, customer), org_id in self.customers.items():
             linked.setdefault(org_id, {})[provider] = customer
         return sorted(linked.items())
-
-
-def _limit(limits: Limits, request: ReserveRequest, meter: str) -> int | None:
-    """The org's stored limit, or for ``credit`` the balance the caller's routing carries."""
-    if meter == "credit":
-        return request.limits.credit
-    return limits.usage_limit(meter)

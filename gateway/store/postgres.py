@@ -69,7 +69,7 @@ _METERS = list(METERS)
 
 _USED_OF = "SELECT used FROM usage_counters WHERE org_id = $1 AND period_start = $2 AND meter = $3"
 _RESERVE = """SELECT meter_name, granted, meter_limit, taken
-    FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"""
+    FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::bigint[])"""
 
 _CLAIM_BATCH = """INSERT INTO applied_batches (batch_id, org_id, period_start)
     VALUES ($1, $2, $3)
@@ -372,8 +372,8 @@ class PostgresStore(SQLSteps):
                 policy.replicas,
                 request.now,
                 request.ttl,
-                # The credit meter's limit is the balance, from the caller's routing.
-                request.limits.credit,
+                # Every limit from the caller's routing (the credit meter's is the balance).
+                [request.limits.usage_limit(meter) for meter in meters],
             )
         for row in rows:
             if row["granted"] is None:

@@ -114,9 +114,9 @@ class OrgChanges:
 class ReserveRequest:
     """Ask for quota: for each meter at least ``needs[meter]``, more as ``policy`` allows.
 
-    ``limits`` are the caller's routing (at most a cache TTL old): backends that hold the
-    org tables read their own instead, except ``credit`` (the balance, never stored as a
-    limit), which every backend takes from here; a counter-only backend (Redis) uses all.
+    ``limits`` are the caller's routing (at most a cache TTL old, or dropped at once by an
+    invalidation): every backend checks against these, the ``credit`` limit (the balance)
+    included, so limits computed from plans and keys need no tables of their own here.
     ``period_end`` (epoch seconds) lets counters expire after the period.
     """
 

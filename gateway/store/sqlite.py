@@ -313,11 +313,6 @@ class SQLiteStore(SQLSteps):
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult:
         def work(conn: sqlite3.Connection) -> ReserveResult:
-            limits = dict(
-                conn.execute(
-                    "SELECT name, value FROM org_limits WHERE org_id = ?", (request.org_id,)
-                ).fetchall()
-            )
             counter = {"org": request.org_id, "period": request.period_start}
             grants: dict[str, int] = {}
             recorded: list[tuple[str, int]] = []
@@ -325,10 +320,8 @@ class SQLiteStore(SQLSteps):
                 need = request.needs.get(meter)
                 if need is None:
                     continue
-                # The credit meter's limit is the balance, from the caller's routing.
-                limit: int | None = (
-                    request.limits.credit if meter == "credit" else limits.get(meter)
-                )
+                # Every limit from the caller's routing (the credit meter's is the balance).
+                limit = request.limits.usage_limit(meter)
                 if limit is None:
                     grants[meter] = need
                     continue

@@ -126,7 +126,7 @@ async def test_multi_meter_reserves_across_two_pools_grant_exactly_the_limit(
         # Half the callers name the meters in the other order: locks follow METERS anyway.
         needs = {"requests": 1, "bytes": 10} if n % 2 else {"bytes": 10, "requests": 1}
         holder = f"replica-{n % 7}"
-        request = ReserveRequest(holder, org.id, PERIOD, needs, STRICT, 1_000.0, 60.0)
+        request = ReserveRequest(holder, org.id, PERIOD, needs, STRICT, 1_000.0, 60.0, org.limits)
         result = await two_stores[n % 2].reserve(request)
         if isinstance(result, Granted):
             # Commits lock the same counters, from the other pool.
@@ -166,7 +166,7 @@ async def test_heartbeats_and_releases_race_reserves_without_deadlock(
         store = two_stores[n % 2]
         holder = f"replica-{n % 3}"
         needs = {"bytes": 10, "requests": 1}
-        request = ReserveRequest(holder, org.id, PERIOD, needs, loose, 1_000.0, 60.0)
+        request = ReserveRequest(holder, org.id, PERIOD, needs, loose, 1_000.0, 60.0, org.limits)
         result = await store.reserve(request)
         if n % 5 == 0:
             await store.heartbeat(holder, 1_001.0, 60.0)

@@ -133,7 +133,7 @@ async def test_chunks_match_the_reference_store(make_store: MakeStore, org: str)
             ask(org, limits, policy=policy, requests=needs["requests"], bytes=needs["bytes"])
         )
         theirs = await reference.reserve(
-            ReserveRequest("replica-a", record.id, PERIOD, needs, policy, NOW, 60.0)
+            ReserveRequest("replica-a", record.id, PERIOD, needs, policy, NOW, 60.0, limits)
         )
         assert ours == theirs, step
 
