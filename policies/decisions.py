@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from policies.model import MICROS_PER_MINOR, OrgRouting
+from policies.model import MICROS_PER_MINOR, OrgRouting, scope_of
 from policies.money import spent_minor
 
 
@@ -68,7 +68,7 @@ def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Re
         402,
         "usage_limit_exceeded",
         detail={
-            "meter": meter,
+            **_scoped(meter),
             "limit": limit,
             "used": used,
             "resets_at": resets_at.isoformat().replace("+00:00", "Z"),
@@ -76,10 +76,19 @@ def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Re
     )
 
 
+def _scoped(meter: str) -> dict[str, str]:
+    """Which limit refused: the org's meter, or the key's (a key's meters are named under it)."""
+    key_id, inner = scope_of(meter)
+    if key_id is None:
+        return {"meter": inner, "scope": "org"}
+    return {"meter": inner, "scope": "key", "key_id": key_id}
+
+
 def quota_held_elsewhere(meter: str) -> Refusal:
     """The store refused, but other gateway processes still hold unspent quota of the org,
     which they are asked to return: a retry soon succeeds, so this is 429, never a final 402."""
-    return Refusal(429, "rate_limited", retry_after=1, detail={"meter": meter, "held": "elsewhere"})
+    detail = {**_scoped(meter), "held": "elsewhere"}
+    return Refusal(429, "rate_limited", retry_after=1, detail=detail)
 
 
 def rate_limited(meter: str, wait_seconds: float) -> Refusal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
@@ -36,8 +36,26 @@ def lock_order(meters: Iterable[str]) -> list[str]:
     return sorted(meters, key=lock_key)
 
 
+#: A key's meters are the org's meters named under the key: ``key:<key id>:<meter>``.
+KEY_PREFIX = "key:"
+
+
+def key_meter(key_id: str, meter: str) -> str:
+    return f"{KEY_PREFIX}{key_id}:{meter}"
+
+
+def scope_of(meter: str) -> tuple[str | None, str]:
+    """(the key id of a key's meter, or None for the org's; the meter within its scope)."""
+    if meter.startswith(KEY_PREFIX):
+        key_id, _, inner = meter[len(KEY_PREFIX) :].rpartition(":")
+        return key_id, inner
+    return None, meter
+
+
 def is_quota_meter(meter: str) -> bool:
-    """A meter a limit can hold: the totals, credit, and every signal's meters."""
+    """A meter a limit can hold: the totals, credit, every signal's meters, and a key's."""
+    if meter.startswith(KEY_PREFIX):
+        meter = scope_of(meter)[1]
     return meter in METERS or meter in SIGNAL_METERS
 
 
@@ -51,21 +69,27 @@ class Limits:
     rate_requests: int | None = None
     rate_bytes: int | None = None
     credit: int | None = None
-    #: Limits on one signal's meters (``traces.items``, ``logs.bytes``, ...), sorted by name.
-    signals: tuple[tuple[str, int], ...] = ()
+    #: Limits on meters beyond the totals: a signal's (``traces.items``) or, in a routing, the
+    #: key's (``key:<key id>:items``); sorted by name.
+    meters: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, int]) -> Limits:
-        """Limits from ``{name: value}``: totals, rates and signal meters alike."""
-        signals = tuple(sorted((m, v) for m, v in values.items() if m in SIGNAL_METERS))
-        plain = {m: v for m, v in values.items() if m not in SIGNAL_METERS}
-        return cls(**plain, signals=signals)
+        """Limits from ``{name: value}``: totals, rates and other meters alike."""
+        meters = tuple(sorted((m, v) for m, v in values.items() if m not in _FIELDS))
+        plain = {m: v for m, v in values.items() if m in _FIELDS}
+        return cls(**plain, meters=meters)
 
     def usage_limit(self, meter: str) -> int | None:
-        if meter in SIGNAL_METERS:
-            return dict(self.signals).get(meter)
+        if meter not in _FIELDS:
+            return dict(self.meters).get(meter)
         value: int | None = getattr(self, meter)
         return value
+
+    def with_key(self, key_id: str, key_limits: Limits) -> Limits:
+        """These limits and a key's own, named under the key, as one set to reserve."""
+        scoped = [(key_meter(key_id, m), v) for m, v in key_limits.metered() if m != "credit"]
+        return replace(self, meters=tuple(sorted((*self.meters, *scoped))))
 
     def metered(self) -> tuple[tuple[str, int], ...]:
         """The (meter, limit) pairs that are limited, in lock order."""
@@ -74,14 +98,19 @@ class Limits:
     def as_dict(self) -> dict[str, int]:
         """The configured limits (``credit`` is derived from the balance, not configured)."""
         names = (*SENT_METERS, "rate_requests", "rate_bytes")
-        return {n: v for n in names if (v := getattr(self, n)) is not None} | dict(self.signals)
+        return {n: v for n in names if (v := getattr(self, n)) is not None} | dict(self.meters)
+
+
+_FIELDS = frozenset({*METERS, "rate_requests", "rate_bytes"})
+#: No limit at all (a default that is never mutated: Limits is frozen).
+NO_LIMITS = Limits()
 
 
 @functools.lru_cache(maxsize=4096)
 def _metered(limits: Limits) -> tuple[tuple[str, int], ...]:
     # Computed once per distinct Limits value: it runs on every admitted request.
     totals = tuple((m, lim) for m in METERS if (lim := limits.usage_limit(m)) is not None)
-    return totals + limits.signals
+    return totals + limits.meters
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +164,9 @@ class OrgRouting:
     prices: Prices = field(default_factory=Prices)
     #: The billing period from the provider, if any; else calendar months.
     period: Period | None = None
+    #: The ingest key the request came with; its own limits are in ``limits`` under its name.
+    #: Not part of equality: a routing is its org's, whichever key it was looked up by.
+    key_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +187,16 @@ class Quantities:
     def as_dict(self) -> dict[str, int]:
         return {m: self.of(m) for m in METERS}
 
-    def sent(self) -> dict[str, int]:
-        """What the request counts on every meter it sent: the totals and its signal's."""
+    def sent(self, key_id: str | None = None) -> dict[str, int]:
+        """What the request counts on every meter it sent: the totals and its signal's, for
+        the org and, with ``key_id``, for that key too."""
         counted = {"requests": self.requests, "bytes": self.bytes, "items": self.items}
         if self.signal is not None:
             s = self.signal
             counted |= {f"{s}.requests": self.requests, f"{s}.bytes": self.bytes}
             counted[f"{s}.items"] = self.items
+        if key_id is not None:
+            counted |= {key_meter(key_id, m): n for m, n in counted.items()}
         return counted
 
     def priced(self, prices: Prices) -> Quantities:

@@ -36,7 +36,7 @@ from gateway.limits.spool import Spool
 from gateway.store.base import QuotaStore
 from gateway.store.records import Exhausted, ReserveRequest, UsageBatch
 from policies.decisions import Refusal, quota_held_elsewhere, usage_exceeded
-from policies.model import SENT_METERS, OrgRouting, Period, Quantities
+from policies.model import SENT_METERS, OrgRouting, Period, Quantities, key_meter
 from policies.periods import period_at
 from policies.reservations import ChunkPolicy, worth_waiting_for
 
@@ -122,7 +122,7 @@ class UsageGate:
         limits = routing.limits
         main = self._budget(routing.org_id, self.period_of(routing, now))
         limited, capped = split_limits(limits)
-        accounts: list[Account] = [(main, limited, q.sent())]
+        accounts: list[Account] = [(main, limited, q.sent(routing.key_id))]
         if q.credit or capped:
             credit = self._budget(routing.org_id, CREDIT_PERIOD)
             accounts.append((credit, capped, {"credit": q.credit}))
@@ -374,6 +374,9 @@ class UsageGate:
         refunded = [("items", items), ("credit", credit)]
         if admission.quantities.signal is not None:
             refunded.append((f"{admission.quantities.signal}.items", items))
+        key_id = admission.routing.key_id
+        if key_id is not None:
+            refunded += [(key_meter(key_id, m), n) for m, n in refunded if m != "credit"]
         for part in admission.parts:
             counted = dict(part.counted)
             deltas = {m: min(n, counted[m]) for m, n in refunded if n and counted.get(m)}

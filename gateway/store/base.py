@@ -43,7 +43,7 @@ from gateway.store.records import (
     new_id,
 )
 from policies.billing import BillingChange, BillingEvent, BillingState
-from policies.model import Limits, OrgRouting
+from policies.model import NO_LIMITS, Limits, OrgRouting
 
 # Re-exported for callers that import the values with the Protocols.
 __all__ = [
@@ -131,8 +131,28 @@ class OrgStore(Lifecycle, Protocol):
 
     async def get_org(self, org_id: str) -> OrgRecord | None: ...
     async def create_key(
-        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+        self,
+        org_id: str,
+        key_hash: bytes,
+        *,
+        name: str = "",
+        limits: Limits = NO_LIMITS,
+        actor: str = "admin",
+        reason: str | None = None,
     ) -> KeyRecord | None: ...
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        limits: Limits | None = None,
+        actor: str = "admin",
+    ) -> KeyRecord | None:
+        """A key's name or limits (replaced as a whole); audited on its org."""
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+    async def list_keys(self, org_id: str) -> list[KeyRecord]:
+        """Every key of the org, revoked ones too, oldest first."""
     async def revoke_key(
         self, key_id: str, *, actor: str = "admin", reason: str | None = None
     ) -> str | None: ...

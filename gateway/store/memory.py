@@ -9,6 +9,7 @@ billing half (state, ledger, webhook events, audit) is ``memory_billing.MemoryBi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from gateway.store.records import (
     new_id,
 )
 from policies.billing import BillingState
-from policies.model import Limits, OrgRouting, is_quota_meter, lock_order
+from policies.model import NO_LIMITS, Limits, OrgRouting, is_quota_meter, lock_order
 
 
 @dataclass(slots=True)
@@ -74,7 +75,7 @@ class MemoryStore(MemoryBilling):
         if entry is None or entry[1]:
             return None
         org = self._record(entry[0].org_id)
-        return org.routing() if org else None
+        return entry[0].routing(org) if org else None
 
     def _record(self, org_id: str) -> OrgRecord | None:
         """The stored org with what its billing state and customers say."""
@@ -233,15 +234,60 @@ class MemoryStore(MemoryBilling):
         return self._record(org_id)
 
     async def create_key(
-        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+        self,
+        org_id: str,
+        key_hash: bytes,
+        *,
+        name: str = "",
+        limits: Limits = NO_LIMITS,
+        actor: str = "admin",
+        reason: str | None = None,
     ) -> KeyRecord | None:
         if org_id not in self.orgs:
             return None
-        record = KeyRecord(id=new_id("key"), org_id=org_id, created_at=datetime.now(UTC))
+        record = KeyRecord(new_id("key"), org_id, datetime.now(UTC), name, limits)
         self.keys[key_hash] = (record, False)
         self.key_ids[record.id] = key_hash
         self._audit(org_id, [("key", None, record.id)], reason, actor, record.created_at)
         return record
+
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        limits: Limits | None = None,
+        actor: str = "admin",
+    ) -> KeyRecord | None:
+        key_hash = self.key_ids.get(key_id)
+        if key_hash is None:
+            return None
+        current, revoked = self.keys[key_hash]
+        changed = replace(
+            current,
+            name=current.name if name is None else name,
+            limits=current.limits if limits is None else limits,
+        )
+        entries: list[tuple[str, str | None, str | None]] = []
+        if changed.name != current.name:
+            entries.append((f"key {key_id} name", current.name, changed.name))
+        if changed.limits != current.limits:
+            old, new = current.limits.as_dict(), changed.limits.as_dict()
+            entries.append((f"key {key_id} limits", _json(old), _json(new)))
+        self.keys[key_hash] = (changed, revoked)
+        self._audit(current.org_id, entries, None, actor, datetime.now(UTC))
+        return replace(changed, revoked=revoked)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        key_hash = self.key_ids.get(key_id)
+        if key_hash is None:
+            return None
+        record, revoked = self.keys[key_hash]
+        return replace(record, revoked=revoked)
+
+    async def list_keys(self, org_id: str) -> list[KeyRecord]:
+        found = [replace(r, revoked=gone) for r, gone in self.keys.values() if r.org_id == org_id]
+        return sorted(found, key=lambda r: (r.created_at, r.id))
 
     async def revoke_key(
         self, key_id: str, *, actor: str = "admin", reason: str | None = None
@@ -325,3 +371,7 @@ class MemoryStore(MemoryBilling):
         for (provider, customer), org_id in self.customers.items():
             linked.setdefault(org_id, {})[provider] = customer
         return sorted(linked.items())
+
+
+def _json(value: dict[str, int]) -> str:
+    return json.dumps(value, sort_keys=True)

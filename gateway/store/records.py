@@ -96,6 +96,18 @@ class KeyRecord:
     id: str
     org_id: str
     created_at: datetime
+    name: str = ""
+    #: The key's own limits (meters only), on top of its org's.
+    limits: Limits = field(default_factory=Limits)
+    revoked: bool = False
+
+    def routing(self, org: OrgRecord) -> OrgRouting:
+        """The org's routing for a request with this key: the key's limits folded in."""
+        routing = org.routing()
+        if self.limits == Limits():
+            return replace(routing, key_id=self.id)
+        limits = routing.limits.with_key(self.id, self.limits)
+        return replace(routing, key_id=self.id, limits=limits)
 
 
 @dataclass(frozen=True, slots=True)

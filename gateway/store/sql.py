@@ -28,7 +28,7 @@ from gateway.store.records import (
 )
 from gateway.store.seam import Dialect, Step, execute, rows, value
 from policies.billing import BillingChange, BillingEvent, BillingState
-from policies.model import Limits, OrgRouting
+from policies.model import NO_LIMITS, Limits, OrgRouting
 
 T = TypeVar("T")
 
@@ -134,8 +134,7 @@ class SQLSteps:
     # orgs and keys
 
     async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
-        org = await self._read_step("routing", sql_orgs.routing_org(self.dialect, key_hash))
-        return org.routing() if org else None
+        return await self._read_step("routing", sql_orgs.routing_for_key(self.dialect, key_hash))
 
     async def create_org(
         self, name: str, limits: Limits, upstream: str | None, shadow: bool = False
@@ -159,10 +158,34 @@ class SQLSteps:
         return await self._read_step("get org", step, snapshot=True)
 
     async def create_key(
-        self, org_id: str, key_hash: bytes, *, actor: str = "admin", reason: str | None = None
+        self,
+        org_id: str,
+        key_hash: bytes,
+        *,
+        name: str = "",
+        limits: Limits = NO_LIMITS,
+        actor: str = "admin",
+        reason: str | None = None,
     ) -> KeyRecord | None:
-        step = sql_orgs.create_key(self.dialect, org_id, key_hash, actor, reason)
+        step = sql_orgs.create_key(self.dialect, org_id, key_hash, name, limits, actor, reason)
         return await self._write_step("create key", step)
+
+    async def update_key(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        limits: Limits | None = None,
+        actor: str = "admin",
+    ) -> KeyRecord | None:
+        step = sql_orgs.update_key(self.dialect, key_id, name, limits, actor)
+        return await self._write_step("update key", step)
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return await self._read_step("get key", sql_orgs.select_key(self.dialect, key_id))
+
+    async def list_keys(self, org_id: str) -> list[KeyRecord]:
+        return await self._read_step("list keys", sql_orgs.list_keys(self.dialect, org_id))
 
     async def revoke_key(
         self, key_id: str, *, actor: str = "admin", reason: str | None = None

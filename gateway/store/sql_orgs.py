@@ -7,6 +7,7 @@ change writes one audit row per field in the same transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -14,7 +15,7 @@ from typing import Any, cast
 from gateway.store.normal import iso, org_audit, suspension_audit
 from gateway.store.records import AuditRow, CustomerTaken, KeyRecord, OrgChanges, OrgRecord, new_id
 from gateway.store.seam import Dialect, Step, execute, rows, value
-from policies.model import Limits, PaymentStatus, Period, Prices
+from policies.model import Limits, OrgRouting, PaymentStatus, Period, Prices
 
 # An org with its limits (one row per limit, or one row of NULLs), prices, billing state
 # and balance; columns by position in org_from_rows.
@@ -89,8 +90,73 @@ def org_from_rows(
     )
 
 
-def routing_org(d: Dialect, key_hash: bytes) -> Step[OrgRecord | None]:
-    return org_from_rows(d, (yield from rows(SELECT_ROUTING, key_hash)))
+_KEY_COLUMNS = """SELECT k.id, k.org_id, k.created_at, k.name, k.revoked_at IS NOT NULL,
+        l.name, l.value
+    FROM ingest_keys k LEFT JOIN key_limits l ON l.key_id = k.id"""
+
+
+def _key_from_rows(d: Dialect, found: Sequence[Sequence[Any]]) -> KeyRecord | None:
+    if not found:
+        return None
+    first = found[0]
+    created_at = d.moment(first[2])
+    assert created_at is not None
+    limits = Limits.from_dict({row[5]: row[6] for row in found if row[5] is not None})
+    return KeyRecord(first[0], first[1], created_at, first[3], limits, bool(first[4]))
+
+
+def routing_for_key(d: Dialect, key_hash: bytes) -> Step[OrgRouting | None]:
+    org = org_from_rows(d, (yield from rows(SELECT_ROUTING, key_hash)))
+    if org is None:
+        return None
+    found = yield from rows(f"{_KEY_COLUMNS} WHERE k.key_hash = ?", key_hash)
+    key = _key_from_rows(d, found)
+    return org.routing() if key is None else key.routing(org)
+
+
+def select_key(d: Dialect, key_id: str) -> Step[KeyRecord | None]:
+    return _key_from_rows(d, (yield from rows(f"{_KEY_COLUMNS} WHERE k.id = ?", key_id)))
+
+
+def list_keys(d: Dialect, org_id: str) -> Step[list[KeyRecord]]:
+    ordered = f"{_KEY_COLUMNS} WHERE k.org_id = ? ORDER BY k.created_at, k.id"
+    found = yield from rows(ordered, org_id)
+    by_key: dict[str, list[Sequence[Any]]] = {}
+    for row in found:
+        by_key.setdefault(row[0], []).append(row)
+    return [key for group in by_key.values() if (key := _key_from_rows(d, group))]
+
+
+def _write_key_limits(key_id: str, limits: Limits) -> Step[None]:
+    yield from execute("DELETE FROM key_limits WHERE key_id = ?", key_id)
+    for name, amount in limits.as_dict().items():
+        yield from execute(
+            "INSERT INTO key_limits (key_id, name, value) VALUES (?, ?, ?)", key_id, name, amount
+        )
+
+
+def update_key(
+    d: Dialect, key_id: str, name: str | None, limits: Limits | None, actor: str
+) -> Step[KeyRecord | None]:
+    current = yield from select_key(d, key_id)
+    if current is None:
+        return None
+    yield from execute(LOCK_ORG, current.org_id)
+    now = datetime.now(UTC)
+    entries: list[AuditRow] = []
+    if name is not None and name != current.name:
+        yield from execute("UPDATE ingest_keys SET name = ? WHERE id = ?", name, key_id)
+        entries.append((f"key {key_id} name", current.name, name))
+    if limits is not None and limits != current.limits:
+        yield from _write_key_limits(key_id, limits)
+        old, new = current.limits.as_dict(), limits.as_dict()
+        entries.append((f"key {key_id} limits", _json(old), _json(new)))
+    yield from audit(d, current.org_id, entries, [None] * len(entries), actor, now)
+    return (yield from select_key(d, key_id))
+
+
+def _json(value: Mapping[str, int]) -> str:
+    return json.dumps(dict(value), sort_keys=True)
 
 
 def select_org(d: Dialect, org_id: str) -> Step[OrgRecord | None]:
@@ -182,18 +248,26 @@ def update_org(
 
 
 def create_key(
-    d: Dialect, org_id: str, key_hash: bytes, actor: str, reason: str | None
+    d: Dialect,
+    org_id: str,
+    key_hash: bytes,
+    name: str,
+    limits: Limits,
+    actor: str,
+    reason: str | None,
 ) -> Step[KeyRecord | None]:
     if (yield from value("SELECT id FROM orgs WHERE id = ?", org_id)) is None:
         return None
-    record = KeyRecord(id=new_id("key"), org_id=org_id, created_at=datetime.now(UTC))
+    record = KeyRecord(new_id("key"), org_id, datetime.now(UTC), name, limits)
     yield from execute(
-        "INSERT INTO ingest_keys (id, org_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO ingest_keys (id, org_id, key_hash, created_at, name) VALUES (?, ?, ?, ?, ?)",
         record.id,
         org_id,
         key_hash,
         d.stamp(record.created_at),
+        name,
     )
+    yield from _write_key_limits(record.id, limits)
     yield from audit(d, org_id, [("key", None, record.id)], [reason], actor, record.created_at)
     return record
 

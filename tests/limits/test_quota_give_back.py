@@ -141,7 +141,7 @@ async def test_quota_held_by_another_holder_is_a_retry_not_a_final_refusal(store
     while isinstance(outcome, Admission):
         outcome = await a.admit(routing, ONE)
     assert (outcome.status, outcome.code, outcome.retry_after) == (429, "rate_limited", 1)
-    assert outcome.detail == {"meter": "requests", "held": "elsewhere"}
+    assert outcome.detail == {"meter": "requests", "scope": "org", "held": "elsewhere"}
     assert "held by another gateway process" in outcome.message
 
 

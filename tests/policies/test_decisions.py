@@ -66,10 +66,16 @@ def test_usage_exceeded() -> None:
     assert refusal.body() == {
         "error": "usage_limit_exceeded",
         "meter": "bytes",
+        "scope": "org",
         "limit": 1000,
         "used": 1200,
         "resets_at": "2024-07-01T00:00:00Z",
     }
+
+
+def test_a_key_s_meter_is_refused_in_the_key_s_scope() -> None:
+    body = usage_exceeded("key:key_abc:logs.items", 5, 5, datetime(2024, 7, 1, tzinfo=UTC)).body()
+    assert (body["meter"], body["scope"], body["key_id"]) == ("logs.items", "key", "key_abc")
 
 
 def test_usage_exceeded_resets_at_ends_in_z() -> None:
