@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.admin.orgs import OrgAdmin, org_json
+from gateway.admin.orgs import OrgAdmin, key_json, org_json
 from gateway.admin.origins import UpstreamAllowlist
 from gateway.billing.reconciler import reconcile
 from gateway.errors import BadRequest, ConfigError, NotFound, StoreError
@@ -90,6 +90,16 @@ def parser() -> argparse.ArgumentParser:
     kc = keys.add_parser("create")
     _common(kc)
     kc.add_argument("org_id")
+    kc.add_argument("--name", default="")
+    for meter in ("requests", "bytes", "items"):
+        kc.add_argument(f"--{meter}", type=int, help=f"the key's own {meter} limit per period")
+    kc.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="METER=N",
+        help="a limit on any meter, e.g. traces.items=1000000 (repeatable)",
+    )
     kr = keys.add_parser("revoke")
     _common(kr)
     kr.add_argument("key_id")
@@ -171,9 +181,12 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
         return await _with_orgs(settings, lambda c: _org(c.update_org(args.org_id, patch)))
     if args.command == "keys" and args.action == "create":
 
-        async def create(c: OrgAdmin) -> dict[str, str]:
-            record, key = await c.create_key(args.org_id)
-            return {"id": record.id, "key": key, "org_id": record.org_id}
+        limits = {m: getattr(args, m) for m in ("requests", "bytes", "items")}
+        limits = {m: v for m, v in limits.items() if v is not None} | _meter_limits(args.limit)
+
+        async def create(c: OrgAdmin) -> dict[str, Any]:
+            record, key = await c.create_key(args.org_id, {"name": args.name, "limits": limits})
+            return {**key_json(record), "key": key}
 
         return await _with_orgs(settings, create)
     if args.command == "keys":
@@ -198,6 +211,16 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
 
 async def _org(pending: Awaitable[Any]) -> dict[str, Any]:
     return org_json(await pending)
+
+
+def _meter_limits(pairs: list[str]) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for pair in pairs:
+        meter, sep, value = pair.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise BadRequest(f"--limit {pair!r} is not METER=N")
+        limits[meter.strip()] = int(value)
+    return limits
 
 
 def _settings(args: argparse.Namespace) -> Settings:

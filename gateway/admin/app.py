@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.admin.openapi import SPEC
-from gateway.admin.orgs import OrgAdmin
+from gateway.admin.orgs import OrgAdmin, key_json
 from gateway.admin.origins import UpstreamAllowlist
 from gateway.billing.webhooks import EventPolicy
 from gateway.errors import BadRequest, Conflict, Disconnected, NotFound, PayloadTooLarge, StoreError
@@ -217,8 +217,23 @@ def build_admin_app(runtime: Runtime) -> Any:
         return JSONResponse(await orgs.org_view(org))
 
     async def create_key(request: Request) -> Response:
-        record, key = await orgs.create_key(request.path_params["org_id"])
-        return JSONResponse({"id": record.id, "key": key, "org_id": record.org_id}, status_code=201)
+        body = await _json(request) if await request.body() else None
+        record, key = await orgs.create_key(request.path_params["org_id"], body)
+        return JSONResponse({**key_json(record), "key": key}, status_code=201)
+
+    async def list_keys(request: Request) -> Response:
+        keys = await orgs.list_keys(request.path_params["org_id"])
+        return JSONResponse({"keys": [key_json(key) for key in keys]})
+
+    async def update_key(request: Request) -> Response:
+        record = await orgs.update_key(request.path_params["key_id"], await _json(request))
+        return JSONResponse(key_json(record))
+
+    async def key_usage(request: Request) -> Response:
+        await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
+        key = await orgs.key(request.path_params["key_id"])
+        period = await orgs.period(key.org_id, datetime.now(UTC))
+        return JSONResponse(await orgs.key_usage(key.id, period))
 
     async def revoke_key(request: Request) -> Response:
         await orgs.revoke_key(request.path_params["key_id"])
@@ -281,7 +296,10 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/orgs/{org_id}", get_org, methods=["GET"]),
             Route("/admin/orgs/{org_id}", update_org, methods=["PATCH"]),
             Route("/admin/orgs/{org_id}/keys", create_key, methods=["POST"]),
+            Route("/admin/orgs/{org_id}/keys", list_keys, methods=["GET"]),
             Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
+            Route("/admin/keys/{key_id}", update_key, methods=["PATCH"]),
+            Route("/admin/keys/{key_id}/usage", key_usage, methods=["GET"]),
             Route("/admin/orgs/{org_id}/usage", usage, methods=["GET"]),
             Route("/admin/orgs/{org_id}/suspension", suspension, methods=["PUT"]),
             Route("/admin/orgs/{org_id}/billing", billing, methods=["GET"]),

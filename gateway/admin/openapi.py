@@ -8,16 +8,41 @@ _MAX = 2**63 - 1
 _INT = {"type": "integer", "minimum": 0}
 _NULLABLE_INT = {"type": "integer", "minimum": 0, "maximum": _MAX, "nullable": True}
 _PRICE = {"type": "integer", "minimum": 0, "maximum": 10**9, "nullable": True}
+_UNITS = ("requests", "bytes", "items")
+_METERS = [
+    *("requests", "bytes", "items"),
+    *(f"{s}.{u}" for s in ("traces", "logs", "metrics", "logpush") for u in _UNITS),
+]
+_KEY_LIMITS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {meter: _NULLABLE_INT for meter in _METERS},
+}
 _LIMITS = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "requests": _NULLABLE_INT,
-        "bytes": _NULLABLE_INT,
-        "items": _NULLABLE_INT,
+        **_KEY_LIMITS["properties"],  # type: ignore[dict-item]
         "rate_requests": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
         "rate_bytes": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
     },
+}
+_KEY: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "org_id", "name", "limits"],
+    "properties": {
+        "id": {"type": "string"},
+        "org_id": {"type": "string"},
+        "name": {"type": "string"},
+        "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "created_at": {"type": "string"},
+        "revoked": {"type": "boolean"},
+    },
+}
+_KEY_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"name": {"type": "string", "maxLength": 200}, "limits": _KEY_LIMITS},
 }
 _ORG = {
     "type": "object",
@@ -113,13 +138,18 @@ SPEC: dict[str, Any] = {
         "/admin/orgs/{org_id}/keys": {
             "parameters": _ORG_ID,
             "post": {
+                "requestBody": {"required": False, **_json(_KEY_BODY)},
                 "responses": _answers(
                     201,
-                    {
-                        "type": "object",
-                        "required": ["id", "key"],
-                        "properties": {"id": {"type": "string"}, "key": {"type": "string"}},
-                    },
+                    {**_KEY, "properties": {**_KEY["properties"], "key": {"type": "string"}}},
+                    400,
+                    404,
+                ),
+            },
+            "get": {
+                "responses": _answers(
+                    200,
+                    {"type": "object", "properties": {"keys": {"type": "array", "items": _KEY}}},
                     404,
                 )
             },
@@ -134,6 +164,16 @@ SPEC: dict[str, Any] = {
                     **{k: v for k, v in _answers(204, None, 404).items() if k != "204"},
                 }
             },
+            "patch": {
+                "requestBody": {"required": True, **_json(_KEY_BODY)},
+                "responses": _answers(200, _KEY, 400, 404),
+            },
+        },
+        "/admin/keys/{key_id}/usage": {
+            "parameters": [
+                {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {"responses": _answers(200, {"type": "object"}, 404)},
         },
         "/admin/orgs/{org_id}/usage": {
             "parameters": _ORG_ID,

@@ -21,7 +21,15 @@ from gateway.store.base import Store
 from gateway.store.records import KeyRecord, OrgChanges, OrgRecord
 from policies import money
 from policies.billing import BillingState, manual_unsuspend
-from policies.model import SENT_METERS, SIGNAL_METERS, Limits, Period, Prices, lock_order
+from policies.model import (
+    SENT_METERS,
+    SIGNAL_METERS,
+    Limits,
+    Period,
+    Prices,
+    key_meter,
+    lock_order,
+)
 from policies.periods import period_for
 
 log = logging.getLogger("gateway.admin.orgs")
@@ -272,12 +280,44 @@ class OrgAdmin:
         billing = await self.store.billing_state(org.id) if _billing_blocked(org) else None
         return org_json(org, billing)
 
-    async def create_key(self, org_id: str) -> tuple[KeyRecord, str]:
+    async def create_key(self, org_id: str, raw: object = None) -> tuple[KeyRecord, str]:
+        body = _body({} if raw is None else raw, {"name", "limits"})
+        name = _key_name(body.get("name", ""))
+        limits = _key_limits(body.get("limits", {}), Limits())
         key = generate_key()
-        record = await self.store.create_key(org_id, self.hasher(key))
+        record = await self.store.create_key(org_id, self.hasher(key), name=name, limits=limits)
         if record is None:
             raise NotFound(org_id)
         return record, key
+
+    async def update_key(self, key_id: str, raw: object) -> KeyRecord:
+        body = _body(raw, {"name", "limits"})
+        current = await self.key(key_id)
+        name = _key_name(body["name"]) if "name" in body else None
+        limits = _key_limits(body["limits"], current.limits) if "limits" in body else None
+        record = await self.store.update_key(key_id, name=name, limits=limits)
+        if record is None:
+            raise NotFound(key_id)
+        await self.invalidate(record.org_id)  # its limits are in its org's cached routing
+        return record
+
+    async def list_keys(self, org_id: str) -> list[KeyRecord]:
+        await self._org(org_id)
+        return await self.store.list_keys(org_id)
+
+    async def key_usage(self, key_id: str, period: Period) -> dict[str, Any]:
+        """A key's usage in the shape of its org's: the org's counters named under the key."""
+        key = await self.key(key_id)
+        prefix = key_meter(key.id, "")
+        counters = await self.store.usage(key.org_id, period.key)
+        own = {m.removeprefix(prefix): n for m, n in counters.items() if m.startswith(prefix)}
+        return {"key_id": key.id, "org_id": key.org_id, **_usage_view(period, own, key.limits)}
+
+    async def key(self, key_id: str) -> KeyRecord:
+        key = await self.store.get_key(key_id)
+        if key is None:
+            raise NotFound(key_id)
+        return key
 
     async def revoke_key(self, key_id: str) -> None:
         org_id = await self.store.revoke_key(key_id)
@@ -322,20 +362,56 @@ class OrgAdmin:
         org = await self._org(org_id)
         counters = await self.store.usage(org_id, period.key)
         shadow = {m: counters.get(f"shadow_refused:{m}", 0) for m in ("requests", "bytes", "items")}
-        limits = org.limits.as_dict()
-        # Every meter with usage or a limit; the totals always.
-        used = {m for m, n in counters.items() if n}
-        shown = set(SENT_METERS) | ((used | set(limits)) & SIGNAL_METERS)
-        return {
-            "period_start": _iso(period.start),
-            "period_end": _iso(period.end),
-            "usage": {m: counters.get(m, 0) for m in SENT_METERS},
-            "limits": limits,
-            "meters": {
-                m: {"used": counters.get(m, 0), "limit": limits.get(m)} for m in lock_order(shown)
-            },
-            "shadow_refused": shadow,
-        }
+        return {**_usage_view(period, counters, org.limits), "shadow_refused": shadow}
+
+
+def _usage_view(period: Period, counters: Mapping[str, int], limits: Limits) -> dict[str, Any]:
+    """Period, totals, limits and every meter with usage or a limit (the totals always)."""
+    configured = limits.as_dict()
+    used = {m for m, n in counters.items() if n}
+    shown = set(SENT_METERS) | ((used | set(configured)) & SIGNAL_METERS)
+    return {
+        "period_start": _iso(period.start),
+        "period_end": _iso(period.end),
+        "usage": {m: counters.get(m, 0) for m in SENT_METERS},
+        "limits": configured,
+        "meters": {
+            m: {"used": counters.get(m, 0), "limit": configured.get(m)} for m in lock_order(shown)
+        },
+    }
+
+
+def key_json(key: KeyRecord) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "org_id": key.org_id,
+        "name": key.name,
+        "limits": key.limits.as_dict(),
+        "created_at": _iso(key.created_at),
+        "revoked": key.revoked,
+    }
+
+
+def _key_name(raw: object) -> str:
+    if not isinstance(raw, str) or len(raw) > 200 or not raw.isprintable():
+        raise BadRequest("name must be a string of at most 200 printable characters")
+    return raw
+
+
+def _key_limits(raw: object, base: Limits) -> Limits:
+    """A key's limits: meters only (a key's rate is its org's); a number, or null to lift."""
+    if not isinstance(raw, Mapping):
+        raise BadRequest("limits must be an object")
+    allowed = set(SENT_METERS) | SIGNAL_METERS
+    unknown = set(raw) - allowed
+    if unknown:
+        raise BadRequest(f"unknown key limits: {', '.join(sorted(map(str, unknown)))}")
+    merged: dict[str, int | None] = {**base.as_dict()}
+    for name, value in raw.items():
+        if value is not None and (type(value) is not int or not 0 <= value <= MAX_INT):
+            raise BadRequest(f"limits.{name} must be an integer from 0 to 2**63-1, or null")
+        merged[name] = value
+    return Limits.from_dict({name: v for name, v in merged.items() if v is not None})
 
 
 def _iso(moment: Any) -> str:
