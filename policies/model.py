@@ -36,18 +36,19 @@ def lock_order(meters: Iterable[str]) -> list[str]:
     return sorted(meters, key=lock_key)
 
 
-#: A key's meters are the org's meters named under the key: ``key:<key id>:<meter>``.
-KEY_PREFIX = "key:"
+#: A key's meters are the org's meters named under the key: ``key/<key id>/<meter>`` (no
+#: colon: the Redis scripts read a meter as what follows a field's last colon).
+KEY_PREFIX = "key/"
 
 
 def key_meter(key_id: str, meter: str) -> str:
-    return f"{KEY_PREFIX}{key_id}:{meter}"
+    return f"{KEY_PREFIX}{key_id}/{meter}"
 
 
 def scope_of(meter: str) -> tuple[str | None, str]:
     """(the key id of a key's meter, or None for the org's; the meter within its scope)."""
     if meter.startswith(KEY_PREFIX):
-        key_id, _, inner = meter[len(KEY_PREFIX) :].rpartition(":")
+        key_id, _, inner = meter[len(KEY_PREFIX) :].rpartition("/")
         return key_id, inner
     return None, meter
 
@@ -70,7 +71,7 @@ class Limits:
     rate_bytes: int | None = None
     credit: int | None = None
     #: Limits on meters beyond the totals: a signal's (``traces.items``) or, in a routing, the
-    #: key's (``key:<key id>:items``); sorted by name.
+    #: key's (``key/<key id>/items``); sorted by name.
     meters: tuple[tuple[str, int], ...] = ()
 
     @classmethod

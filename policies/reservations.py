@@ -21,8 +21,10 @@ class ChunkPolicy:
     strict: bool = False
 
     def max_chunk(self, meter: str) -> int:
-        """The bound of ``meter``; a signal's meter (``logs.items``) has its unit's."""
-        value: int = getattr(self, f"max_{meter.rpartition('.')[2]}")
+        """The bound of ``meter``; a signal's or a key's meter (``key/k/logs.items``) has its
+        unit's."""
+        unit = meter.rpartition("/")[2].rpartition(".")[2]
+        value: int = getattr(self, f"max_{unit}")
         return value
 
     def want(self, meter: str, need: int, remaining: int) -> int:

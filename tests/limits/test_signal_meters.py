@@ -5,76 +5,12 @@ backend (memory, SQLite, PostgreSQL, PostgreSQL + Redis)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import httpx
-import pytest
-
-from gateway.admin.app import build_admin_app
-from gateway.ingest.app import IngestApp
 from gateway.ingest.upstream import UpstreamResponse
-from gateway.runtime import Runtime
-from gateway.settings import Settings
 from policies.model import Limits, Quantities
 from tests.fakes import MemoryUpstream
+from tests.limits.conftest import LOGS, SPANS, Rig, tenant
 from tests.refusals import error_of
-from tests.store.conftest import BACKENDS, Backend
-
-TOKEN = "signal-meters-admin-token"
-SPANS = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{}]}]}]}'
-LOGS = b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{},{},{}]}]}]}'
-
-
-class Rig:
-    def __init__(self, runtime: Runtime, ingest: httpx.AsyncClient, admin: httpx.AsyncClient):
-        self.runtime, self.ingest, self.admin = runtime, ingest, admin
-
-    async def send(self, key: str, signal: str, body: bytes) -> httpx.Response:
-        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
-        return await self.ingest.post(f"/v1/{signal}", content=body, headers=headers)
-
-    async def usage(self, org_id: str) -> dict[str, object]:
-        await self.runtime.usage.flush()
-        response = await self.admin.get(f"/admin/orgs/{org_id}/usage")
-        assert response.status_code == 200, response.text
-        body: dict[str, object] = response.json()
-        return body
-
-
-@pytest.fixture(params=BACKENDS)
-async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
-    backend: Backend = request.param(tmp_path)
-    settings = Settings(
-        data_dir=tmp_path,
-        key_secret="s" * 32,
-        admin_token=TOKEN,
-        upstream_url="http://upstream.test",
-        flush_interval=3600,
-    )
-    runtime = Runtime(settings, store=backend.new(), upstream=MemoryUpstream(), spool_dir=None)
-    try:
-        await runtime.start()
-        ingest = httpx.AsyncClient(transport=httpx.ASGITransport(app=IngestApp(runtime)),
-                                   base_url="http://gw")  # fmt: skip
-        admin = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_admin_app(runtime)),
-            base_url="http://admin",
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
-        async with ingest, admin:
-            yield Rig(runtime, ingest, admin)
-        await runtime.close()
-    finally:
-        await backend.cleanup()
-
-
-async def tenant(rig: Rig, limits: dict[str, int | None]) -> tuple[str, str]:
-    created = await rig.admin.post("/admin/orgs", json={"name": "acme", "limits": limits})
-    assert created.status_code == 201, created.text
-    org_id = created.json()["id"]
-    key = (await rig.admin.post(f"/admin/orgs/{org_id}/keys")).json()["key"]
-    return org_id, key
 
 
 async def test_a_logs_limit_refuses_logs_while_traces_still_pass(rig: Rig) -> None:

@@ -74,7 +74,7 @@ def test_usage_exceeded() -> None:
 
 
 def test_a_key_s_meter_is_refused_in_the_key_s_scope() -> None:
-    body = usage_exceeded("key:key_abc:logs.items", 5, 5, datetime(2024, 7, 1, tzinfo=UTC)).body()
+    body = usage_exceeded("key/key_abc/logs.items", 5, 5, datetime(2024, 7, 1, tzinfo=UTC)).body()
     assert (body["meter"], body["scope"], body["key_id"]) == ("logs.items", "key", "key_abc")
 
 
