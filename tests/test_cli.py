@@ -47,6 +47,21 @@ def test_orgs_keys_usage_and_suspend(
     assert revoked == {"revoked": key["id"]}
 
 
+def test_keys_are_created_with_a_name_and_limits_of_their_own(
+    capsys: pytest.CaptureFixture[str], store_args: list[str]
+) -> None:
+    code, org = run(capsys, "orgs", "create", "--name", "acme", *store_args)
+    code, key = run(
+        capsys, "keys", "create", org["id"], "--name", "ci", "--items", "500",
+        "--limit", "traces.items=100", *store_args,
+    )  # fmt: skip
+    assert code == 0
+    assert (key["name"], key["limits"]) == ("ci", {"items": 500, "traces.items": 100})
+    assert key["key"].startswith("igk_") and key["org_id"] == org["id"]
+    code, err = run(capsys, "keys", "create", org["id"], "--limit", "spans", *store_args)
+    assert code == 2 and "METER=N" in err
+
+
 def test_errors_are_clear_and_exit_non_zero(
     capsys: pytest.CaptureFixture[str], store_args: list[str]
 ) -> None:
