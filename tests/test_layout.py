@@ -176,3 +176,10 @@ def test_no_plane_but_the_apps_imports_ingest_or_the_runtime() -> None:
             assert not {t for t in targets if t.startswith("gateway.ingest")}, name
         if name != "gateway.ingest.app" and not name.startswith(("gateway.admin", "gateway.cli")):
             assert "gateway.runtime" not in targets or name == "gateway.server", name
+
+
+def test_production_code_never_imports_the_in_memory_fake() -> None:
+    fakes = {"gateway.store.memory", "gateway.store.memory_billing"}
+    importers = {name for name, targets in GRAPH.items() if targets & fakes}
+    # The fake's own halves, and the store factory for memory:// URLs (a lazy import).
+    assert importers <= {"gateway.store.memory", "gateway.store"}, importers
