@@ -32,7 +32,8 @@ class Known:
 @dataclass(slots=True)
 class Budget:
     period: Period
-    limits: tuple[tuple[str, int], ...] | None = None  # what the reservation was taken under
+    limits: dict[str, int] = field(default_factory=dict)  # what reservations were taken under
+    limits_seen: tuple[tuple[str, int], ...] | None = None  # the last request's, to skip work
     generation: int = 0
     remaining: dict[str, int] = field(default_factory=dict)
     used: dict[str, int] = field(default_factory=dict)

@@ -132,10 +132,14 @@ class UsageGate:
         now = self._clock()
         accounts = self._accounts(routing, q, now)
         for budget, limited, _ in accounts:
-            if budget.limits != limited:
-                stale, budget.limits = budget.limits is not None, limited
-                if stale:
-                    # Limits changed: what was reserved under the old ones goes back first.
+            if budget.limits_seen is not limited:
+                # Compared per meter: a request of another key brings that key's meters, which
+                # is no change. A limit that did change returns what was reserved under it.
+                known = budget.limits
+                changed = any(known.get(m, limit) != limit for m, limit in limited)
+                known.update(limited)
+                budget.limits_seen = limited
+                if changed:
                     budget.forfeit()
                     await self.flush()
         while True:

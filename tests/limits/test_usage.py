@@ -344,3 +344,23 @@ async def test_a_background_refill_never_overlaps_a_requests_own_refill() -> Non
     assert isinstance(await usage.admit(routing, Quantities(1, 200, 0)), Refusal)
     assert isinstance(await usage.admit(routing, Quantities(1, 100, 0)), Admission)
     assert isinstance(await usage.admit(routing, Quantities(1, 1, 0)), Refusal)
+
+
+async def test_requests_of_several_keys_share_the_org_s_reservation() -> None:
+    """Regression: each request of another key than the last looked like a change of limits,
+    so the org's whole reservation was given back and flushed, once a request: a store round
+    trip each, and replicas refusing one another with 429 for quota neither could spend."""
+    flaky = FlakyStore(MemoryStore())
+    org = await flaky.create_org("acme", Limits(requests=10**6), None)
+    keys = [
+        await flaky.create_key(org.id, f"hash-{n}".encode(), limits=Limits(items=10**6))
+        for n in range(3)
+    ]
+    routings = [key.routing(org) for key in keys]
+    usage = gate(flaky)
+    for n in range(300):
+        admitted = await usage.admit(routings[n % 3], Quantities(1, 10, 1))
+        assert isinstance(admitted, Admission)
+    await usage.settled()
+    assert flaky.calls.get("commit", 0) == 0  # nothing was given back
+    assert flaky.calls["reserve"] <= 12  # a few chunks for 300 requests, not one each
