@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from policies.decisions import Refusal, usage_exceeded
-from policies.model import Limits, OrgRouting, Period, Quantities
+from policies.model import Limits, OrgRouting, Period, Quantities, scope_of
 
 SHADOW_PREFIX = "shadow_refused:"
 
@@ -50,6 +50,26 @@ class Budget:
     def local_used(self, meter: str) -> int:
         """What this process spent that the store may not have yet."""
         return self.used.get(meter, 0) + self.committing.get(meter, 0)
+
+    def limits_changed(self, limited: tuple[tuple[str, int], ...], key_id: str | None) -> bool:
+        """Whether the org's or this key's limits differ from those reserved under.
+
+        Compared per meter: a request of another key brings that key's meters, which is no
+        change. A meter of the org or of this key that is no longer limited was lifted: a
+        change too, or setting it back later would spend the reservation taken before. So is
+        a meter newly limited while usage of it waits here for a flush: the store must count
+        that usage before it grants anything under the new limit."""
+        known = self.limits
+        now = dict(limited)
+        lifted = [m for m in known if m not in now and scope_of(m)[0] in (None, key_id)]
+        changed = bool(lifted) or any(
+            known[m] != limit if m in known else self.local_used(m) > 0 for m, limit in limited
+        )
+        for meter in lifted:
+            del known[meter]
+        known.update(now)
+        self.limits_seen = limited
+        return changed
 
     def forfeit(self) -> None:
         """Give up what is left of the reservation, and what is known of the store."""

@@ -132,16 +132,9 @@ class UsageGate:
         now = self._clock()
         accounts = self._accounts(routing, q, now)
         for budget, limited, _ in accounts:
-            if budget.limits_seen is not limited:
-                # Compared per meter: a request of another key brings that key's meters, which
-                # is no change. A limit that did change returns what was reserved under it.
-                known = budget.limits
-                changed = any(known.get(m, limit) != limit for m, limit in limited)
-                known.update(limited)
-                budget.limits_seen = limited
-                if changed:
-                    budget.forfeit()
-                    await self.flush()
+            if budget.limits_seen is not limited and budget.limits_changed(limited, routing.key_id):
+                budget.forfeit()  # what was reserved under the old limits goes back first
+                await self.flush()
         while True:
             for budget, limited, counted in accounts:
                 remaining = budget.remaining

@@ -106,3 +106,20 @@ async def test_a_refused_batch_costs_the_key_nothing(rig: Rig) -> None:
     upstream.answer = UpstreamResponse(503, [], b"")
     assert await statuses(rig, key["key"], 3) == [503, 503, 503]  # refunded each time
     assert (await key_usage(rig, key["id"]))["usage"]["items"] == 0
+
+
+async def test_a_limit_lifted_and_set_again_counts_what_was_sent_meanwhile(rig: Rig) -> None:
+    """Regression: a meter lifted and later limited again looked unchanged, and the
+    reservation taken before the lift was spent again: 1,350 admitted against 1,000."""
+    org_id, _ = await tenant(rig, {"traces.items": 10})
+    key = await new_key(rig, org_id, limits={"items": 10})
+    assert await statuses(rig, key["key"], 2) == [200, 200]  # 4 items of both limits
+    for path, body in ((f"/admin/keys/{key['id']}", {"limits": {"items": None}}),
+                       (f"/admin/orgs/{org_id}", {"limits": {"traces.items": None}})):  # fmt: skip
+        assert (await rig.admin.patch(path, json=body)).status_code == 200
+    assert await statuses(rig, key["key"], 3) == [200, 200, 200]  # 10 items, unlimited
+    for path, body in ((f"/admin/keys/{key['id']}", {"limits": {"items": 10}}),
+                       (f"/admin/orgs/{org_id}", {"limits": {"traces.items": 10}})):  # fmt: skip
+        assert (await rig.admin.patch(path, json=body)).status_code == 200
+    assert await statuses(rig, key["key"], 3) == [402, 402, 402]
+    assert (await key_usage(rig, key["id"]))["usage"]["items"] == 10
