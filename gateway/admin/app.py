@@ -187,8 +187,16 @@ async def _json(request: Request) -> Any:
     raw = await request.body()
     try:
         return json.loads(raw) if raw else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past any real body
         raise BadRequest("the body is not valid JSON") from exc
+
+
+def _path(request: Request, name: str) -> str:
+    """An id from the path; one no store could hold (a NUL, a control character) is unknown."""
+    value: str = request.path_params[name]
+    if len(value) > 200 or not value.isprintable():
+        raise NotFound(name)
+    return value
 
 
 def _limit(request: Request) -> int:
@@ -209,45 +217,45 @@ def build_admin_app(runtime: Runtime) -> Any:
         return JSONResponse(await orgs.org_view(org), status_code=201)
 
     async def get_org(request: Request) -> Response:
-        org = await orgs.get_org(request.path_params["org_id"])
+        org = await orgs.get_org(_path(request, "org_id"))
         return JSONResponse(await orgs.org_view(org))
 
     async def update_org(request: Request) -> Response:
-        org = await orgs.update_org(request.path_params["org_id"], await _json(request))
+        org = await orgs.update_org(_path(request, "org_id"), await _json(request))
         return JSONResponse(await orgs.org_view(org))
 
     async def create_key(request: Request) -> Response:
         body = await _json(request) if await request.body() else None
-        record, key = await orgs.create_key(request.path_params["org_id"], body)
+        record, key = await orgs.create_key(_path(request, "org_id"), body)
         return JSONResponse({**key_json(record), "key": key}, status_code=201)
 
     async def list_keys(request: Request) -> Response:
-        keys = await orgs.list_keys(request.path_params["org_id"])
+        keys = await orgs.list_keys(_path(request, "org_id"))
         return JSONResponse({"keys": [key_json(key) for key in keys]})
 
     async def update_key(request: Request) -> Response:
-        record = await orgs.update_key(request.path_params["key_id"], await _json(request))
+        record = await orgs.update_key(_path(request, "key_id"), await _json(request))
         return JSONResponse(key_json(record))
 
     async def key_usage(request: Request) -> Response:
         await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
-        key = await orgs.key(request.path_params["key_id"])
+        key = await orgs.key(_path(request, "key_id"))
         period = await orgs.period(key.org_id, datetime.now(UTC))
         return JSONResponse(await orgs.key_usage(key.id, period))
 
     async def revoke_key(request: Request) -> Response:
-        await orgs.revoke_key(request.path_params["key_id"])
+        await orgs.revoke_key(_path(request, "key_id"))
         return Response(status_code=204)
 
     async def usage(request: Request) -> Response:
         await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
-        org_id = request.path_params["org_id"]
+        org_id = _path(request, "org_id")
         period = await orgs.period(org_id, datetime.now(UTC))
         return JSONResponse(await orgs.usage(org_id, period))
 
     async def billing(request: Request) -> Response:
         await runtime.usage.flush()  # the balance counts this replica's spending so far
-        return JSONResponse(await orgs.billing(request.path_params["org_id"]))
+        return JSONResponse(await orgs.billing(_path(request, "org_id")))
 
     async def webhook_events(request: Request) -> Response:
         return JSONResponse({"events": await runtime.store.webhook_events(_limit(request))})
@@ -258,7 +266,7 @@ def build_admin_app(runtime: Runtime) -> Any:
         return JSONResponse({"entries": entries})
 
     async def suspension(request: Request) -> Response:
-        org = await orgs.set_suspension(request.path_params["org_id"], await _json(request))
+        org = await orgs.set_suspension(_path(request, "org_id"), await _json(request))
         return JSONResponse(await orgs.org_view(org))
 
     async def openapi(_request: Request) -> Response:

@@ -120,8 +120,8 @@ def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
 
 
 def _name(raw: object) -> str:
-    if not isinstance(raw, str) or not raw.strip() or len(raw) > 200:
-        raise BadRequest("name must be a non-empty string of at most 200 characters")
+    if not isinstance(raw, str) or not raw.strip() or len(raw) > 200 or not raw.isprintable():
+        raise BadRequest("name must be a non-empty string of at most 200 printable characters")
     return raw.strip()
 
 

@@ -123,3 +123,18 @@ async def test_a_limit_lifted_and_set_again_counts_what_was_sent_meanwhile(rig: 
         assert (await rig.admin.patch(path, json=body)).status_code == 200
     assert await statuses(rig, key["key"], 3) == [402, 402, 402]
     assert (await key_usage(rig, key["id"]))["usage"]["items"] == 10
+
+
+async def test_ids_and_names_no_store_could_hold_are_refused_not_retried(rig: Rig) -> None:
+    """Regression: a NUL in an id or an org name got 503 store_unavailable with Retry-After on
+    PostgreSQL (a retry that can never succeed); a deeply nested body got 500."""
+    for path in ("/admin/keys/key%00x/usage", "/admin/orgs/org%00x", "/admin/orgs/org%00x/keys"):
+        response = await rig.admin.get(path)
+        assert (response.status_code, response.json()["error"]) == (404, "not_found"), path
+    named = await rig.admin.post("/admin/orgs", json={"name": "a\u0000b"})
+    assert (named.status_code, named.json()["error"]) == (400, "bad_request")
+    nested = b'{"name": "x", "limits": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    deep = await rig.admin.post(
+        "/admin/orgs", content=nested, headers={"content-type": "application/json"}
+    )
+    assert (deep.status_code, deep.json()["error"]) == (400, "bad_request")
