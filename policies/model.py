@@ -87,6 +87,11 @@ class Limits:
         value: int | None = getattr(self, meter)
         return value
 
+    def patched(self, changes: Mapping[str, int | None]) -> Limits:
+        """These limits with ``changes`` applied meter by meter (``None`` lifts one)."""
+        merged: dict[str, int | None] = {**self.as_dict(), **changes}
+        return Limits.from_dict({name: v for name, v in merged.items() if v is not None})
+
     def with_key(self, key_id: str, key_limits: Limits) -> Limits:
         """These limits and a key's own, named under the key, as one set to reserve."""
         scoped = [(key_meter(key_id, m), v) for m, v in key_limits.metered() if m != "credit"]

@@ -88,12 +88,16 @@ def billing_json(state: BillingState, balance_minor: int) -> dict[str, Any]:
     }
 
 
-def _limits(raw: object, base: Limits) -> Limits:
+def _limits(raw: object, *, key: bool = False) -> dict[str, int | None]:
+    """Limit changes, checked: ``{meter: int | null}`` (null lifts one); an org's may set its
+    rates too, a key's not (a key's rate is its org's). Applied in the store's transaction."""
     if not isinstance(raw, Mapping):
         raise BadRequest("limits must be an object")
-    unknown = set(raw) - set(LIMIT_NAMES) - SIGNAL_METERS
+    allowed = (set(SENT_METERS) if key else set(LIMIT_NAMES)) | SIGNAL_METERS
+    unknown = set(raw) - allowed
     if unknown:
-        raise BadRequest(f"unknown limits: {', '.join(sorted(map(str, unknown)))}")
+        what = "key limits" if key else "limits"
+        raise BadRequest(f"unknown {what}: {', '.join(sorted(map(str, unknown)))}")
     changes: dict[str, int | None] = {}
     for name, value in raw.items():
         if value is not None and (type(value) is not int or not 0 <= value <= MAX_INT):
@@ -101,8 +105,7 @@ def _limits(raw: object, base: Limits) -> Limits:
         if value is not None and name.startswith("rate_") and value < 1:
             raise BadRequest(f"limits.{name} must be at least 1 (null lifts it)")
         changes[name] = value
-    merged = {**base.as_dict(), **changes}
-    return Limits.from_dict({name: v for name, v in merged.items() if v is not None})
+    return changes
 
 
 def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
@@ -204,7 +207,7 @@ class OrgAdmin:
             raise BadRequest("shadow must be a boolean")
         return await self.store.create_org(
             _name(body["name"]),
-            _limits(body.get("limits", {}), Limits()),
+            Limits().patched(_limits(body.get("limits", {}))),
             _upstream(body.get("upstream"), self.allowlist),
             shadow,
         )
@@ -219,7 +222,7 @@ class OrgAdmin:
             raise BadRequest("shadow must be a boolean")
         changes = OrgChanges(
             name=_name(body["name"]) if "name" in body else None,
-            limits=_limits(body["limits"], current.limits) if "limits" in body else None,
+            limit_changes=_limits(body["limits"]) if "limits" in body else None,
             upstream=_upstream(body.get("upstream"), self.allowlist),
             set_upstream="upstream" in body,
             shadow=shadow,
@@ -283,7 +286,7 @@ class OrgAdmin:
     async def create_key(self, org_id: str, raw: object = None) -> tuple[KeyRecord, str]:
         body = _body({} if raw is None else raw, {"name", "limits"})
         name = _key_name(body.get("name", ""))
-        limits = _key_limits(body.get("limits", {}), Limits())
+        limits = Limits().patched(_limits(body.get("limits", {}), key=True))
         key = generate_key()
         record = await self.store.create_key(org_id, self.hasher(key), name=name, limits=limits)
         if record is None:
@@ -292,10 +295,9 @@ class OrgAdmin:
 
     async def update_key(self, key_id: str, raw: object) -> KeyRecord:
         body = _body(raw, {"name", "limits"})
-        current = await self.key(key_id)
         name = _key_name(body["name"]) if "name" in body else None
-        limits = _key_limits(body["limits"], current.limits) if "limits" in body else None
-        record = await self.store.update_key(key_id, name=name, limits=limits)
+        changes = _limits(body["limits"], key=True) if "limits" in body else None
+        record = await self.store.update_key(key_id, name=name, limit_changes=changes)
         if record is None:
             raise NotFound(key_id)
         await self.invalidate(record.org_id)  # its limits are in its org's cached routing
@@ -396,22 +398,6 @@ def _key_name(raw: object) -> str:
     if not isinstance(raw, str) or len(raw) > 200 or not raw.isprintable():
         raise BadRequest("name must be a string of at most 200 printable characters")
     return raw
-
-
-def _key_limits(raw: object, base: Limits) -> Limits:
-    """A key's limits: meters only (a key's rate is its org's); a number, or null to lift."""
-    if not isinstance(raw, Mapping):
-        raise BadRequest("limits must be an object")
-    allowed = set(SENT_METERS) | SIGNAL_METERS
-    unknown = set(raw) - allowed
-    if unknown:
-        raise BadRequest(f"unknown key limits: {', '.join(sorted(map(str, unknown)))}")
-    merged: dict[str, int | None] = {**base.as_dict()}
-    for name, value in raw.items():
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_INT):
-            raise BadRequest(f"limits.{name} must be an integer from 0 to 2**63-1, or null")
-        merged[name] = value
-    return Limits.from_dict({name: v for name, v in merged.items() if v is not None})
 
 
 def _iso(moment: Any) -> str:

@@ -145,10 +145,11 @@ class OrgStore(Lifecycle, Protocol):
         key_id: str,
         *,
         name: str | None = None,
-        limits: Limits | None = None,
+        limit_changes: Mapping[str, int | None] | None = None,
         actor: str = "admin",
     ) -> KeyRecord | None:
-        """A key's name or limits (replaced as a whole); audited on its org."""
+        """A key's name, or its limits changed meter by meter in the same transaction (``None``
+        lifts one); audited on its org."""
 
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
     async def list_keys(self, org_id: str) -> list[KeyRecord]:

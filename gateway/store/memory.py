@@ -218,6 +218,7 @@ class MemoryStore(MemoryBilling):
         current = self._record(org_id)
         if current is None:
             return None
+        changes = changes.resolved(current.limits)
         org = self.orgs[org_id]
         self.orgs[org_id] = replace(
             org,
@@ -256,7 +257,7 @@ class MemoryStore(MemoryBilling):
         key_id: str,
         *,
         name: str | None = None,
-        limits: Limits | None = None,
+        limit_changes: Mapping[str, int | None] | None = None,
         actor: str = "admin",
     ) -> KeyRecord | None:
         key_hash = self.key_ids.get(key_id)
@@ -266,7 +267,7 @@ class MemoryStore(MemoryBilling):
         changed = replace(
             current,
             name=current.name if name is None else name,
-            limits=current.limits if limits is None else limits,
+            limits=current.limits.patched(limit_changes or {}),
         )
         entries: list[tuple[str, str | None, str | None]] = []
         if changed.name != current.name:

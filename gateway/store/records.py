@@ -120,6 +120,15 @@ class OrgChanges:
     set_upstream: bool = False
     shadow: bool | None = None
     prices: Prices | None = None
+    #: Limits changed meter by meter (``None`` lifts one), applied to the stored ones in the
+    #: same transaction, so that two admins changing different meters both stay.
+    limit_changes: Mapping[str, int | None] | None = None
+
+    def resolved(self, current: Limits) -> OrgChanges:
+        """These changes with ``limit_changes`` applied to ``current`` as whole ``limits``."""
+        if self.limit_changes is None:
+            return self
+        return replace(self, limits=current.patched(self.limit_changes), limit_changes=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,10 +175,10 @@ class SQLSteps:
         key_id: str,
         *,
         name: str | None = None,
-        limits: Limits | None = None,
+        limit_changes: Mapping[str, int | None] | None = None,
         actor: str = "admin",
     ) -> KeyRecord | None:
-        step = sql_orgs.update_key(self.dialect, key_id, name, limits, actor)
+        step = sql_orgs.update_key(self.dialect, key_id, name, limit_changes, actor)
         return await self._write_step("update key", step)
 
     async def get_key(self, key_id: str) -> KeyRecord | None:

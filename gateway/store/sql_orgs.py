@@ -136,12 +136,20 @@ def _write_key_limits(key_id: str, limits: Limits) -> Step[None]:
 
 
 def update_key(
-    d: Dialect, key_id: str, name: str | None, limits: Limits | None, actor: str
+    d: Dialect,
+    key_id: str,
+    name: str | None,
+    limit_changes: Mapping[str, int | None] | None,
+    actor: str,
 ) -> Step[KeyRecord | None]:
+    org_id = yield from value("SELECT org_id FROM ingest_keys WHERE id = ?", key_id)
+    if org_id is None:
+        return None
+    yield from execute(LOCK_ORG, org_id)  # key changes take turns with the org's, then read
     current = yield from select_key(d, key_id)
     if current is None:
         return None
-    yield from execute(LOCK_ORG, current.org_id)
+    limits = None if limit_changes is None else current.limits.patched(limit_changes)
     now = datetime.now(UTC)
     entries: list[AuditRow] = []
     if name is not None and name != current.name:
@@ -221,6 +229,7 @@ def update_org(
     current = yield from locked_org(d, org_id)
     if current is None:
         return None
+    changes = changes.resolved(current.limits)
     now = datetime.now(UTC)
     yield from execute(
         UPDATE_ORG,

@@ -114,13 +114,15 @@ async def test_a_limit_lifted_and_set_again_counts_what_was_sent_meanwhile(rig: 
     org_id, _ = await tenant(rig, {"traces.items": 10})
     key = await new_key(rig, org_id, limits={"items": 10})
     assert await statuses(rig, key["key"], 2) == [200, 200]  # 4 items of both limits
-    for path, body in ((f"/admin/keys/{key['id']}", {"limits": {"items": None}}),
-                       (f"/admin/orgs/{org_id}", {"limits": {"traces.items": None}})):  # fmt: skip
-        assert (await rig.admin.patch(path, json=body)).status_code == 200
+    async def limit_both(value: int | None) -> None:
+        for path, meter in ((f"/admin/keys/{key['id']}", "items"),
+                            (f"/admin/orgs/{org_id}", "traces.items")):  # fmt: skip
+            patched = await rig.admin.patch(path, json={"limits": {meter: value}})
+            assert patched.status_code == 200, patched.text
+
+    await limit_both(None)
     assert await statuses(rig, key["key"], 3) == [200, 200, 200]  # 10 items, unlimited
-    for path, body in ((f"/admin/keys/{key['id']}", {"limits": {"items": 10}}),
-                       (f"/admin/orgs/{org_id}", {"limits": {"traces.items": 10}})):  # fmt: skip
-        assert (await rig.admin.patch(path, json=body)).status_code == 200
+    await limit_both(10)
     assert await statuses(rig, key["key"], 3) == [402, 402, 402]
     assert (await key_usage(rig, key["id"]))["usage"]["items"] == 10
 
@@ -138,3 +140,22 @@ async def test_ids_and_names_no_store_could_hold_are_refused_not_retried(rig: Ri
         "/admin/orgs", content=nested, headers={"content-type": "application/json"}
     )
     assert (deep.status_code, deep.json()["error"]) == (400, "bad_request")
+
+
+async def test_concurrent_changes_of_different_meters_all_stay(rig: Rig) -> None:
+    """Regression: limits were read, merged and written back outside the store's transaction;
+    of four admins each setting a meter at once, one change survived."""
+    import asyncio
+
+    org_id, _ = await tenant(rig, {})
+    key = await new_key(rig, org_id)
+    meters = ["items", "logs.items", "traces.items", "bytes"]
+    for path in (f"/admin/keys/{key['id']}", f"/admin/orgs/{org_id}"):
+        answers = await asyncio.gather(
+            *(rig.admin.patch(path, json={"limits": {m: 100 + n}}) for n, m in enumerate(meters))
+        )
+        assert {a.status_code for a in answers} == {200}
+    expected = {m: 100 + n for n, m in enumerate(meters)}
+    assert (await rig.admin.get(f"/admin/orgs/{org_id}")).json()["limits"] == expected
+    listed = (await rig.admin.get(f"/admin/orgs/{org_id}/keys")).json()["keys"]
+    assert [k["limits"] for k in listed if k["id"] == key["id"]] == [expected]
