@@ -6,7 +6,7 @@ import hmac
 import secrets
 from urllib.parse import parse_qsl, unquote_plus
 
-from gateway.errors import ConfigError
+from gateway.errors import BadRequest, ConfigError
 
 KEY_PREFIX = "igk_"
 _BEARER = b"bearer "
@@ -20,18 +20,28 @@ def generate_key() -> str:
 def extract_key(
     headers: list[tuple[bytes, bytes]], query_string: bytes = b"", allow_query: bool = False
 ) -> str | None:
-    """The ingest key from ``Authorization: Bearer``, ``X-Ingest-Key`` or (logpush) ``?key=``."""
+    """The ingest key from ``Authorization: Bearer``, ``X-Ingest-Key`` or (logpush) ``?key=``.
+
+    Two different keys in one request are refused (``BadRequest``): which one an intermediary
+    or the upstream would read depends on header order, so neither is charged."""
+    found: str | None = None
     for name, value in headers:
         if name == b"authorization":
             if value[:7].lower() == _BEARER:
-                return _clean(value[7:])
+                found = _one(found, _clean(value[7:]))
         elif name == b"x-ingest-key":
-            return _clean(value)
+            found = _one(found, _clean(value))
     if allow_query and query_string:
         for param, text in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
             if param == "key":
-                return _clean(text.encode("latin-1", "replace"))
-    return None
+                found = _one(found, _clean(text.encode("latin-1", "replace")))
+    return found
+
+
+def _one(found: str | None, key: str | None) -> str | None:
+    if found is not None and key is not None and key != found:
+        raise BadRequest("the request carries more than one ingest key")
+    return found if found is not None else key
 
 
 def _clean(raw: bytes) -> str | None:

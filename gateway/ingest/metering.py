@@ -214,7 +214,10 @@ class MeteringMiddleware:
 
         if scope["method"] != "POST":
             return await exchange.refuse(METHOD_NOT_ALLOWED, style)
-        key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
+        try:
+            key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
+        except BadRequest as exc:
+            return await exchange.refuse(exc.refusal(), style)
         auth = await self.admission.authorize(key)
         if isinstance(auth, Refusal):
             return await exchange.refuse(auth, style)

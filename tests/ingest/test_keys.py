@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.errors import ConfigError
+from gateway.errors import BadRequest, ConfigError
 from gateway.ingest.keys import (
     KEY_PREFIX,
     MAX_KEY_LENGTH,
@@ -57,9 +57,27 @@ def test_query_key_is_percent_decoded() -> None:
     assert extract_key([], b"key=igk_%41b", allow_query=True) == "igk_Ab"
 
 
-def test_header_key_wins_over_query_key() -> None:
-    headers = [(b"x-ingest-key", b"igk_header")]
-    assert extract_key(headers, b"key=igk_query", allow_query=True) == "igk_header"
+@pytest.mark.parametrize(
+    ("headers", "query"),
+    [
+        ([(b"x-ingest-key", b"igk_header")], b"key=igk_query"),
+        ([(b"authorization", b"Bearer igk_a"), (b"x-ingest-key", b"igk_b")], b""),
+        ([(b"x-ingest-key", b"igk_b"), (b"authorization", b"Bearer igk_a")], b""),
+        ([(b"authorization", b"Bearer igk_a"), (b"authorization", b"Bearer igk_b")], b""),
+        ([], b"key=igk_a&key=igk_b"),
+    ],
+)
+def test_two_different_keys_in_one_request_are_refused(
+    headers: list[tuple[bytes, bytes]], query: bytes
+) -> None:
+    """Regression: the first key found was charged, so which one depended on header order."""
+    with pytest.raises(BadRequest, match="more than one ingest key"):
+        extract_key(headers, query, allow_query=True)
+
+
+def test_the_same_key_twice_is_one_key() -> None:
+    headers = [(b"authorization", b"Bearer igk_a"), (b"x-ingest-key", b"igk_a")]
+    assert extract_key(headers, b"key=igk_a", allow_query=True) == "igk_a"
 
 
 @pytest.mark.parametrize(
@@ -170,8 +188,12 @@ header_values = st.one_of(
     query=st.binary(max_size=300),
     allow_query=st.booleans(),
 )
-def test_extract_key_never_raises(
+def test_extract_key_finds_one_key_or_refuses_two(
     headers: list[tuple[bytes, bytes]], query: bytes, allow_query: bool
 ) -> None:
-    key = extract_key(headers, query, allow_query)
+    try:
+        key = extract_key(headers, query, allow_query)
+    except BadRequest as exc:
+        assert str(exc) == "the request carries more than one ingest key"
+        return
     assert key is None or (isinstance(key, str) and key != "")
