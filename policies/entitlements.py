@@ -11,6 +11,7 @@ absent or 0: a hard limit).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -160,3 +161,14 @@ def _count(value: object, what: str, least: int) -> int | None:
     if not least <= value <= MAX_VALUE:
         raise EntitlementError(f"{what} must be from {least} to {MAX_VALUE}")
     return value
+
+
+def plan_json(plan: Plan) -> str:
+    """The stored form of a plan: its body without the name, keys sorted."""
+    body = plan.as_dict()
+    del body["name"]
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def plan_from_json(name: str, text: str) -> Plan:
+    return parse_plan(name, json.loads(text))

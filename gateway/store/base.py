@@ -43,6 +43,7 @@ from gateway.store.records import (
     new_id,
 )
 from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.entitlements import Plan
 from policies.model import NO_LIMITS, Limits, OrgRouting
 
 # Re-exported for callers that import the values with the Protocols.
@@ -240,5 +241,19 @@ class LeaseStore(Lifecycle, Protocol):
         """Keep the largest value recorded for (org, provider, period, meter)."""
 
 
-class Store(DurableQuotaStore, OrgStore, BillingStore, LeaseStore, Protocol):
+class PlanStore(Lifecycle, Protocol):
+    """The plan catalog: named limits, overage caps, rates and grants orgs are on."""
+
+    async def put_plan(self, plan: Plan) -> None:
+        """Create the plan, or replace it whole."""
+
+    async def get_plan(self, name: str) -> Plan | None: ...
+    async def list_plans(self) -> list[Plan]:
+        """Every plan, by name."""
+
+    async def delete_plan(self, name: str) -> bool:
+        """False for an unknown plan; ``Conflict`` while an org is on it."""
+
+
+class Store(DurableQuotaStore, OrgStore, BillingStore, LeaseStore, PlanStore, Protocol):
     """A backend that is every capability at once: the durable store of a gateway."""

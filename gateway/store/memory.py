@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from gateway.errors import Conflict
 from gateway.store.memory_billing import MemoryBilling
 from gateway.store.normal import (
     org_audit,
@@ -36,6 +37,7 @@ from gateway.store.records import (
     new_id,
 )
 from policies.billing import BillingState
+from policies.entitlements import Plan
 from policies.model import NO_LIMITS, Limits, OrgRouting, is_quota_meter, lock_order
 
 
@@ -51,6 +53,7 @@ class MemoryStore(MemoryBilling):
         self.orgs: dict[str, OrgRecord] = {}
         self.keys: dict[bytes, tuple[KeyRecord, bool]] = {}
         self.key_ids: dict[str, bytes] = {}
+        self.plans: dict[str, Plan] = {}
         self.counters: dict[tuple[str, str, str], int] = {}
         self.reservations: dict[tuple[str, str, str, str], _Reservation] = {}
         # batch id -> the (org, period) it was applied to
@@ -69,6 +72,20 @@ class MemoryStore(MemoryBilling):
 
     async def ping(self) -> None:
         return None
+
+    async def put_plan(self, plan: Plan) -> None:
+        self.plans[plan.name] = plan
+
+    async def get_plan(self, name: str) -> Plan | None:
+        return self.plans.get(name)
+
+    async def list_plans(self) -> list[Plan]:
+        return [self.plans[name] for name in sorted(self.plans)]
+
+    async def delete_plan(self, name: str) -> bool:
+        if any(state.plan == name for state in self.billing.values()):
+            raise Conflict(f"an org is on plan {name!r}")
+        return self.plans.pop(name, None) is not None
 
     async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
         entry = self.keys.get(key_hash)

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from gateway.errors import StoreError
-from gateway.store import sql_billing, sql_orgs
+from gateway.store import sql_billing, sql_orgs, sql_plans
 from gateway.store.records import (
     PRUNE_INTERVAL_SECONDS,
     Decide,
@@ -28,6 +28,7 @@ from gateway.store.records import (
 )
 from gateway.store.seam import Dialect, Step, execute, rows, value
 from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.entitlements import Plan
 from policies.model import NO_LIMITS, Limits, OrgRouting
 
 T = TypeVar("T")
@@ -132,6 +133,20 @@ class SQLSteps:
         return await self._write_step("claim period", claim_period(org_id, period_start))
 
     # orgs and keys
+
+    # the plan catalog
+
+    async def put_plan(self, plan: Plan) -> None:
+        await self._write_step("put plan", sql_plans.put_plan(self.dialect, plan))
+
+    async def get_plan(self, name: str) -> Plan | None:
+        return await self._read_step("get plan", sql_plans.get_plan(name))
+
+    async def list_plans(self) -> list[Plan]:
+        return await self._read_step("list plans", sql_plans.list_plans())
+
+    async def delete_plan(self, name: str) -> bool:
+        return await self._write_step("delete plan", sql_plans.delete_plan(name))
 
     async def routing_for_key(self, key_hash: bytes) -> OrgRouting | None:
         return await self._read_step("routing", sql_orgs.routing_for_key(self.dialect, key_hash))

@@ -1,0 +1,52 @@
+"""The Store contract, plan catalog part: every backend must pass every test here."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.errors import Conflict
+from gateway.store import Store
+from policies.billing import BillingChange, BillingState
+from policies.entitlements import Plan, parse_plan
+from policies.model import Limits
+
+PRO = parse_plan(
+    "pro",
+    {"limits": {"items": 1_000, "traces.items": 600}, "overage": {"items": 100, "logs.bytes": None},
+     "rate_requests": 50, "grant_minor": 2_000},
+)  # fmt: skip
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def on_plan(name: str):  # type: ignore[no-untyped-def]
+    def decide(state: BillingState) -> BillingChange:
+        return BillingChange(replace(state, plan=name), audit=())
+
+    return decide
+
+
+async def test_a_plan_reads_back_equal_and_is_replaced_whole(store: Store) -> None:
+    assert await store.get_plan("pro") is None
+    await store.put_plan(PRO)
+    assert await store.get_plan("pro") == PRO
+    smaller = Plan("pro", limits={"items": 5})
+    await store.put_plan(smaller)
+    assert await store.get_plan("pro") == smaller
+    await store.put_plan(Plan("basic"))
+    assert [p.name for p in await store.list_plans()] == ["basic", "pro"]
+
+
+async def test_a_plan_an_org_is_on_cannot_be_deleted(store: Store) -> None:
+    await store.put_plan(PRO)
+    org = await store.create_org("acme", Limits(), None)
+    assert await store.update_billing(org.id, on_plan("pro"), actor="test", now=T0) is not None
+    with pytest.raises(Conflict):
+        await store.delete_plan("pro")
+    assert await store.get_plan("pro") == PRO
+    await store.update_billing(org.id, on_plan("free"), actor="test", now=T0)
+    assert await store.delete_plan("pro") is True
+    assert await store.delete_plan("pro") is False
+    assert await store.list_plans() == []
