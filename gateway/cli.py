@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from gateway.ingest.keys import KeyHasher
 from gateway.limits.invalidation import open_invalidation
 from gateway.settings import Settings
 from gateway.store import open_store
+from policies.entitlements import Plan
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -103,6 +105,14 @@ def parser() -> argparse.ArgumentParser:
     kr = keys.add_parser("revoke")
     _common(kr)
     kr.add_argument("key_id")
+
+    plans = sub.add_parser("plans", help="the plan catalog").add_subparsers(
+        dest="action", required=True
+    )
+    _common(plans.add_parser("list"))
+    pa = plans.add_parser("apply", help="make the catalog match a TOML file ([plans.NAME])")
+    _common(pa)
+    pa.add_argument("file", type=Path)
 
     usage = sub.add_parser("usage", help="an org's usage this period")
     _common(usage)
@@ -196,6 +206,13 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
             return {"revoked": args.key_id}
 
         return await _with_orgs(settings, revoke)
+    if args.command == "plans" and args.action == "list":
+        return await _with_orgs(
+            settings, lambda c: _plan_list(c.store.list_plans())
+        )
+    if args.command == "plans":
+        wanted = _plans_file(args.file)
+        return await _with_orgs(settings, lambda c: c.apply_plans(wanted))
     if args.command == "usage":
 
         async def usage(c: OrgAdmin) -> dict[str, Any]:
@@ -211,6 +228,22 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
 
 async def _org(pending: Awaitable[Any]) -> dict[str, Any]:
     return org_json(await pending)
+
+
+async def _plan_list(plans: Awaitable[list[Plan]]) -> dict[str, Any]:
+    return {"plans": [plan.as_dict() for plan in await plans]}
+
+
+def _plans_file(path: Path) -> dict[str, Any]:
+    """``[plans.NAME]`` tables, each a plan body as the admin API takes it."""
+    try:
+        loaded = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadRequest(f"{path}: {exc}") from exc
+    plans = loaded.get("plans", {})
+    if not isinstance(plans, dict) or set(loaded) - {"plans"}:
+        raise BadRequest(f"{path}: expected [plans.NAME] tables and nothing else")
+    return plans
 
 
 def _meter_limits(pairs: list[str]) -> dict[str, int]:

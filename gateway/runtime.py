@@ -33,12 +33,15 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.store import QuotaStore, Store, open_store
 from gateway.types import ASGIApp
+from policies.entitlements import Plan
 from policies.model import Period
 from policies.reservations import ChunkPolicy
 
 log = logging.getLogger("gateway")
 # Invalidation messages are org ids; this prefix asks holders to return an org's quota.
 GIVE_BACK = "giveback:"
+# An invalidation of this name drops every org's cached routing (a plan's limits changed).
+EVERY_ORG = "*"
 
 
 def build_store(settings: Settings) -> tuple[Store, QuotaStore]:
@@ -152,6 +155,7 @@ class Runtime:
         await self.store.open()
         if self.quota is not self.store:
             await self.quota.open()
+        await self._seed_plans()
         await self.invalidation.start(self._on_message)
         self.spool.open()
         await self.upstream.start()
@@ -170,6 +174,18 @@ class Runtime:
         self.exporter = UsageExporter(self.store, self.settings, holder=self.usage.holder)
         if self.exporter.enabled:
             self._background(self.exporter.run_forever())
+
+    async def _seed_plans(self) -> None:
+        """GATEWAY_PLANS and GATEWAY_PLAN_GRANTS (the old way) seed the catalog: a plan they
+        name that it lacks is added with its grant and no limits; the catalog's stay."""
+        names = self.settings.plan_names() | {self.settings.free_plan}
+        grants = self.settings.grants()
+        try:
+            known = {plan.name for plan in await self.store.list_plans()}
+            for name in sorted(names - known):
+                await self.store.put_plan(Plan(name, grant_minor=grants.get(name, 0)))
+        except StoreError:
+            log.warning("plan catalog not seeded: store unavailable; it is seeded at next start")
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -274,6 +290,10 @@ class Runtime:
             log.exception("usage flush failed")
 
     async def _drop_org(self, org_id: str) -> None:
+        if org_id == EVERY_ORG:  # a plan changed: every org on it, whichever they are
+            self.routing.invalidate_all()
+            self.usage.invalidate_all()
+            return
         self.routing.invalidate_org(org_id)
         self.usage.invalidate_org(org_id)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from policies.model import SENT_METERS as UNITS
-from policies.model import SIGNALS
+from policies.model import SIGNALS, Limits
 
 SIGNAL_METERS: tuple[str, ...] = tuple(f"{s}.{u}" for s in SIGNALS for u in UNITS)
 #: Every meter a limit or an overage cap can be set on, totals first.
@@ -172,3 +172,13 @@ def plan_json(plan: Plan) -> str:
 
 def plan_from_json(name: str, text: str) -> Plan:
     return parse_plan(name, json.loads(text))
+
+
+def plan_limits(plan: Plan) -> Limits:
+    """A plan's limits and rates as the ``Limits`` an org's own override."""
+    values = {m: v for m, v in plan.limits.items() if v is not None}
+    for name in RATES:
+        rate = getattr(plan, name)
+        if rate is not None:
+            values[name] = rate
+    return Limits.from_dict(values)

@@ -132,3 +132,26 @@ def test_quickstart_prints_how_to_send_and_the_batch_lands_in_the_sink(tmp_path:
         proc.communicate(timeout=15)
     assert proc.returncode == 0
     assert len(list((tmp_path / "data" / "sink" / org_id / "logs").iterdir())) == 1
+
+
+def test_plans_apply_makes_the_catalog_match_a_file(
+    capsys: pytest.CaptureFixture[str], store_args: list[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "plans.toml"
+    path.write_text(
+        '[plans.pro]\nlimits = { items = 1000, "traces.items" = 600 }\nrate_requests = 50\n'
+        "grant_minor = 2000\n\n[plans.team]\nlimits = { requests = 10 }\n"
+    )
+    code, applied = run(capsys, "plans", "apply", str(path), *store_args)
+    assert code == 0 and applied["applied"] == ["pro", "team"]
+    code, listed = run(capsys, "plans", "list", *store_args)
+    pro = next(p for p in listed["plans"] if p["name"] == "pro")
+    assert pro["limits"] == {"items": 1000, "traces.items": 600} and pro["rate_requests"] == 50
+    path.write_text("[plans.pro]\nlimits = { items = 5 }\n")
+    code, applied = run(capsys, "plans", "apply", str(path), *store_args)
+    assert "team" in applied["deleted"]
+    path.write_text("[plans.pro]\nlimits = { spans = 5 }\n")
+    code, err = run(capsys, "plans", "apply", str(path), *store_args)
+    assert code == 2 and "limits.spans" in err
+    code, listed = run(capsys, "plans", "list", *store_args)
+    assert [p["limits"] for p in listed["plans"] if p["name"] == "pro"] == [{"items": 5}]

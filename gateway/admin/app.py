@@ -229,6 +229,20 @@ def build_admin_app(runtime: Runtime) -> Any:
         record, key = await orgs.create_key(_path(request, "org_id"), body)
         return JSONResponse({**key_json(record), "key": key}, status_code=201)
 
+    async def list_plans(_request: Request) -> Response:
+        return JSONResponse({"plans": [p.as_dict() for p in await runtime.store.list_plans()]})
+
+    async def get_plan(request: Request) -> Response:
+        return JSONResponse((await orgs.plan(_path(request, "name"))).as_dict())
+
+    async def put_plan(request: Request) -> Response:
+        plan = await orgs.put_plan(_path(request, "name"), await _json(request))
+        return JSONResponse(plan.as_dict())
+
+    async def delete_plan(request: Request) -> Response:
+        await orgs.delete_plan(_path(request, "name"))
+        return Response(status_code=204)
+
     async def list_keys(request: Request) -> Response:
         keys = await orgs.list_keys(_path(request, "org_id"))
         return JSONResponse({"keys": [key_json(key) for key in keys]})
@@ -305,6 +319,10 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/orgs/{org_id}", update_org, methods=["PATCH"]),
             Route("/admin/orgs/{org_id}/keys", create_key, methods=["POST"]),
             Route("/admin/orgs/{org_id}/keys", list_keys, methods=["GET"]),
+            Route("/admin/plans", list_plans, methods=["GET"]),
+            Route("/admin/plans/{name}", get_plan, methods=["GET"]),
+            Route("/admin/plans/{name}", put_plan, methods=["PUT"]),
+            Route("/admin/plans/{name}", delete_plan, methods=["DELETE"]),
             Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
             Route("/admin/keys/{key_id}", update_key, methods=["PATCH"]),
             Route("/admin/keys/{key_id}/usage", key_usage, methods=["GET"]),

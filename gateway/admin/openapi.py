@@ -39,6 +39,22 @@ _KEY: dict[str, Any] = {
         "revoked": {"type": "boolean"},
     },
 }
+_PLAN_BODY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "limits": _KEY_LIMITS,
+        "overage": _KEY_LIMITS,
+        "rate_requests": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
+        "rate_bytes": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
+        "grant_minor": {"type": "integer", "minimum": 0, "maximum": _MAX, "nullable": True},
+    },
+}
+_PLAN: dict[str, Any] = {
+    "type": "object",
+    "required": ["name", "limits"],
+    "properties": {"name": {"type": "string"}, **_PLAN_BODY["properties"]},  # type: ignore[dict-item]
+}
 _KEY_BODY = {
     "type": "object",
     "additionalProperties": False,
@@ -167,6 +183,30 @@ SPEC: dict[str, Any] = {
             "patch": {
                 "requestBody": {"required": True, **_json(_KEY_BODY)},
                 "responses": _answers(200, _KEY, 400, 404),
+            },
+        },
+        "/admin/plans": {
+            "get": {
+                "responses": _answers(
+                    200,
+                    {"type": "object", "properties": {"plans": {"type": "array", "items": _PLAN}}},
+                )
+            }
+        },
+        "/admin/plans/{name}": {
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {"responses": _answers(200, _PLAN, 404)},
+            "put": {
+                "requestBody": {"required": True, **_json(_PLAN_BODY)},
+                "responses": _answers(200, _PLAN, 400, 404),
+            },
+            "delete": {
+                "responses": {
+                    "204": {"description": "deleted"},
+                    **{k: v for k, v in _answers(204, None, 404, 409).items() if k != "204"},
+                }
             },
         },
         "/admin/keys/{key_id}/usage": {

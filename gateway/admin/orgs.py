@@ -20,7 +20,8 @@ from gateway.limits.budgets import CREDIT_PERIOD
 from gateway.store.base import Store
 from gateway.store.records import KeyRecord, OrgChanges, OrgRecord
 from policies import money
-from policies.billing import BillingState, manual_unsuspend
+from policies.billing import AuditEntry, BillingChange, BillingState, manual_unsuspend
+from policies.entitlements import EntitlementError, Plan, parse_plan
 from policies.model import (
     SENT_METERS,
     SIGNAL_METERS,
@@ -45,7 +46,9 @@ def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, A
     return {
         "id": org.id,
         "name": org.name,
+        "plan": org.plan,
         "limits": org.limits.as_dict(),
+        "effective_limits": org.effective_limits.as_dict(),
         "upstream": org.upstream,
         "suspended": org.suspended,
         "suspension_reason": org.suspension_reason,
@@ -138,7 +141,8 @@ def _body(raw: object, allowed: set[str]) -> Mapping[str, Any]:
 
 
 _ORG_FIELDS = {"name", "limits", "upstream", "shadow"}
-_PATCH_FIELDS = _ORG_FIELDS | {"prices", "block_over_balance", "billing_customers"}
+_PATCH_FIELDS = _ORG_FIELDS | {"prices", "block_over_balance", "billing_customers", "plan"}
+EVERY_ORG = "*"  # the invalidation that drops every org's routing
 PROVIDERS = ("stripe", "autumn", "paddle")
 
 
@@ -231,6 +235,8 @@ class OrgAdmin:
         org = await self.store.update_org(org_id, changes)
         if org is None:
             raise NotFound(org_id)
+        if "plan" in body:
+            org = await self._set_plan(org, body["plan"])
         if customers:
             try:
                 org = await self.store.set_billing_customers(org_id, customers)
@@ -248,9 +254,9 @@ class OrgAdmin:
 
         Every customer of the body, changed or not: linking again finishes a link whose
         events were not all applied (the store failed half-way)."""
-        policy = self.event_policy
-        if policy is None:
+        if self.event_policy is None:
             return False
+        policy = self.event_policy.with_catalog(await self.store.list_plans())
         moment = datetime.now(UTC)
         any_applied = False
         for provider, customer in customers.items():
@@ -314,6 +320,58 @@ class OrgAdmin:
         counters = await self.store.usage(key.org_id, period.key)
         own = {m.removeprefix(prefix): n for m, n in counters.items() if m.startswith(prefix)}
         return {"key_id": key.id, "org_id": key.org_id, **_usage_view(period, own, key.limits)}
+
+    async def _set_plan(self, org: OrgRecord, raw: object) -> OrgRecord:
+        if not isinstance(raw, str) or await self.store.get_plan(raw) is None:
+            raise BadRequest("plan must be the name of a plan in the catalog (GET /admin/plans)")
+        if raw != org.plan:
+            entry = AuditEntry("plan", org.plan, raw, "set by the admin API")
+
+            def decide(state: BillingState) -> BillingChange:
+                return BillingChange(replace(state, plan=raw), audit=(entry,))
+
+            await self.store.update_billing(org.id, decide, actor="admin", now=datetime.now(UTC))
+        return await self._org(org.id)
+
+    async def put_plan(self, name: str, raw: object) -> Plan:
+        try:
+            plan = parse_plan(name, raw)
+        except EntitlementError as exc:
+            raise BadRequest(str(exc)) from exc
+        await self.store.put_plan(plan)
+        await self.invalidate(EVERY_ORG)  # at once on every org on it, on every replica
+        return plan
+
+    async def apply_plans(self, wanted: Mapping[str, object]) -> dict[str, list[str]]:
+        """Make the catalog match ``wanted`` (name -> body): every body is checked before
+        anything is written; a plan not wanted is deleted unless an org is on it."""
+        try:
+            plans = [parse_plan(name, body) for name, body in wanted.items()]
+        except EntitlementError as exc:
+            raise BadRequest(str(exc)) from exc
+        for plan in plans:
+            await self.store.put_plan(plan)
+        deleted, in_use = [], []
+        for plan in await self.store.list_plans():
+            if plan.name in wanted:
+                continue
+            try:
+                await self.store.delete_plan(plan.name)
+                deleted.append(plan.name)
+            except Conflict:
+                in_use.append(plan.name)
+        await self.invalidate(EVERY_ORG)
+        return {"applied": sorted(wanted), "deleted": deleted, "kept_in_use": in_use}
+
+    async def plan(self, name: str) -> Plan:
+        plan = await self.store.get_plan(name)
+        if plan is None:
+            raise NotFound(name)
+        return plan
+
+    async def delete_plan(self, name: str) -> None:
+        if not await self.store.delete_plan(name):
+            raise NotFound(name)
 
     async def key(self, key_id: str) -> KeyRecord:
         key = await self.store.get_key(key_id)

@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.billing.signatures import PROVIDERS, load_secrets
 from gateway.errors import ClientError, Disconnected, SignatureError, StoreError
 from gateway.metrics import Metrics
 from gateway.responses import send_json, send_refusal
 from gateway.settings import Settings
-from gateway.store.base import BillingStore
+from gateway.store.base import BillingStore, PlanStore
 from gateway.store.records import BALANCE_OUT_OF_RANGE, Decide
 from gateway.types import ReadBody, Receive, Scope, Send
 from policies.billing import (
@@ -41,6 +41,7 @@ from policies.billing import (
     parse_stripe,
 )
 from policies.decisions import Refusal
+from policies.entitlements import Plan
 
 log = logging.getLogger("gateway.billing.webhooks")
 MAX_WEBHOOK_BODY = 1024 * 1024
@@ -50,6 +51,10 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any], str | None], BillingEvent]] = {
     "autumn": lambda payload, message_id: parse_autumn(payload, message_id or ""),
     "paddle": lambda payload, _id: parse_paddle(payload),
 }
+
+
+class WebhookStore(BillingStore, PlanStore, Protocol):
+    """What the endpoint needs of a store: billing state, and the plan catalog."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,12 @@ class EventPolicy:
             redelivered=redelivered,
         )
 
+    def with_catalog(self, catalog: Sequence[Plan]) -> EventPolicy:
+        """This policy knowing the catalog's plans too, with their grants."""
+        grants = {**self.plan_grants, **{p.name: p.grant_minor for p in catalog}}
+        names = self.plans | {p.name for p in catalog}
+        return replace(self, plans=frozenset(names), plan_grants=grants)
+
     def redelivery(self, event: BillingEvent, now: datetime) -> Decide | None:
         """The plan part alone, for a delivery of an event applied with its plan refused."""
         return None if event.plan is None else self.decide(event, now, redelivered=True)
@@ -96,7 +107,7 @@ class WebhookEndpoint:
 
     def __init__(
         self,
-        store: BillingStore,
+        store: WebhookStore,
         metrics: Metrics,
         invalidate: Callable[[str], Awaitable[None]],
         settings: Settings,
@@ -168,9 +179,10 @@ class WebhookEndpoint:
             await send_refusal(send, _refusal(400, "bad_request", message=message))
             return
         moment = datetime.fromtimestamp(now, UTC)
-        decide = self.policy.decide(event, moment)
-        redelivered = self.policy.redelivery(event, moment)
         try:
+            policy = self.policy.with_catalog(await self.store.list_plans())
+            decide = policy.decide(event, moment)
+            redelivered = policy.redelivery(event, moment)
             outcome = await self.store.apply_billing_event(event, decide, moment, redelivered)
         except StoreError:
             self._count(provider, "store_unavailable")

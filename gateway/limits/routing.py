@@ -103,6 +103,11 @@ class RoutingCache:
         """Wait for the reads in flight (refreshes ahead included); their errors stay theirs."""
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
 
+    def invalidate_all(self) -> None:
+        """Every cached routing is read again (last-known ones stay for fail-open)."""
+        self._fresh.clear()
+        self._negative.clear()
+
     def invalidate_org(self, org_id: str) -> None:
         """Drop every cached routing of one org, so the next request reads the store."""
         for cache in (self._fresh, self._known):

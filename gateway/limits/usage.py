@@ -487,6 +487,10 @@ class UsageGate:
         """Wait for the refills running behind requests."""
         await asyncio.gather(*self._background, return_exceptions=True)
 
+    def invalidate_all(self) -> None:
+        for budget in self._budgets.values():
+            budget.exhausted.clear()
+
     def invalidate_org(self, org_id: str) -> None:
         """Forget cached exhaustion for an org whose limits changed."""
         for (org, _), budget in self._budgets.items():

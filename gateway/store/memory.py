@@ -37,7 +37,7 @@ from gateway.store.records import (
     new_id,
 )
 from policies.billing import BillingState
-from policies.entitlements import Plan
+from policies.entitlements import Plan, plan_limits
 from policies.model import NO_LIMITS, Limits, OrgRouting, is_quota_meter, lock_order
 
 
@@ -107,6 +107,8 @@ class MemoryStore(MemoryBilling):
             period=state.period,
             balance_minor=self.balances.get(org_id, 0),
             billing_customers={p: c for (p, c), owner in self.customers.items() if owner == org_id},
+            plan=state.plan,
+            plan_limits=plan_limits(plan) if (plan := self.plans.get(state.plan)) else None,
         )
 
     def _reserved(self, org_id: str, period: str, meter: str, now: float) -> int:

@@ -54,6 +54,17 @@ class OrgRecord:
     billing_suspended: bool = False
     period: Period | None = None
     balance_minor: int = 0
+    #: The org's plan (from its billing state) and, when the catalog has it, the plan's limits
+    #: and rates: the org's own ``limits`` override them meter by meter.
+    plan: str = "free"  # as a billing state without one says
+    plan_limits: Limits | None = None
+
+    @property
+    def effective_limits(self) -> Limits:
+        """The plan's limits with the org's own on top (without ``credit``)."""
+        if self.plan_limits is None:
+            return self.limits
+        return self.plan_limits.patched(self.limits.as_dict())
 
     @classmethod
     def new(cls, name: str, limits: Limits, upstream: str | None, shadow: bool) -> OrgRecord:
@@ -74,7 +85,7 @@ class OrgRecord:
         return OrgRouting(
             org_id=self.id,
             upstream=self.upstream,
-            limits=replace(self.limits, credit=self.credit_limit()),
+            limits=replace(self.effective_limits, credit=self.credit_limit()),
             suspended=self.suspended or self.billing_suspended,
             payment_status=self.payment_status,
             shadow=self.shadow,

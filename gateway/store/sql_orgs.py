@@ -15,6 +15,7 @@ from typing import Any, cast
 from gateway.store.normal import iso, org_audit, suspension_audit
 from gateway.store.records import AuditRow, CustomerTaken, KeyRecord, OrgChanges, OrgRecord, new_id
 from gateway.store.seam import Dialect, Step, execute, rows, value
+from policies.entitlements import plan_from_json, plan_limits
 from policies.model import Limits, OrgRouting, PaymentStatus, Period, Prices
 
 # An org with its limits (one row per limit, or one row of NULLs), prices, billing state
@@ -23,12 +24,13 @@ _ORG_COLUMNS = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_rea
         COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
         p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, FALSE),
         s.suspended_at IS NOT NULL, b.period_start, b.period_end,
-        COALESCE(b.balance_minor, 0)"""
+        COALESCE(b.balance_minor, 0), COALESCE(b.plan, 'free'), pl.body"""
 _ORG_JOINS = """
     LEFT JOIN org_limits l ON l.org_id = o.id
     LEFT JOIN org_prices p ON p.org_id = o.id
     LEFT JOIN billing_state b ON b.org_id = o.id
-    LEFT JOIN billing_suspensions s ON s.org_id = o.id"""
+    LEFT JOIN billing_suspensions s ON s.org_id = o.id
+    LEFT JOIN plans pl ON pl.name = COALESCE(b.plan, 'free')"""
 SELECT_ORG = f"{_ORG_COLUMNS}\n    FROM orgs o{_ORG_JOINS}\n    WHERE o.id = ?"
 SELECT_ROUTING = f"""{_ORG_COLUMNS}
     FROM ingest_keys k JOIN orgs o ON o.id = k.org_id{_ORG_JOINS}
@@ -87,6 +89,8 @@ def org_from_rows(
         billing_suspended=bool(first[14]),
         period=_period(d, first[15], first[16]),
         balance_minor=int(first[17]),
+        plan=first[18],
+        plan_limits=None if first[19] is None else plan_limits(plan_from_json(*first[18:20])),
     )
 
 

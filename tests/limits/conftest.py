@@ -13,6 +13,7 @@ from gateway.ingest.app import IngestApp
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from tests.fakes import MemoryUpstream
+from tests.security.signing import STRIPE_SECRET
 from tests.store.conftest import BACKENDS, Backend
 
 TOKEN = "signal-meters-admin-token"
@@ -45,6 +46,7 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
         admin_token=TOKEN,
         upstream_url="http://upstream.test",
         flush_interval=3600,
+        stripe_webhook_secret=STRIPE_SECRET,
     )
     runtime = Runtime(settings, store=backend.new(), upstream=MemoryUpstream(), spool_dir=None)
     try:

@@ -126,7 +126,7 @@ def known_ids(admin_schema: Any) -> dict[str, str]:
     keys = admin_schema["/admin/orgs/{org_id}/keys"]["POST"]
     key = keys.Case(path_parameters={"org_id": org_id}).call(headers=AUTH)
     assert key.status_code == 201, key.text
-    return {"org_id": org_id, "key_id": key.json()["id"]}
+    return {"org_id": org_id, "key_id": key.json()["id"], "name": "free"}  # a seeded plan
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])

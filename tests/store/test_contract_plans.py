@@ -50,3 +50,22 @@ async def test_a_plan_an_org_is_on_cannot_be_deleted(store: Store) -> None:
     assert await store.delete_plan("pro") is True
     assert await store.delete_plan("pro") is False
     assert await store.list_plans() == []
+
+
+async def test_an_org_on_a_plan_routes_with_the_plan_s_limits_under_its_own(store: Store) -> None:
+    await store.put_plan(Plan("pro", limits={"items": 1_000, "traces.items": 600}, rate_bytes=9))
+    org = await store.create_org("acme", Limits(items=50), None)
+    await store.create_key(org.id, b"hash-plan")
+    routing = await store.routing_for_key(b"hash-plan")
+    assert routing is not None and routing.limits == Limits(items=50)  # not on it yet
+    await store.update_billing(org.id, on_plan("pro"), actor="test", now=T0)
+    routing = await store.routing_for_key(b"hash-plan")
+    assert routing is not None
+    assert routing.limits == Limits.from_dict({"items": 50, "traces.items": 600, "rate_bytes": 9})
+    record = await store.get_org(org.id)
+    assert record is not None and (record.plan, record.limits) == ("pro", Limits(items=50))
+    await store.put_plan(Plan("pro", limits={"traces.items": 5}))  # applies to its orgs at once
+    routing = await store.routing_for_key(b"hash-plan")
+    assert routing is not None and routing.limits == Limits.from_dict(
+        {"items": 50, "traces.items": 5}
+    )
