@@ -51,7 +51,9 @@ def suspension_refusal(routing: OrgRouting) -> Refusal | None:
     return None
 
 
-def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Refusal:
+def usage_exceeded(
+    meter: str, limit: int, used: int, resets_at: datetime, overage: int = 0
+) -> Refusal:
     if meter == "credit":
         # The credit meter counts millionths of a minor unit; clients see minor units.
         # The limit is everything ever credited; what is left rounds down, as spending rounds up.
@@ -70,6 +72,7 @@ def usage_exceeded(meter: str, limit: int, used: int, resets_at: datetime) -> Re
         detail={
             **_scoped(meter),
             "limit": limit,
+            **({"overage": overage} if overage else {}),
             "used": used,
             "resets_at": resets_at.isoformat().replace("+00:00", "Z"),
         },

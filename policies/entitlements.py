@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from policies.model import SENT_METERS as UNITS
 from policies.model import SIGNALS, Limits
@@ -181,4 +181,6 @@ def plan_limits(plan: Plan) -> Limits:
         rate = getattr(plan, name)
         if rate is not None:
             values[name] = rate
-    return Limits.from_dict(values)
+    limits = Limits.from_dict(values)
+    caps = tuple(sorted((m, cap) for m, cap in plan.overage.items() if cap != 0))
+    return replace(limits, overage=caps) if caps else limits

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 PaymentStatus = Literal["ok", "past_due", "blocked"]
 PAYMENT_STATUSES: frozenset[str] = frozenset({"ok", "past_due", "blocked"})
@@ -73,24 +73,40 @@ class Limits:
     #: Limits on meters beyond the totals: a signal's (``traces.items``) or, in a routing, the
     #: key's (``key/<key id>/items``); sorted by name.
     meters: tuple[tuple[str, int], ...] = ()
+    #: Overage caps: up to N more units past a meter's limit are admitted (``None``: no cap;
+    #: absent or 0: a hard limit). From the org's plan; sorted by name.
+    overage: tuple[tuple[str, int | None], ...] = ()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, int]) -> Limits:
         """Limits from ``{name: value}``: totals, rates and other meters alike."""
         meters = tuple(sorted((m, v) for m, v in values.items() if m not in _FIELDS))
-        plain = {m: v for m, v in values.items() if m in _FIELDS}
+        plain: dict[str, Any] = {m: v for m, v in values.items() if m in _FIELDS}
         return cls(**plain, meters=meters)
 
     def usage_limit(self, meter: str) -> int | None:
+        """The most a meter may count: its limit and its overage cap (``None``: no bound)."""
+        limit = self.base_limit(meter)
+        if limit is None or not self.overage:
+            return limit
+        cap = self.overage_cap(meter)
+        return None if cap is None else limit + cap
+
+    def base_limit(self, meter: str) -> int | None:
+        """The meter's limit, without its overage."""
         if meter not in _FIELDS:
             return dict(self.meters).get(meter)
         value: int | None = getattr(self, meter)
         return value
 
+    def overage_cap(self, meter: str) -> int | None:
+        return dict(self.overage).get(meter, 0)
+
     def patched(self, changes: Mapping[str, int | None]) -> Limits:
         """These limits with ``changes`` applied meter by meter (``None`` lifts one)."""
         merged: dict[str, int | None] = {**self.as_dict(), **changes}
-        return Limits.from_dict({name: v for name, v in merged.items() if v is not None})
+        limits = Limits.from_dict({name: v for name, v in merged.items() if v is not None})
+        return replace(limits, overage=self.overage) if self.overage else limits
 
     def with_key(self, key_id: str, key_limits: Limits) -> Limits:
         """These limits and a key's own, named under the key, as one set to reserve."""
@@ -127,7 +143,10 @@ NO_LIMITS = Limits()
 def _metered(limits: Limits) -> tuple[tuple[str, int], ...]:
     # Computed once per distinct Limits value: it runs on every admitted request.
     totals = tuple((m, lim) for m in METERS if (lim := limits.usage_limit(m)) is not None)
-    return totals + limits.meters
+    if not limits.overage:
+        return totals + limits.meters
+    others = tuple((m, lim) for m, _ in limits.meters if (lim := limits.usage_limit(m)) is not None)
+    return totals + others
 
 
 @dataclass(frozen=True, slots=True)

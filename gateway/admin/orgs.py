@@ -422,7 +422,8 @@ class OrgAdmin:
         org = await self._org(org_id)
         counters = await self.store.usage(org_id, period.key)
         shadow = {m: counters.get(f"shadow_refused:{m}", 0) for m in ("requests", "bytes", "items")}
-        return {**_usage_view(period, counters, org.limits), "shadow_refused": shadow}
+        view = _usage_view(period, counters, org.effective_limits)
+        return {**view, "shadow_refused": shadow}
 
 
 def _usage_view(period: Period, counters: Mapping[str, int], limits: Limits) -> dict[str, Any]:
@@ -435,10 +436,18 @@ def _usage_view(period: Period, counters: Mapping[str, int], limits: Limits) -> 
         "period_end": _iso(period.end),
         "usage": {m: counters.get(m, 0) for m in SENT_METERS},
         "limits": configured,
-        "meters": {
-            m: {"used": counters.get(m, 0), "limit": configured.get(m)} for m in lock_order(shown)
-        },
+        "meters": {m: _meter_view(m, counters.get(m, 0), limits) for m in lock_order(shown)},
     }
+
+
+def _meter_view(meter: str, used: int, limits: Limits) -> dict[str, Any]:
+    """Used and limit; with an overage cap, the cap and how much of it is used."""
+    limit = limits.base_limit(meter)
+    view: dict[str, Any] = {"used": used, "limit": limit}
+    if limit is not None and meter in dict(limits.overage):
+        view["overage"] = limits.overage_cap(meter)
+        view["overage_used"] = max(0, used - limit)
+    return view
 
 
 def key_json(key: KeyRecord) -> dict[str, Any]:

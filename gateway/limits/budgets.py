@@ -27,6 +27,10 @@ class Known:
     used: int
     until: float
     held_elsewhere: bool = False  # other holders still had unspent quota: retry, not final
+    overage: int = 0  # the overage cap past ``limit``, used up too
+
+    def refusal(self, meter: str, resets_at: datetime) -> Refusal:
+        return usage_exceeded(meter, self.limit, self.used, resets_at, self.overage)
 
 
 @dataclass(slots=True)

@@ -224,7 +224,7 @@ class UsageGate:
             if known is not None and known.until > now and need > known.left:
                 if known.held_elsewhere:
                     return quota_held_elsewhere(meter)
-                return usage_exceeded(meter, known.limit, known.used, budget.period.end)
+                return known.refusal(meter, budget.period.end)
         return None
 
     async def _refill(
@@ -264,13 +264,15 @@ class UsageGate:
                 # Usage is what is taken less what this process still holds unspent: our
                 # commits move quota from our reservation to usage, never change the sum.
                 used = max(committed, result.taken - budget.remaining.get(meter, 0))
-                budget.exhausted[meter] = Known(left, result.limit, used, until, elsewhere)
+                cap = routing.limits.overage_cap(meter) or 0  # the store's bound: limit + cap
+                limit = result.limit - cap
+                budget.exhausted[meter] = Known(left, limit, used, until, elsewhere, cap)
                 if elsewhere:
                     # The org is not at its limit: others hold its quota. Ask for it, and tell
                     # the client to retry (429) rather than drop the batch (402 is final).
                     self._ask_others(routing.org_id)
                     return quota_held_elsewhere(meter)
-                return usage_exceeded(meter, result.limit, used, budget.period.end)
+                return usage_exceeded(meter, limit, used, budget.period.end, cap)
             if budget.generation != generation:
                 return None  # forfeited meanwhile; the grant stays unused until it expires
             budget.active = self._clock()

@@ -110,3 +110,27 @@ async def test_a_stripe_subscription_moves_the_org_to_a_plan_of_the_catalog(rig:
     assert await statuses(rig, key, 4) == [200, 200, 200, 402]
     org = (await rig.admin.get(f"/admin/orgs/{org_id}")).json()
     assert (org["plan"], org["effective_limits"]) == ("scale", {"traces.items": 8})
+
+
+async def test_overage_admits_exactly_up_to_the_cap_and_the_refusal_names_both(rig: Rig) -> None:
+    await put_plan(rig, "metered", limits={"traces.items": 4}, overage={"traces.items": 2})
+    org_id, key = await tenant(rig, {})
+    await patch_org(rig, org_id, plan="metered")
+    assert await statuses(rig, key, 4) == [200, 200, 200, 402]  # 4 included + 2 overage
+    code, detail = error_of(await rig.send(key, "traces", SPANS))
+    assert (code, detail["meter"], str(detail["limit"]), str(detail["overage"])) == (
+        "usage_limit_exceeded", "traces.items", "4", "2"
+    )  # fmt: skip
+    await rig.runtime.usage.flush()
+    meters = (await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"]
+    assert meters["traces.items"] == {"used": 6, "limit": 4, "overage": 2, "overage_used": 2}
+
+
+async def test_an_uncapped_overage_admits_past_the_limit_and_counts_it(rig: Rig) -> None:
+    await put_plan(rig, "open", limits={"items": 2}, overage={"items": None})
+    org_id, key = await tenant(rig, {})
+    await patch_org(rig, org_id, plan="open")
+    assert await statuses(rig, key, 5) == [200] * 5
+    await rig.runtime.usage.flush()
+    meters = (await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"]
+    assert meters["items"] == {"used": 10, "limit": 2, "overage": None, "overage_used": 8}
