@@ -190,7 +190,6 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
             patch["upstream"] = args.upstream
         return await _with_orgs(settings, lambda c: _org(c.update_org(args.org_id, patch)))
     if args.command == "keys" and args.action == "create":
-
         limits = {m: getattr(args, m) for m in ("requests", "bytes", "items")}
         limits = {m: v for m, v in limits.items() if v is not None} | _meter_limits(args.limit)
 
@@ -207,9 +206,7 @@ async def _admin(args: argparse.Namespace, settings: Settings) -> Any:
 
         return await _with_orgs(settings, revoke)
     if args.command == "plans" and args.action == "list":
-        return await _with_orgs(
-            settings, lambda c: _plan_list(c.store.list_plans())
-        )
+        return await _with_orgs(settings, lambda c: _plan_list(c.store.list_plans()))
     if args.command == "plans":
         wanted = _plans_file(args.file)
         return await _with_orgs(settings, lambda c: c.apply_plans(wanted))

@@ -3,10 +3,10 @@
 A meter is a unit over all signals (``requests``, ``bytes``, ``items``) or over one signal
 (``traces.items`` = spans, ``logs.items`` = log records, ``metrics.items`` = data points,
 ``logpush.items`` = lines; ``logs.bytes``, ``traces.requests``, ...). A request counts on the
-totals and on its own signal's meters. A plan gives default limits, overage caps, rates and a
-credit grant; an org's own limits override its plan's: absent = the plan's value, a number =
-that value, ``None`` = unlimited. Overage admits up to N units past a limit (``None``: no cap;
-absent or 0: a hard limit).
+totals and on its own signal's meters (``Quantities.sent``). A plan gives default limits,
+overage caps, rates and a credit grant; an org's own limits override its plan's: absent = the
+plan's value, a number = that value, ``None`` = unlimited (``effective_limits``). Overage
+admits up to N units past a limit (``None``: no cap; absent or 0: a hard limit).
 """
 
 from __future__ import annotations
@@ -28,39 +28,6 @@ MAX_VALUE = 2**63 - 1
 
 class EntitlementError(ValueError):
     """A plan or a set of limits that cannot be applied: the message says which field."""
-
-
-def meters_of(signal: str) -> tuple[str, ...]:
-    """The meters one request of ``signal`` counts on: the totals, then its signal's."""
-    if signal not in SIGNALS:
-        raise EntitlementError(f"unknown signal {signal!r}")
-    return (*UNITS, *(f"{signal}.{unit}" for unit in UNITS))
-
-
-def amounts(signal: str, requests: int, bytes_: int, items: int) -> dict[str, int]:
-    """What one request of ``signal`` spends on each of its meters."""
-    values = (requests, bytes_, items)
-    spent = dict(zip(UNITS, values, strict=True))
-    spent.update({f"{signal}.{unit}": v for unit, v in zip(UNITS, values, strict=True)})
-    return spent
-
-
-@dataclass(frozen=True, slots=True)
-class Entitlement:
-    """One meter's limit and overage cap. ``overage`` 0 is a hard limit; ``None`` no cap."""
-
-    limit: int | None
-    overage: int | None = 0
-
-    @property
-    def allowance(self) -> int | None:
-        """The most that may be admitted: the limit and its overage; ``None`` is no bound."""
-        if self.limit is None or self.overage is None:
-            return None
-        return self.limit + self.overage
-
-    def overage_used(self, used: int) -> int:
-        return 0 if self.limit is None else max(0, used - self.limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,32 +52,13 @@ class Plan:
         }
 
 
-def effective_limits(
-    plan: Plan | None, overrides: Mapping[str, int | None]
-) -> dict[str, Entitlement]:
-    """Every limited meter of an org on ``plan`` with its own ``overrides``.
-
-    An override replaces the plan's limit (``None``: unlimited); an unlimited meter has no
-    entitlement, whatever its overage. Overage caps come from the plan.
-    """
-    limits: dict[str, int | None] = dict(plan.limits) if plan is not None else {}
-    limits.update(overrides)
-    overage = plan.overage if plan is not None else {}
-    return {
-        meter: Entitlement(limit, overage.get(meter, 0))
-        for meter in LIMITED_METERS
-        if (limit := limits.get(meter)) is not None
-    }
-
-
-def effective_rates(
-    plan: Plan | None, overrides: Mapping[str, int | None]
-) -> dict[str, int | None]:
-    """``rate_requests`` and ``rate_bytes``: the org's own when set, else the plan's."""
-    base: dict[str, int | None] = {"rate_requests": None, "rate_bytes": None}
-    if plan is not None:
-        base = {"rate_requests": plan.rate_requests, "rate_bytes": plan.rate_bytes}
-    return {name: overrides[name] if name in overrides else base[name] for name in RATES}
+def effective_limits(plan: Limits | None, own: Limits) -> Limits:
+    """The limits an org ends up with: its plan's (with their overage caps), each meter and
+    rate overridden by the org's own: a number replaces the plan's, an unlimited one lifts it
+    (and its overage), an absent one keeps the plan's. No plan: the org's own alone."""
+    if plan is None:
+        return replace(own, unlimited=()) if own.unlimited else own
+    return plan.patched(own.overrides())
 
 
 def parse_limits(

@@ -76,6 +76,9 @@ class Limits:
     #: Overage caps: up to N more units past a meter's limit are admitted (``None``: no cap;
     #: absent or 0: a hard limit). From the org's plan; sorted by name.
     overage: tuple[tuple[str, int | None], ...] = ()
+    #: In an org's own limits only: the meters (and rates) it makes unlimited whatever its
+    #: plan says (an override of ``null``); sorted. Effective limits never carry it.
+    unlimited: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, values: Mapping[str, int]) -> Limits:
@@ -83,6 +86,13 @@ class Limits:
         meters = tuple(sorted((m, v) for m, v in values.items() if m not in _FIELDS))
         plain: dict[str, Any] = {m: v for m, v in values.items() if m in _FIELDS}
         return cls(**plain, meters=meters)
+
+    @classmethod
+    def from_overrides(cls, values: Mapping[str, int | None]) -> Limits:
+        """An org's own limits from ``{name: value | None}``: ``None`` is unlimited."""
+        limits = cls.from_dict({m: v for m, v in values.items() if v is not None})
+        lifted = tuple(sorted(m for m, v in values.items() if v is None))
+        return replace(limits, unlimited=lifted) if lifted else limits
 
     def usage_limit(self, meter: str) -> int | None:
         """The most a meter may count: its limit and its overage cap (``None``: no bound)."""
@@ -108,6 +118,16 @@ class Limits:
         limits = Limits.from_dict({name: v for name, v in merged.items() if v is not None})
         return replace(limits, overage=self.overage) if self.overage else limits
 
+    def overridden(self, changes: Mapping[str, LimitChange]) -> Limits:
+        """An org's own limits with ``changes`` applied meter by meter: a number sets one,
+        ``None`` makes it unlimited, ``"plan"`` drops the override (the plan's value applies)."""
+        merged: dict[str, LimitChange] = {**self.overrides(), **changes}
+        return Limits.from_overrides({m: v for m, v in merged.items() if not isinstance(v, str)})
+
+    def overrides(self) -> dict[str, int | None]:
+        """An org's own limits as configured: values, and ``None`` for those it lifts."""
+        return {**self.as_dict(), **dict.fromkeys(self.unlimited)}
+
     def with_key(self, key_id: str, key_limits: Limits) -> Limits:
         """These limits and a key's own, named under the key, as one set to reserve."""
         scoped = [(key_meter(key_id, m), v) for m, v in key_limits.metered() if m != "credit"]
@@ -124,6 +144,9 @@ class Limits:
 
 
 _FIELDS = frozenset({*METERS, "rate_requests", "rate_bytes"})
+#: In a change of an org's own limits: drop the override, so that the plan's value applies.
+PLAN_VALUE: Literal["plan"] = "plan"
+LimitChange = int | None | Literal["plan"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -135,6 +158,8 @@ def _sent_meters(signal: str | None, key_id: str | None) -> tuple[str, ...]:
     if key_id is not None:
         names += [key_meter(key_id, name) for name in list(names)]
     return tuple(names)
+
+
 #: No limit at all (a default that is never mutated: Limits is frozen).
 NO_LIMITS = Limits()
 

@@ -311,5 +311,3 @@ def _wait_until_up(gateway: Gateway, timeout: float) -> None:
                     f"the gateway did not answer /healthz in {timeout} s:\n{gateway.logs()}"
                 )
             time.sleep(0.05)
-
-

@@ -92,8 +92,13 @@ class ThrowawayPostgres:
         subprocess.run(
             _as_postgres(
                 [
-                    str(PG_BIN / "pg_ctl"), "-D", str(self.folder / "data"), "-w", "-l",
-                    str(self.folder / "log"), "-o",
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(self.folder / "data"),
+                    "-w",
+                    "-l",
+                    str(self.folder / "log"),
+                    "-o",
                     f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off",
                     "start",
                 ]
@@ -138,8 +143,17 @@ class ThrowawayRedis:
         if binary is None:
             raise RuntimeError("redis-server is not installed")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -18,13 +18,15 @@ _KEY_LIMITS = {
     "additionalProperties": False,
     "properties": {meter: _NULLABLE_INT for meter in _METERS},
 }
+_RATE = {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True}
+# An org's own limit: a number, null (unlimited whatever its plan), "plan" (the plan's value).
+_PLAN_VALUE = {"type": "string", "enum": ["plan"]}
 _LIMITS = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        **_KEY_LIMITS["properties"],  # type: ignore[dict-item]
-        "rate_requests": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
-        "rate_bytes": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
+        **{meter: {"oneOf": [_NULLABLE_INT, _PLAN_VALUE]} for meter in _METERS},
+        **{rate: {"oneOf": [_RATE, _PLAN_VALUE]} for rate in ("rate_requests", "rate_bytes")},
     },
 }
 _KEY: dict[str, Any] = {
@@ -45,8 +47,8 @@ _PLAN_BODY = {
     "properties": {
         "limits": _KEY_LIMITS,
         "overage": _KEY_LIMITS,
-        "rate_requests": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
-        "rate_bytes": {"type": "integer", "minimum": 1, "maximum": _MAX, "nullable": True},
+        "rate_requests": _RATE,
+        "rate_bytes": _RATE,
         "grant_minor": {"type": "integer", "minimum": 0, "maximum": _MAX, "nullable": True},
     },
 }
@@ -66,7 +68,13 @@ _ORG = {
     "properties": {
         "id": {"type": "string"},
         "name": {"type": "string"},
-        "limits": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "plan": {"type": "string"},
+        "limits": {
+            "type": "object",
+            "additionalProperties": {"type": "integer", "nullable": True},
+            "description": "The org's own limits over its plan's; null is unlimited",
+        },
+        "effective_limits": {"type": "object", "additionalProperties": {"type": "integer"}},
         "upstream": {"type": "string", "nullable": True},
         "suspended": {"type": "boolean"},
         "suspension_reason": {"type": "string", "nullable": True},

@@ -23,8 +23,10 @@ from policies import money
 from policies.billing import AuditEntry, BillingChange, BillingState, manual_unsuspend
 from policies.entitlements import EntitlementError, Plan, parse_plan
 from policies.model import (
+    PLAN_VALUE,
     SENT_METERS,
     SIGNAL_METERS,
+    LimitChange,
     Limits,
     Period,
     Prices,
@@ -47,7 +49,7 @@ def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, A
         "id": org.id,
         "name": org.name,
         "plan": org.plan,
-        "limits": org.limits.as_dict(),
+        "limits": org.limits.overrides(),
         "effective_limits": org.effective_limits.as_dict(),
         "upstream": org.upstream,
         "suspended": org.suspended,
@@ -91,9 +93,11 @@ def billing_json(state: BillingState, balance_minor: int) -> dict[str, Any]:
     }
 
 
-def _limits(raw: object, *, key: bool = False) -> dict[str, int | None]:
-    """Limit changes, checked: ``{meter: int | null}`` (null lifts one); an org's may set its
-    rates too, a key's not (a key's rate is its org's). Applied in the store's transaction."""
+def _limits(raw: object, *, key: bool = False) -> dict[str, LimitChange]:
+    """Limit changes, checked: ``{meter: int | null}``; an org's may set its rates too, a
+    key's not (a key's rate is its org's). For an org, null is unlimited whatever its plan
+    and ``"plan"`` drops the override; for a key, null lifts its own limit. Applied in the
+    store's transaction."""
     if not isinstance(raw, Mapping):
         raise BadRequest("limits must be an object")
     allowed = (set(SENT_METERS) if key else set(LIMIT_NAMES)) | SIGNAL_METERS
@@ -101,14 +105,22 @@ def _limits(raw: object, *, key: bool = False) -> dict[str, int | None]:
     if unknown:
         what = "key limits" if key else "limits"
         raise BadRequest(f"unknown {what}: {', '.join(sorted(map(str, unknown)))}")
-    changes: dict[str, int | None] = {}
+    changes: dict[str, LimitChange] = {}
     for name, value in raw.items():
-        if value is not None and (type(value) is not int or not 0 <= value <= MAX_INT):
-            raise BadRequest(f"limits.{name} must be an integer from 0 to 2**63-1, or null")
-        if value is not None and name.startswith("rate_") and value < 1:
+        if value is None or (value == PLAN_VALUE and not key):
+            changes[name] = value
+            continue
+        if type(value) is not int or not 0 <= value <= MAX_INT:
+            also = "" if key else ', "plan"'
+            raise BadRequest(f"limits.{name} must be an integer from 0 to 2**63-1, null{also}")
+        if name.startswith("rate_") and value < 1:
             raise BadRequest(f"limits.{name} must be at least 1 (null lifts it)")
         changes[name] = value
     return changes
+
+
+def _key_limits(raw: object) -> dict[str, int | None]:
+    return {m: v for m, v in _limits(raw, key=True).items() if not isinstance(v, str)}
 
 
 def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
@@ -211,7 +223,7 @@ class OrgAdmin:
             raise BadRequest("shadow must be a boolean")
         return await self.store.create_org(
             _name(body["name"]),
-            Limits().patched(_limits(body.get("limits", {}))),
+            Limits().overridden(_limits(body.get("limits", {}))),
             _upstream(body.get("upstream"), self.allowlist),
             shadow,
         )
@@ -292,7 +304,7 @@ class OrgAdmin:
     async def create_key(self, org_id: str, raw: object = None) -> tuple[KeyRecord, str]:
         body = _body({} if raw is None else raw, {"name", "limits"})
         name = _key_name(body.get("name", ""))
-        limits = Limits().patched(_limits(body.get("limits", {}), key=True))
+        limits = Limits().patched(_key_limits(body.get("limits", {})))
         key = generate_key()
         record = await self.store.create_key(org_id, self.hasher(key), name=name, limits=limits)
         if record is None:
@@ -302,7 +314,7 @@ class OrgAdmin:
     async def update_key(self, key_id: str, raw: object) -> KeyRecord:
         body = _body(raw, {"name", "limits"})
         name = _key_name(body["name"]) if "name" in body else None
-        changes = _limits(body["limits"], key=True) if "limits" in body else None
+        changes = _key_limits(body["limits"]) if "limits" in body else None
         record = await self.store.update_key(key_id, name=name, limit_changes=changes)
         if record is None:
             raise NotFound(key_id)

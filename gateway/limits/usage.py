@@ -216,9 +216,7 @@ class UsageGate:
         with contextlib.suppress(StoreError):
             await self._refill(routing, budget, needs)
 
-    def _known_refusal(
-        self, budget: Budget, deficit: dict[str, int], now: float
-    ) -> Refusal | None:
+    def _known_refusal(self, budget: Budget, deficit: dict[str, int], now: float) -> Refusal | None:
         for meter, need in deficit.items():
             known = budget.exhausted.get(meter)
             if known is not None and known.until > now and need > known.left:

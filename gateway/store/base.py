@@ -155,6 +155,7 @@ class OrgStore(Lifecycle, Protocol):
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
     async def list_keys(self, org_id: str) -> list[KeyRecord]:
         """Every key of the org, revoked ones too, oldest first."""
+
     async def revoke_key(
         self, key_id: str, *, actor: str = "admin", reason: str | None = None
     ) -> str | None: ...

@@ -159,8 +159,8 @@ def org_audit(org: OrgRecord, changes: OrgChanges) -> list[AuditRow]:
     rows: list[AuditRow] = []
     if changes.name is not None and changes.name != org.name:
         rows.append(("name", org.name, changes.name))
-    if changes.limits is not None and changes.limits.as_dict() != org.limits.as_dict():
-        old, new = org.limits.as_dict(), changes.limits.as_dict()
+    if changes.limits is not None and changes.limits.overrides() != org.limits.overrides():
+        old, new = org.limits.overrides(), changes.limits.overrides()
         rows.append(("limits", json.dumps(old, sort_keys=True), json.dumps(new, sort_keys=True)))
     if changes.set_upstream and changes.upstream != org.upstream:
         rows.append(("upstream", org.upstream, changes.upstream))

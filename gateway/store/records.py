@@ -17,7 +17,16 @@ from typing import Literal
 
 from gateway.errors import CustomerTaken as CustomerTaken  # defined in the one error tree
 from policies.billing import MAX_MINOR, BillingChange, BillingEvent, BillingState
-from policies.model import MICROS_PER_MINOR, Limits, OrgRouting, PaymentStatus, Period, Prices
+from policies.entitlements import effective_limits
+from policies.model import (
+    MICROS_PER_MINOR,
+    LimitChange,
+    Limits,
+    OrgRouting,
+    PaymentStatus,
+    Period,
+    Prices,
+)
 from policies.reservations import ChunkPolicy
 
 #: A live gateway process is a lease on its own name, ``holder:<holder>`` (LeaseStore.live_holders).
@@ -62,9 +71,7 @@ class OrgRecord:
     @property
     def effective_limits(self) -> Limits:
         """The plan's limits with the org's own on top (without ``credit``)."""
-        if self.plan_limits is None:
-            return self.limits
-        return self.plan_limits.patched(self.limits.as_dict())
+        return effective_limits(self.plan_limits, self.limits)
 
     @classmethod
     def new(cls, name: str, limits: Limits, upstream: str | None, shadow: bool) -> OrgRecord:
@@ -131,15 +138,16 @@ class OrgChanges:
     set_upstream: bool = False
     shadow: bool | None = None
     prices: Prices | None = None
-    #: Limits changed meter by meter (``None`` lifts one), applied to the stored ones in the
-    #: same transaction, so that two admins changing different meters both stay.
-    limit_changes: Mapping[str, int | None] | None = None
+    #: Limits changed meter by meter (``Limits.overridden``: a number, ``None`` for unlimited,
+    #: ``"plan"`` for the plan's value), applied to the stored ones in the same transaction,
+    #: so that two admins changing different meters both stay.
+    limit_changes: Mapping[str, LimitChange] | None = None
 
     def resolved(self, current: Limits) -> OrgChanges:
         """These changes with ``limit_changes`` applied to ``current`` as whole ``limits``."""
         if self.limit_changes is None:
             return self
-        return replace(self, limits=current.patched(self.limit_changes), limit_changes=None)
+        return replace(self, limits=current.overridden(self.limit_changes), limit_changes=None)
 
 
 @dataclass(frozen=True, slots=True)

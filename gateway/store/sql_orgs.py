@@ -77,7 +77,7 @@ def org_from_rows(
     return OrgRecord(
         id=first[0],
         name=first[1],
-        limits=Limits.from_dict({row[8]: row[9] for row in found if row[8] is not None}),
+        limits=Limits.from_overrides({row[8]: row[9] for row in found if row[8] is not None}),
         upstream=first[2],
         suspended=bool(first[3]),
         suspension_reason=first[4],
@@ -195,8 +195,9 @@ def audit(
 
 
 def write_limits(org_id: str, limits: Limits) -> Step[None]:
+    """An org's own limits, one row each; a NULL value is an override to unlimited."""
     yield from execute("DELETE FROM org_limits WHERE org_id = ?", org_id)
-    for name, amount in limits.as_dict().items():
+    for name, amount in limits.overrides().items():
         yield from execute(
             "INSERT INTO org_limits (org_id, name, value) VALUES (?, ?, ?)", org_id, name, amount
         )

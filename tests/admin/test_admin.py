@@ -53,16 +53,22 @@ async def test_create_org_returns_id_name_and_limits(admin: Any) -> None:
     assert org["limits"] == {"requests": 10, "bytes": 5000}
 
 
-async def test_patch_is_partial_and_null_lifts_a_limit(admin: Any) -> None:
+async def test_patch_is_partial_null_lifts_a_limit_and_plan_drops_the_override(admin: Any) -> None:
     _, client = admin
     org = await create_org(client, limits={"requests": 10, "items": 3})
     r = await client.patch(f"/admin/orgs/{org['id']}", json={"limits": {"items": None, "bytes": 9}})
     assert r.status_code == 200
-    assert r.json()["limits"] == {"requests": 10, "bytes": 9}
+    assert r.json()["limits"] == {"requests": 10, "items": None, "bytes": 9}
+    assert r.json()["effective_limits"] == {"requests": 10, "bytes": 9}
     assert r.json()["name"] == "acme"
     r = await client.patch(f"/admin/orgs/{org['id']}", json={"upstream": "http://10.0.0.1:4318/"})
     assert r.json()["upstream"] == "http://10.0.0.1:4318"
+    assert r.json()["limits"] == {"requests": 10, "items": None, "bytes": 9}
+    r = await client.patch(f"/admin/orgs/{org['id']}", json={"limits": {"items": "plan"}})
     assert r.json()["limits"] == {"requests": 10, "bytes": 9}
+    for bad in ("plans", "10", 1.5, -1, True):
+        r = await client.patch(f"/admin/orgs/{org['id']}", json={"limits": {"items": bad}})
+        assert (r.status_code, r.json()["error"]) == (400, "bad_request"), bad
 
 
 async def test_keys_are_shown_once_and_revocation_takes_effect_at_once(admin: Any) -> None:

@@ -421,9 +421,7 @@ async def test_request_limit_is_exact_under_concurrency(
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 100
     assert statuses.count(402) == 200
-    assert {code_of(r) for r in responses if r.status_code == 402} == {
-        "usage_limit_exceeded"
-    }
+    assert {code_of(r) for r in responses if r.status_code == 402} == {"usage_limit_exceeded"}
     await asyncio.sleep(0.5)
     assert gateway.usage(org_id)["requests"] == 100
     assert len(upstream.received(org_id)) == 100

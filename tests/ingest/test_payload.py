@@ -571,9 +571,7 @@ def test_every_coding_stops_a_bomb_at_the_limit(encoding: bytes) -> None:
     assert len(packed) < 64 * 1024
     with pytest.raises(PayloadTooLarge):
         decompress(packed, encoding, limits)
-    exact = _PACKERS[encoding](
-        zeros[: limits.max_decompressed]
-    )
+    exact = _PACKERS[encoding](zeros[: limits.max_decompressed])
     assert len(decompress(exact, encoding, limits)) == limits.max_decompressed
 
 

@@ -114,6 +114,7 @@ async def test_a_limit_lifted_and_set_again_counts_what_was_sent_meanwhile(rig: 
     org_id, _ = await tenant(rig, {"traces.items": 10})
     key = await new_key(rig, org_id, limits={"items": 10})
     assert await statuses(rig, key["key"], 2) == [200, 200]  # 4 items of both limits
+
     async def limit_both(value: int | None) -> None:
         for path, meter in ((f"/admin/keys/{key['id']}", "items"),
                             (f"/admin/orgs/{org_id}", "traces.items")):  # fmt: skip

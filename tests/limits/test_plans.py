@@ -49,6 +49,20 @@ async def test_an_org_on_a_plan_gets_its_limits_and_its_own_override_them(rig: R
     assert await statuses(rig, key, 2, "logs") == [200, 402]  # the plan's logs limit stays
 
 
+async def test_a_null_override_is_unlimited_over_the_plan_and_plan_restores_it(rig: Rig) -> None:
+    await put_plan(rig, "pro", limits={"traces.items": 4, "logs.items": 3})
+    org_id, key = await tenant(rig, {})
+    await patch_org(rig, org_id, plan="pro")
+    org = await patch_org(rig, org_id, limits={"traces.items": None})
+    assert org["limits"] == {"traces.items": None}
+    assert org["effective_limits"] == {"logs.items": 3}
+    assert await statuses(rig, key, 5) == [200] * 5  # 10 spans past the plan's 4
+    assert await statuses(rig, key, 2, "logs") == [200, 402]  # the plan's logs limit stays
+    org = await patch_org(rig, org_id, limits={"traces.items": "plan"})
+    assert (org["limits"], org["effective_limits"]["traces.items"]) == ({}, 4)
+    assert await statuses(rig, key, 1) == [402]  # 10 spans counted, over the plan's 4 again
+
+
 async def test_a_plan_change_applies_at_once_to_every_org_on_it(rig: Rig) -> None:
     await put_plan(rig, "team", limits={"items": 100})
     tenants = [await tenant(rig, {}) for _ in range(2)]

@@ -63,7 +63,8 @@ async def test_signal_limits_are_set_lifted_and_refused_when_unknown(rig: Rig) -
     lifted = {"limits": {"metrics.items": None, "logs.bytes": 10}}
     patched = await rig.admin.patch(f"/admin/orgs/{org_id}", json=lifted)
     assert patched.status_code == 200, patched.text
-    assert patched.json()["limits"] == {"logs.bytes": 10}
+    assert patched.json()["limits"] == {"metrics.items": None, "logs.bytes": 10}
+    assert patched.json()["effective_limits"] == {"logs.bytes": 10}
     bad = await rig.admin.patch(f"/admin/orgs/{org_id}", json={"limits": {"spans.items": 1}})
     assert (bad.status_code, bad.json()["error"]) == (400, "bad_request")
 

@@ -25,9 +25,12 @@ async def send_all(urls: list[str], keys: list[str]) -> Counter[str]:
     async def one(session: aiohttp.ClientSession, key: str, n: int) -> None:
         headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
         for _attempt in range(20):
-            async with gate, session.post(
-                f"{urls[n % len(urls)]}/v1/traces", data=SPANS, headers=headers
-            ) as response:
+            async with (
+                gate,
+                session.post(
+                    f"{urls[n % len(urls)]}/v1/traces", data=SPANS, headers=headers
+                ) as response,
+            ):
                 status = response.status
                 await response.read()
             if status != 429:
@@ -38,9 +41,7 @@ async def send_all(urls: list[str], keys: list[str]) -> Counter[str]:
             admitted[key] += 1
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(
-            *(one(session, key, n) for n in range(PER_KEY) for key in keys)
-        )
+        await asyncio.gather(*(one(session, key, n) for n in range(PER_KEY) for key in keys))
     return admitted
 
 

@@ -32,6 +32,4 @@ def test_a_plan_change_applies_on_every_replica_at_once(cluster: Cluster) -> Non
             time.sleep(0.05)
         seen_after = time.monotonic() - started
     assert seen_after < INVALIDATED
-    assert a.admin("GET", f"/admin/orgs/{org_id}").json()["effective_limits"] == {
-        "traces.items": 2
-    }
+    assert a.admin("GET", f"/admin/orgs/{org_id}").json()["effective_limits"] == {"traces.items": 2}

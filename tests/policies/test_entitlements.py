@@ -6,75 +6,77 @@ from hypothesis import strategies as st
 
 from policies.entitlements import (
     LIMITED_METERS,
-    Entitlement,
+    RATES,
     EntitlementError,
     Plan,
-    amounts,
     effective_limits,
-    effective_rates,
-    meters_of,
     parse_limits,
     parse_plan,
+    plan_limits,
 )
+from policies.model import Limits, Quantities
 
-PRO = Plan(
-    "pro",
-    limits={"items": 1_000, "traces.items": 600, "logs.bytes": 10_000},
-    overage={"items": 100, "logs.bytes": None},
-    rate_requests=50,
-    grant_minor=2_000,
+PRO = plan_limits(
+    Plan(
+        "pro",
+        limits={"items": 1_000, "traces.items": 600, "logs.bytes": 10_000},
+        overage={"items": 100, "logs.bytes": None},
+        rate_requests=50,
+        grant_minor=2_000,
+    )
 )
 
 
 def test_a_request_counts_on_the_totals_and_on_its_signal() -> None:
-    assert meters_of("traces") == (
-        "requests", "bytes", "items", "traces.requests", "traces.bytes", "traces.items"
-    )
-    assert amounts("logs", 1, 300, 7) == {
+    assert Quantities(1, 300, 7, signal="logs").sent(None) == {
         "requests": 1, "bytes": 300, "items": 7,
         "logs.requests": 1, "logs.bytes": 300, "logs.items": 7,
     }  # fmt: skip
-    with pytest.raises(EntitlementError):
-        meters_of("profiles")
 
 
 def test_the_plan_gives_the_limits_an_org_does_not_override() -> None:
-    assert effective_limits(PRO, {}) == {
-        "items": Entitlement(1_000, 100),
-        "traces.items": Entitlement(600, 0),
-        "logs.bytes": Entitlement(10_000, None),
-    }
+    limits = effective_limits(PRO, Limits())
+    assert limits.as_dict() == {
+        "items": 1_000, "traces.items": 600, "logs.bytes": 10_000, "rate_requests": 50
+    }  # fmt: skip
+    assert limits.usage_limit("items") == 1_100  # the overage cap on top
+    assert limits.usage_limit("traces.items") == 600  # no overage: a hard limit
+    assert limits.usage_limit("logs.bytes") is None  # an uncapped overage: no bound
+    assert limits.overage_cap("logs.bytes") is None
 
 
 def test_an_override_is_a_number_or_null_for_unlimited() -> None:
-    limits = effective_limits(PRO, {"traces.items": 900, "logs.bytes": None, "requests": 5})
-    assert limits == {
-        "requests": Entitlement(5, 0),
-        "items": Entitlement(1_000, 100),
-        "traces.items": Entitlement(900, 0),
-    }
+    own = Limits.from_overrides(
+        {"traces.items": 900, "logs.bytes": None, "requests": 5, "rate_requests": None}
+    )
+    limits = effective_limits(PRO, own)
+    assert limits.as_dict() == {"requests": 5, "items": 1_000, "traces.items": 900}
+    assert limits.usage_limit("logs.bytes") is None and limits.unlimited == ()
+    assert dict(limits.metered())["items"] == 1_100  # the plan's overage stays on its meter
 
 
-def test_no_plan_is_the_overrides_alone_and_an_unknown_plan_is_the_caller_s_to_refuse() -> None:
-    assert effective_limits(None, {"bytes": 10}) == {"bytes": Entitlement(10, 0)}
-    assert effective_limits(None, {}) == {}
+def test_an_override_of_a_limit_the_plan_lacks_is_the_org_s_own() -> None:
+    limits = effective_limits(PRO, Limits.from_overrides({"metrics.items": 7}))
+    assert limits.as_dict()["metrics.items"] == 7
 
 
-def test_overage_admits_up_to_its_cap_and_a_null_cap_has_no_bound() -> None:
-    assert Entitlement(1_000, 100).allowance == 1_100
-    assert Entitlement(1_000, 0).allowance == 1_000
-    assert Entitlement(1_000, None).allowance is None
-    assert Entitlement(1_000, 100).overage_used(1_050) == 50
-    assert Entitlement(1_000, 100).overage_used(900) == 0
+def test_no_plan_or_an_unknown_plan_is_the_org_s_own_limits_alone() -> None:
+    # An org whose plan is not in the catalog has no plan limits (the store passes None):
+    # its own limits apply, and its unlimited overrides mean what no limit means.
+    own = Limits.from_overrides({"bytes": 10, "items": None})
+    limits = effective_limits(None, own)
+    assert limits.as_dict() == {"bytes": 10} and limits.unlimited == ()
+    assert effective_limits(None, Limits()) == Limits()
 
 
-def test_rates_come_from_the_org_else_the_plan() -> None:
-    assert effective_rates(PRO, {}) == {"rate_requests": 50, "rate_bytes": None}
-    assert effective_rates(PRO, {"rate_requests": None}) == {
-        "rate_requests": None,
-        "rate_bytes": None,
-    }
-    assert effective_rates(None, {"rate_bytes": 9}) == {"rate_requests": None, "rate_bytes": 9}
+def test_changes_to_an_org_s_own_limits_set_lift_or_return_to_the_plan() -> None:
+    own = Limits.from_overrides({"items": 5, "bytes": None})
+    assert own.overrides() == {"items": 5, "bytes": None}
+    changed = own.overridden({"items": "plan", "traces.items": None, "requests": 3})
+    assert changed.overrides() == {"requests": 3, "bytes": None, "traces.items": None}
+    assert effective_limits(PRO, changed).as_dict() == {
+        "requests": 3, "items": 1_000, "logs.bytes": 10_000, "rate_requests": 50
+    }  # fmt: skip
 
 
 def test_a_plan_body_is_parsed_and_bad_fields_name_themselves() -> None:
@@ -107,16 +109,15 @@ def test_rates_are_limits_only_where_asked() -> None:
 
 
 @given(
-    plan=st.dictionaries(st.sampled_from(LIMITED_METERS), st.integers(0, 10**9)),
+    plan=st.dictionaries(st.sampled_from((*LIMITED_METERS, *RATES)), st.integers(1, 10**9)),
     overrides=st.dictionaries(
-        st.sampled_from(LIMITED_METERS), st.none() | st.integers(0, 10**9)
+        st.sampled_from((*LIMITED_METERS, *RATES)), st.none() | st.integers(1, 10**9)
     ),
 )
 def test_an_override_always_wins_and_absent_means_the_plan(
     plan: dict[str, int], overrides: dict[str, int | None]
 ) -> None:
-    limits = effective_limits(Plan("p", plan), overrides)
-    for meter in LIMITED_METERS:
+    limits = effective_limits(Limits.from_dict(plan), Limits.from_overrides(overrides))
+    for meter in (*LIMITED_METERS, *RATES):
         expected = overrides[meter] if meter in overrides else plan.get(meter)
-        got = limits.get(meter)
-        assert (got.limit if got is not None else None) == expected
+        assert limits.as_dict().get(meter) == expected

@@ -598,10 +598,16 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version) VALUES (1)")
         conn.execute("INSERT INTO applied_batches (batch_id, applied_at) VALUES ('old', 1.0)")
+        conn.execute(
+            "INSERT INTO orgs (id, name, created_at) VALUES ('org_v1', 'v1', ?)", (PERIOD,)
+        )
+        conn.execute("INSERT INTO org_limits VALUES ('org_v1', 'items', 5), ('org_v1', 'bytes', 9)")
 
     upgraded = SQLiteStore(str(path))
     await upgraded.open()
     try:
+        kept = await upgraded.get_org("org_v1")  # every table rebuilt since keeps its rows
+        assert kept is not None and kept.limits == Limits(items=5, bytes=9)
         assert await upgraded.claim_period("org_a", PERIOD) is True
         old = UsageBatch("old", "a", "org_a", PERIOD, {"requests": 1})
         assert await upgraded.commit(old) is False

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.errors import Conflict
 from gateway.store import Store
+from gateway.store.records import OrgChanges
 from policies.billing import BillingChange, BillingState
 from policies.entitlements import Plan, parse_plan
 from policies.model import Limits
@@ -69,3 +70,18 @@ async def test_an_org_on_a_plan_routes_with_the_plan_s_limits_under_its_own(stor
     assert routing is not None and routing.limits == Limits.from_dict(
         {"items": 50, "traces.items": 5}
     )
+
+
+async def test_an_unlimited_override_reads_back_and_lifts_the_plan_s_limit(store: Store) -> None:
+    await store.put_plan(Plan("pro", limits={"items": 1_000, "traces.items": 600}))
+    own = Limits.from_overrides({"traces.items": None, "bytes": 7})
+    org = await store.create_org("acme", own, None)
+    await store.update_billing(org.id, on_plan("pro"), actor="test", now=T0)
+    record = await store.get_org(org.id)
+    assert record is not None and record.limits.overrides() == {"bytes": 7, "traces.items": None}
+    await store.create_key(org.id, b"hash-lifted")
+    routing = await store.routing_for_key(b"hash-lifted")
+    assert routing is not None and routing.limits == Limits.from_dict({"items": 1_000, "bytes": 7})
+    back = await store.update_org(org.id, OrgChanges(limit_changes={"traces.items": "plan"}))
+    assert back is not None and back.limits.overrides() == {"bytes": 7}
+    assert back.effective_limits.as_dict() == {"items": 1_000, "bytes": 7, "traces.items": 600}
