@@ -61,6 +61,13 @@ from loadtest.servers import (
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 BIG_LIMITS = {"requests": 10**12, "bytes": 10**15, "items": 10**13}
+# The entitlements target: its orgs are on this plan (limits on signal meters, an overage cap)
+# and each key has limits of its own, so a request is reserved on 12 meters, not 3.
+BENCH_PLAN = {
+    "limits": {"traces.items": 10**13, "traces.bytes": 10**15, "logs.bytes": 10**15},
+    "overage": {"traces.items": 10**6},
+}
+BIG_KEY_LIMITS = {"requests": 10**12, "items": 10**13, "traces.items": 10**13}
 # Every EXACT_SHARE-th request of a gates-on run carries the small org's key.
 MAIN_WEIGHT, EXACT_WEIGHT = 9, 1
 EXACT_MAX_LIMIT = 500
@@ -86,16 +93,41 @@ TARGETS = (
     Target("asgi-aiohttp", "raw ASGI + aiohttp proxy", "ASGI\n+ aiohttp"),
     Target("gates-off", "gateway, gates off", "gateway\ngates off"),
     Target("gates-on", "gateway, gates on, SQLite", "gateway\nSQLite"),
+    Target(
+        "gates-on-plan",
+        "gateway, gates on, SQLite, plan + signal meters + key limits",
+        "gateway\nplan + keys",
+    ),
+    Target(
+        "gates-on-before",
+        "gateway before entitlements (--baseline-src), gates on, SQLite",
+        "gateway\nbefore",
+    ),
     Target("gates-on-pg-redis", "gateway, gates on, PostgreSQL + Redis", "gateway\nPG + Redis"),
     Target("workers2", "gateway, gates on, SQLite, 2 workers", "gateway\n2 workers"),
 )
-GATES_ON = ("gates-on", "gates-on-pg-redis", "workers2")
+GATES_ON = ("gates-on", "gates-on-plan", "gates-on-before", "gates-on-pg-redis", "workers2")
 # (name, numerator, denominator, minimum or None, what it says)
 RATIOS = (
     ("gates_on_over_raw_aiohttp", "gates-on", "asgi-aiohttp", 0.8, "gates on / raw ASGI+aiohttp"),
     ("gates_on_over_gates_off", "gates-on", "gates-off", 0.9, "gates on / gates off"),
     ("gates_on_over_starlette_httpx", "gates-on", "starlette-httpx", 8.0, "gates on / httpx"),
     ("workers2_over_workers1", "workers2", "gates-on", None, "2 workers / 1 worker"),
+    (
+        "plan_over_raw_aiohttp",
+        "gates-on-plan",
+        "asgi-aiohttp",
+        None,
+        "plan+keys / raw ASGI+aiohttp",
+    ),
+    (
+        "before_over_raw_aiohttp",
+        "gates-on-before",
+        "asgi-aiohttp",
+        None,
+        "before / raw ASGI+aiohttp",
+    ),
+    ("plan_over_before", "gates-on-plan", "gates-on-before", 0.9, "plan+keys / before"),
 )
 P99_ADDED_MAX_MS = 3.0
 RSS_MAX_MB = 200.0
@@ -113,6 +145,9 @@ class Options:
     cold_keys: int
     loadgen: str  # auto, wrk or python
     argv: list[str]
+    #: A source tree of the gateway before entitlements (a checkout of f6ebeed, say), run as
+    #: the gates-on-before target; None skips it.
+    baseline_src: Path | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,8 +189,9 @@ class Gateway:
         self.orgs.append(org_id)
         return org_id
 
-    def create_key(self, org_id: str) -> str:
-        key: str = self.admin("POST", f"/admin/orgs/{org_id}/keys")["key"]
+    def create_key(self, org_id: str, limits: dict[str, int] | None = None) -> str:
+        body = None if limits is None else {"name": "bench", "limits": limits}
+        key: str = self.admin("POST", f"/admin/orgs/{org_id}/keys", body)["key"]
         return key
 
     def requests_used(self, org_id: str) -> int:
@@ -181,11 +217,14 @@ def start_gateway(
     gates: bool = True,
     workers: int = 1,
     redis_url: str | None = None,
+    source: Path | None = None,
 ) -> Gateway:
     env = {k: v for k, v in children.env.items() if not k.startswith("GATEWAY_")}
     env.update(
         GATEWAY_ADMIN_TOKEN=token, GATEWAY_KEY_SECRET=key_secret, GATEWAY_LOG_LEVEL="warning"
     )
+    if source is not None:  # another version of the gateway, imported ahead of this one
+        env["PYTHONPATH"] = str(source)
     admin_ports: dict[int, int] = {}
 
     def spawn(port: int) -> Child:
@@ -378,6 +417,8 @@ class Bench:
             return "not installed"
         if target.id in ("gates-on-pg-redis", "workers2") and self.opts.quick:
             return "skipped (--quick)"
+        if target.id == "gates-on-before" and self.opts.baseline_src is None:
+            return "skipped (no --baseline-src)"
         if target.id == "gates-on-pg-redis" and unreachable:
             return f"not reachable ({unreachable})"
         return None
@@ -413,6 +454,7 @@ class Bench:
                 gates=target.id != "gates-off",
                 workers=2 if target.id == "workers2" else 1,
                 redis_url=redis_url,
+                source=self.opts.baseline_src if target.id == "gates-on-before" else None,
             )
             child = gateway.child
         try:
@@ -430,14 +472,24 @@ class Bench:
         exact_org = None
         limit = 0
         if gateway is not None and target.id in GATES_ON:
-            main_org = gateway.create_org(f"bench-main-{size}", BIG_LIMITS)
             limit = self.exact_limit(size)
-            exact_org = gateway.create_org(f"bench-exact-{size}", {"requests": limit})
+            main_org = gateway.create_org(f"bench-main-{size}", BIG_LIMITS)
+            if target.id == "gates-on-plan":
+                # The small limit is the key's; its org and the main one are on the plan.
+                exact_org = gateway.create_org(f"bench-exact-{size}", BIG_LIMITS)
+                gateway.admin("PUT", "/admin/plans/bench", BENCH_PLAN)
+                for org in (main_org, exact_org):
+                    gateway.admin("PATCH", f"/admin/orgs/{org}", {"plan": "bench"})
+                main_key = gateway.create_key(main_org, BIG_KEY_LIMITS)
+                exact_key = gateway.create_key(exact_org, {"requests": limit, "items": 10**13})
+            else:
+                exact_org = gateway.create_org(f"bench-exact-{size}", {"requests": limit})
+                main_key, exact_key = gateway.create_key(main_org), gateway.create_key(exact_org)
             keys = [
-                KeyShare("main", gateway.create_key(main_org), weight=MAIN_WEIGHT),
+                KeyShare("main", main_key, weight=MAIN_WEIGHT),
                 KeyShare(
                     "exact",
-                    gateway.create_key(exact_org),
+                    exact_key,
                     weight=EXACT_WEIGHT,
                     measured_only=True,
                     expect=(200, 402),
@@ -958,6 +1010,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--memory-keys", type=int, help="keys cached for the RSS reading")
     parser.add_argument("--cold-keys", type=int, help="distinct keys fired cold at once")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="a source tree of an earlier gateway, measured as 'gateway before' in the same run",
+    )
     return parser
 
 
@@ -990,7 +1047,16 @@ def options(argv: list[str]) -> Options:
         cold_keys=cold_keys,
         loadgen=args.loadgen,
         argv=argv,
+        baseline_src=_source_tree(parser, args.baseline_src),
     )
+
+
+def _source_tree(parser: argparse.ArgumentParser, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if not (path / "gateway" / "cli.py").is_file():
+        parser.error(f"--baseline-src {path}: no gateway/cli.py there")
+    return path.resolve()
 
 
 def main(argv: list[str] | None = None) -> int:
