@@ -149,7 +149,9 @@ PLAN_VALUE: Literal["plan"] = "plan"
 LimitChange = int | None | Literal["plan"]
 
 
-@functools.lru_cache(maxsize=65536)
+# A few thousand hot keys: each entry is about 700 bytes, and 100,000 keys cached at 65,536
+# entries held 71 MB (the benchmark's RSS reading); a miss costs a few microseconds.
+@functools.lru_cache(maxsize=4096)
 def _sent_meters(signal: str | None, key_id: str | None) -> tuple[str, ...]:
     """The meters a request counts on, in groups of (requests, bytes, items); built once."""
     names = list(SENT_METERS)

@@ -55,6 +55,16 @@ class Budget:
         """What this process spent that the store may not have yet."""
         return self.used.get(meter, 0) + self.committing.get(meter, 0)
 
+    def committed(self, used: dict[str, int]) -> None:
+        """A flushed batch is in the store: its usage no longer waits here. A meter with
+        nothing waiting is forgotten (every key of an org has meters of its own here)."""
+        for meter, n in used.items():
+            left = self.committing.get(meter, 0) - n
+            if left:
+                self.committing[meter] = left
+            else:
+                self.committing.pop(meter, None)
+
     def limits_changed(self, limited: tuple[tuple[str, int], ...], key_id: str | None) -> bool:
         """Whether the org's or this key's limits differ from those reserved under.
 

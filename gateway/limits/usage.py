@@ -294,8 +294,7 @@ class UsageGate:
     def _committed(self, batch: UsageBatch) -> None:
         budget = self._committing.pop(batch.batch_id, None)
         if budget is not None:
-            for meter, n in batch.used.items():
-                budget.committing[meter] = budget.committing.get(meter, 0) - n
+            budget.committed(batch.used)
 
     def give_back(self, org_id: str, idle_for: float = 0.1) -> bool:
         """Return the org's unspent reservations at the next flush (another holder needs them),

@@ -364,3 +364,22 @@ async def test_requests_of_several_keys_share_the_org_s_reservation() -> None:
     await usage.settled()
     assert flaky.calls.get("commit", 0) == 0  # nothing was given back
     assert flaky.calls["reserve"] <= 12  # a few chunks for 300 requests, not one each
+
+
+async def test_a_flushed_key_leaves_nothing_behind_in_its_org_s_budget(store: Store) -> None:
+    # Each key of an org has meters of its own in the org's budget; once flushed, a key that
+    # sends no more must hold no memory there (100,000 keys held 90 MB before this).
+    routing = await org_with(store, requests=1_000_000)
+    usage = gate(store)
+    for n in range(200):
+        keyed = replace(routing, key_id=f"key_{n}")
+        assert isinstance(
+            await usage.admit(keyed, Quantities(1, 10, 1, signal="traces")), Admission
+        )
+    await usage.flush()
+    (budget,) = usage._budgets.values()
+    assert budget.committing == {} and budget.used == {}
+    period = usage.current_period(time.time())
+    counters = await store.usage(routing.org_id, period.key)
+    assert counters["key/key_7/items"] == 1 and counters["requests"] == 200
+    await usage.close()
