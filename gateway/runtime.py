@@ -37,6 +37,7 @@ from policies.entitlements import Plan
 from policies.model import Period
 from policies.reservations import ChunkPolicy
 
+HISTORY_PRUNE_SECONDS = 3600.0
 log = logging.getLogger("gateway")
 # Invalidation messages are org ids; this prefix asks holders to return an org's quota.
 GIVE_BACK = "giveback:"
@@ -171,6 +172,7 @@ class Runtime:
                 self.invalidate_org,
             )
         )
+        self._background(self._prune_history_forever())
         self.exporter = UsageExporter(self.store, self.settings, holder=self.usage.holder)
         if self.exporter.enabled:
             self._background(self.exporter.run_forever())
@@ -191,6 +193,15 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _prune_history_forever(self) -> None:
+        """Forget usage history older than GATEWAY_HISTORY_DAYS, hourly (any replica may)."""
+        while True:
+            try:
+                await self.store.prune_history(self.clock() - self.settings.history_days * 86400)
+            except StoreError as exc:
+                log.warning("usage history not pruned: %s", exc)
+            await asyncio.sleep(HISTORY_PRUNE_SECONDS)
 
     async def _flush_forever(self) -> None:
         while True:

@@ -63,6 +63,12 @@ class Settings:
     autumn_api_url: str = "https://api.useautumn.com"
     autumn_features: str = ""
     export_interval: float = 60.0
+    # usage history: hourly buckets kept this many days
+    history_days: int = 90
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.history_days <= 3660:
+            raise ConfigError("GATEWAY_HISTORY_DAYS must be a whole number of days, 1 to 3660")
 
     def plan_names(self) -> frozenset[str]:
         return frozenset({p.strip() for p in self.plans.split(",") if p.strip()} | {self.free_plan})

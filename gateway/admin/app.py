@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin.history import history, with_forecasts
 from gateway.admin.openapi import SPEC
 from gateway.admin.orgs import OrgAdmin, key_json
 from gateway.admin.origins import UpstreamAllowlist
@@ -254,8 +255,12 @@ def build_admin_app(runtime: Runtime) -> Any:
     async def key_usage(request: Request) -> Response:
         await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
         key = await orgs.key(_path(request, "key_id"))
-        period = await orgs.period(key.org_id, datetime.now(UTC))
-        return JSONResponse(await orgs.key_usage(key.id, period))
+        now = datetime.fromtimestamp(runtime.clock(), UTC)
+        period = await orgs.period(key.org_id, now)
+        view = await orgs.key_usage(key.id, period)
+        return JSONResponse(
+            await with_forecasts(runtime.store, key.org_id, view, period, now, key.id)
+        )
 
     async def revoke_key(request: Request) -> Response:
         await orgs.revoke_key(_path(request, "key_id"))
@@ -264,8 +269,23 @@ def build_admin_app(runtime: Runtime) -> Any:
     async def usage(request: Request) -> Response:
         await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
         org_id = _path(request, "org_id")
-        period = await orgs.period(org_id, datetime.now(UTC))
-        return JSONResponse(await orgs.usage(org_id, period))
+        now = datetime.fromtimestamp(runtime.clock(), UTC)
+        period = await orgs.period(org_id, now)
+        view = await orgs.usage(org_id, period)
+        return JSONResponse(await with_forecasts(runtime.store, org_id, view, period, now))
+
+    async def usage_history(request: Request) -> Response:
+        await runtime.usage.flush()  # this replica's spends so far; a failed flush stays spooled
+        org = await orgs.get_org(_path(request, "org_id"))
+        now = datetime.fromtimestamp(runtime.clock(), UTC)
+        return JSONResponse(await history(runtime.store, org.id, request.query_params, now))
+
+    async def key_usage_history(request: Request) -> Response:
+        await runtime.usage.flush()
+        key = await orgs.key(_path(request, "key_id"))
+        now = datetime.fromtimestamp(runtime.clock(), UTC)
+        found = await history(runtime.store, key.org_id, request.query_params, now, key.id)
+        return JSONResponse({"key_id": key.id, **found})
 
     async def billing(request: Request) -> Response:
         await runtime.usage.flush()  # the balance counts this replica's spending so far
@@ -326,7 +346,9 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),
             Route("/admin/keys/{key_id}", update_key, methods=["PATCH"]),
             Route("/admin/keys/{key_id}/usage", key_usage, methods=["GET"]),
+            Route("/admin/keys/{key_id}/usage/history", key_usage_history, methods=["GET"]),
             Route("/admin/orgs/{org_id}/usage", usage, methods=["GET"]),
+            Route("/admin/orgs/{org_id}/usage/history", usage_history, methods=["GET"]),
             Route("/admin/orgs/{org_id}/suspension", suspension, methods=["PUT"]),
             Route("/admin/orgs/{org_id}/billing", billing, methods=["GET"]),
             Route("/admin/webhooks/events", webhook_events, methods=["GET"]),

@@ -87,6 +87,26 @@ _ORG = {
         "billing_customers": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
+_HISTORY_QUERY = [
+    {"name": "meter", "in": "query", "required": True, "schema": {"type": "string"}},
+    {"name": "step", "in": "query", "schema": {"type": "string", "enum": ["hour", "day"]}},
+    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+]
+_HISTORY = {
+    "type": "object",
+    "required": ["meter", "step", "points"],
+    "properties": {
+        "meter": {"type": "string"},
+        "step": {"type": "string"},
+        "key_id": {"type": "string"},
+        "points": {
+            "type": "array",
+            "items": {"type": "array", "minItems": 2, "maxItems": 2},
+            "description": "[hour or day start (ISO 8601, UTC), usage]",
+        },
+    },
+}
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -245,6 +265,17 @@ SPEC: dict[str, Any] = {
                     404,
                 )
             },
+        },
+        "/admin/orgs/{org_id}/usage/history": {
+            "parameters": [*_ORG_ID, *_HISTORY_QUERY],
+            "get": {"responses": _answers(200, _HISTORY, 400, 404)},
+        },
+        "/admin/keys/{key_id}/usage/history": {
+            "parameters": [
+                {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                *_HISTORY_QUERY,
+            ],
+            "get": {"responses": _answers(200, _HISTORY, 400, 404)},
         },
         "/admin/orgs/{org_id}/suspension": {
             "parameters": _ORG_ID,

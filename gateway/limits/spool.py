@@ -43,6 +43,7 @@ def _batch_record(batch: UsageBatch) -> dict[str, object]:
         "period": batch.period_start,
         "used": batch.used,
         "reserved": batch.reserved,
+        "at": batch.at,
     }
 
 
@@ -76,13 +77,16 @@ def read_orphan(path: Path) -> Orphan:
                     period_start=str(record["period"]),
                     used=_ints(record["used"]),
                     reserved=_ints(record["reserved"]),
+                    at=float(record.get("at") or 0.0),
                 )
             elif op == "done":
                 batches.pop(record["id"], None)
+    # The spends after the last cut were written by the time the file last changed.
+    last_write = path.stat().st_mtime
     for (org, period), used in tail.items():
         if any(used.values()):
             batch_id = f"tail-{holder}-{org}-{period}"
-            batches[batch_id] = UsageBatch(batch_id, holder, org, period, used=used)
+            batches[batch_id] = UsageBatch(batch_id, holder, org, period, used=used, at=last_write)
     return Orphan(holder, list(batches.values()))
 
 

@@ -423,6 +423,7 @@ class UsageGate:
                     period_start=period_key,
                     used={m: v for m, v in budget.used.items() if v},
                     reserved={m: v for m, v in budget.reserved.items() if v},
+                    at=now,
                 )
                 batches.append(batch)
                 for meter, n in batch.used.items():

@@ -59,6 +59,7 @@ __all__ = [
     "DurableQuotaStore",
     "Exhausted",
     "Granted",
+    "HistoryStore",
     "KeyRecord",
     "LeaseStore",
     "Lifecycle",
@@ -242,6 +243,18 @@ class LeaseStore(Lifecycle, Protocol):
         """Keep the largest value recorded for (org, provider, period, meter)."""
 
 
+class HistoryStore(Lifecycle, Protocol):
+    """Usage per (org, meter) per hour, written with the usage batches (never twice)."""
+
+    async def usage_history(
+        self, org_id: str, meter: str, start: float, end: float
+    ) -> list[tuple[int, int]]:
+        """(hour start, usage) of every hour with usage in [start, end), epoch seconds."""
+
+    async def prune_history(self, before: float) -> None:
+        """Forget the hours before ``before``."""
+
+
 class PlanStore(Lifecycle, Protocol):
     """The plan catalog: named limits, overage caps, rates and grants orgs are on."""
 
@@ -256,5 +269,7 @@ class PlanStore(Lifecycle, Protocol):
         """False for an unknown plan; ``Conflict`` while an org is on it."""
 
 
-class Store(DurableQuotaStore, OrgStore, BillingStore, LeaseStore, PlanStore, Protocol):
+class Store(
+    DurableQuotaStore, OrgStore, BillingStore, LeaseStore, PlanStore, HistoryStore, Protocol
+):
     """A backend that is every capability at once: the durable store of a gateway."""

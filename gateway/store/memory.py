@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gateway.errors import Conflict
+from gateway.store import sql_history
 from gateway.store.memory_billing import MemoryBilling
 from gateway.store.normal import (
     org_audit,
@@ -63,6 +64,7 @@ class MemoryStore(MemoryBilling):
         self.customers: dict[tuple[str, str], str] = {}
         self.leases: dict[str, tuple[str, float]] = {}
         self.exports: dict[tuple[str, str, str, str], int] = {}
+        self.history: dict[tuple[str, str, int], int] = {}  # (org, meter, hour) -> usage
 
     async def open(self) -> None:
         return None
@@ -147,6 +149,8 @@ class MemoryStore(MemoryBilling):
         if batch.batch_id in self.applied:
             return False
         self.applied[batch.batch_id] = (batch.org_id, batch.period_start)
+        for org_id, meter, hour, delta in sql_history.history_rows(batch):
+            self.history[org_id, meter, hour] = self.history.get((org_id, meter, hour), 0) + delta
         for meter, delta in batch.used.items():
             key = (batch.org_id, batch.period_start, meter)
             self.counters[key] = self.counters.get(key, 0) + delta
@@ -155,6 +159,21 @@ class MemoryStore(MemoryBilling):
             if (current := self.reservations.get(rkey)) is not None:
                 current.amount = max(0, current.amount + delta)
         return True
+
+    async def usage_history(
+        self, org_id: str, meter: str, start: float, end: float
+    ) -> list[tuple[int, int]]:
+        first = sql_history.bucket_of(start)
+        return sorted(
+            (hour, n)
+            for (org, name, hour), n in self.history.items()
+            if org == org_id and name == meter and first <= hour < end
+        )
+
+    async def prune_history(self, before: float) -> None:
+        first = sql_history.bucket_of(before)
+        for key in [k for k in self.history if k[2] < first]:
+            del self.history[key]
 
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
         for (h, *_), reservation in list(self.reservations.items()):

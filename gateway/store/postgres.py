@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.errors import ConfigError, StoreError
+from gateway.store import sql_history
 from gateway.store.normal import utc
 from gateway.store.records import (
     BATCH_RETENTION_SECONDS,
@@ -392,6 +393,10 @@ class PostgresStore(SQLSteps):
                 return False
             if batch.used:
                 await conn.execute(_ADD_USED, *key, *_sorted_deltas(batch.used))
+                history = sql_history.history_rows(batch)
+                meters, deltas = [r[1] for r in history], [r[3] for r in history]
+                bucket = sql_history.batch_bucket(batch)
+                await conn.execute(sql_history.ADD_POSTGRES, batch.org_id, bucket, meters, deltas)
             if batch.reserved:
                 await conn.execute(
                     _ADD_RESERVED, batch.holder, *key, *_sorted_deltas(batch.reserved)

@@ -238,6 +238,9 @@ class UsageBatch:
     period_start: str
     used: dict[str, int] = field(default_factory=dict)
     reserved: dict[str, int] = field(default_factory=dict)
+    #: When its usage was taken (epoch seconds): the hour of the usage history it goes to
+    #: (0: when it is applied).
+    at: float = 0.0
 
     def is_empty(self) -> bool:
         return not any(self.used.values()) and not any(self.reserved.values())

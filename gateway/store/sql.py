@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from gateway.errors import StoreError
-from gateway.store import sql_billing, sql_orgs, sql_plans
+from gateway.store import sql_billing, sql_history, sql_orgs, sql_plans
 from gateway.store.records import (
     PRUNE_INTERVAL_SECONDS,
     Decide,
@@ -131,6 +131,16 @@ class SQLSteps:
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         return await self._write_step("claim period", claim_period(org_id, period_start))
+
+    # usage history
+
+    async def usage_history(
+        self, org_id: str, meter: str, start: float, end: float
+    ) -> list[tuple[int, int]]:
+        return await self._read_step("history", sql_history.read(org_id, meter, start, end))
+
+    async def prune_history(self, before: float) -> None:
+        await self._write_step("prune history", sql_history.prune(before))
 
     # orgs and keys
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
+from gateway.store import sql_history
 from gateway.store.normal import iso
 from gateway.store.records import (
     BATCH_RETENTION_SECONDS,
@@ -366,6 +367,7 @@ class SQLiteStore(SQLSteps):
                     for meter, delta in batch.used.items()
                 ],
             )
+            conn.executemany(sql_history.ADD_SQLITE, sql_history.history_rows(batch))
             conn.executemany(
                 _ADD_RESERVED,
                 [

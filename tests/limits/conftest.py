@@ -65,6 +65,12 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
         await backend.cleanup()
 
 
+def measured(meters: object) -> dict[str, dict[str, object]]:
+    """The usage API's meters without their forecasts (``test_usage_history`` checks those)."""
+    assert isinstance(meters, dict)
+    return {m: {k: v for k, v in entry.items() if k != "forecast"} for m, entry in meters.items()}
+
+
 async def tenant(rig: Rig, limits: dict[str, int | None]) -> tuple[str, str]:
     """An org with ``limits`` and one key: (org id, plaintext key)."""
     created = await rig.admin.post("/admin/orgs", json={"name": "acme", "limits": limits})

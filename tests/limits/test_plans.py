@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from tests.limits.conftest import LOGS, SPANS, Rig, tenant
+from tests.limits.conftest import LOGS, SPANS, Rig, measured, tenant
 from tests.refusals import error_of
 from tests.security.signing import stripe_headers
 
@@ -136,7 +136,7 @@ async def test_overage_admits_exactly_up_to_the_cap_and_the_refusal_names_both(r
         "usage_limit_exceeded", "traces.items", "4", "2"
     )  # fmt: skip
     await rig.runtime.usage.flush()
-    meters = (await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"]
+    meters = measured((await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"])
     assert meters["traces.items"] == {"used": 6, "limit": 4, "overage": 2, "overage_used": 2}
 
 
@@ -146,5 +146,5 @@ async def test_an_uncapped_overage_admits_past_the_limit_and_counts_it(rig: Rig)
     await patch_org(rig, org_id, plan="open")
     assert await statuses(rig, key, 5) == [200] * 5
     await rig.runtime.usage.flush()
-    meters = (await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"]
+    meters = measured((await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"])
     assert meters["items"] == {"used": 10, "limit": 2, "overage": None, "overage_used": 8}

@@ -9,7 +9,7 @@ import json
 from gateway.ingest.upstream import UpstreamResponse
 from policies.model import Limits, Quantities
 from tests.fakes import MemoryUpstream
-from tests.limits.conftest import LOGS, SPANS, Rig, tenant
+from tests.limits.conftest import LOGS, SPANS, Rig, measured, tenant
 from tests.refusals import error_of
 
 
@@ -21,8 +21,7 @@ async def test_a_logs_limit_refuses_logs_while_traces_still_pass(rig: Rig) -> No
     assert error_of(refused)[1]["meter"] == "logs.items"
     assert [(await rig.send(key, "traces", SPANS)).status_code for _ in range(5)] == [200] * 5
     usage = await rig.usage(org_id)
-    meters = usage["meters"]
-    assert isinstance(meters, dict)
+    meters = measured(usage["meters"])
     assert meters["logs.items"] == {"used": 6, "limit": 6}
     assert meters["traces.items"] == {"used": 10, "limit": None}
     assert meters["items"] == {"used": 16, "limit": None}
@@ -39,8 +38,7 @@ async def test_a_signal_limit_and_the_total_are_both_exact(rig: Rig) -> None:
     assert logs == [200, 402]  # 6 spans + 3 records fill the total of 9
     refused = await rig.send(key, "logs", LOGS)
     assert error_of(refused)[1]["meter"] == "items"
-    meters = (await rig.usage(org_id))["meters"]
-    assert isinstance(meters, dict)
+    meters = measured((await rig.usage(org_id))["meters"])
     assert meters["traces.items"] == {"used": 6, "limit": 7}
     assert meters["items"] == {"used": 9, "limit": 9}
 
@@ -53,8 +51,7 @@ async def test_a_refused_batch_counts_on_no_meter_and_a_refund_returns_every_met
     assert isinstance(upstream, MemoryUpstream)
     upstream.answer = UpstreamResponse(503, [], b"")
     assert (await rig.send(key, "traces", SPANS)).status_code == 503
-    meters = (await rig.usage(org_id))["meters"]
-    assert isinstance(meters, dict)
+    meters = measured((await rig.usage(org_id))["meters"])
     assert meters["traces.items"] == {"used": 0, "limit": 100}
 
 

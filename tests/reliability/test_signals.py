@@ -57,6 +57,16 @@ async def until(condition: Callable[[], bool], seconds: float) -> None:
         await asyncio.sleep(0.01)
 
 
+def history(gateway: Gateway, org_id: str) -> dict[str, int]:
+    """The org's usage history summed over every hour, per meter, read from the SQLite file."""
+    with closing(sqlite3.connect(gateway.data_dir / "gw.db")) as db:
+        rows = db.execute(
+            "SELECT meter, SUM(value) FROM usage_history WHERE org_id = ? GROUP BY meter",
+            (org_id,),
+        ).fetchall()
+    return {m: int(total) for m, total in rows if total and m in {"requests", "bytes", "items"}}
+
+
 def stored(gateway: Gateway, org_id: str) -> tuple[dict[str, int], int]:
     """The org's committed usage and every live reservation, read from the SQLite file."""
     with closing(sqlite3.connect(gateway.data_dir / "gw.db")) as db:
@@ -156,6 +166,7 @@ def test_sigkill_under_load_loses_no_usage_and_admits_no_one_over_the_limit(
     adopted = usage(restarted, org)["requests"]
     # Every 2xx a client saw is counted; at most the requests cut by the kill are added.
     assert seen_ok <= adopted <= seen_ok + cut, (seen_ok, cut, adopted)
+    assert history(restarted, org) == stored(restarted, org)[0]  # the adopted spool, once
     assert fault_upstream.received(org) <= adopted
 
     # Bounded by its request count; the time cap only stops a hang.
@@ -165,3 +176,4 @@ def test_sigkill_under_load_loses_no_usage_and_admits_no_one_over_the_limit(
     assert seen_ok + more.ok() <= limit
     # Exactly the limit: the dead process's reservations were released, not stranded.
     assert usage(restarted, org)["requests"] == limit
+    assert history(restarted, org) == stored(restarted, org)[0]
