@@ -230,6 +230,8 @@ class OrgRouting:
     #: The ingest key the request came with; its own limits are in ``limits`` under its name.
     #: Not part of equality: a routing is its org's, whichever key it was looked up by.
     key_id: str | None = field(default=None, compare=False)
+    #: The org's plan (what ``GET /v1/usage`` tells the key holder).
+    plan: str = "free"
 
 
 @dataclass(frozen=True, slots=True)

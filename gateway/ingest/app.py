@@ -7,6 +7,7 @@ from __future__ import annotations
 from gateway.billing.webhooks import WebhookEndpoint
 from gateway.ingest.metering import signal_for
 from gateway.ingest.proxy import ReverseProxy
+from gateway.ingest.usage_view import KeyUsageEndpoint
 from gateway.responses import send_json, send_text
 from gateway.runtime import Runtime
 from gateway.types import Receive, Scope, Send
@@ -25,6 +26,13 @@ class IngestApp:
         )
         # --no-gates: forwarding alone, to measure what the gates cost.
         self.metered = runtime.middleware(proxy) if runtime.settings.gates else proxy
+        self.usage = (
+            KeyUsageEndpoint(
+                runtime.admission, runtime.store, runtime.usage, runtime.clock, runtime.timer
+            )
+            if runtime.settings.gates
+            else None
+        )
         self.webhooks = WebhookEndpoint(
             runtime.store,
             runtime.metrics,
@@ -44,6 +52,8 @@ class IngestApp:
         elif path == "/readyz":
             ok = await self.runtime.ready()
             await send_text(send, 200 if ok else 503, "ready" if ok else "store unreachable")
+        elif path == "/v1/usage" and self.usage is not None:
+            await self.usage(scope, receive, send)
         elif signal_for(path) is not None:
             await self.metered(scope, receive, send)
         elif path.startswith("/webhooks/"):

@@ -23,6 +23,7 @@ from functools import partial
 from gateway.errors import StoreError
 from gateway.limits.budgets import (
     CREDIT_PERIOD,
+    SHADOW_PREFIX,
     Account,
     Admission,
     Budget,
@@ -41,8 +42,6 @@ from policies.periods import period_at
 from policies.reservations import ChunkPolicy, worth_waiting_for
 
 log = logging.getLogger("gateway.limits.usage")
-
-SHADOW_PREFIX = "shadow_refused:"
 
 
 @dataclass(slots=True)
@@ -100,6 +99,9 @@ class UsageGate:
         if routing.period is None:
             return self.current_period(now)
         return period_at(now, routing.period)
+
+    def budget_of(self, org_id: str, period: Period) -> Budget | None:
+        return self._budgets.get((org_id, period.key))
 
     def current_period(self, now: float) -> Period:
         # Cached: building a calendar month costs about 4 µs, this check under 0.1 µs.

@@ -99,6 +99,7 @@ class OrgRecord:
             shadow=self.shadow,
             prices=self.prices,
             period=self.period,
+            plan=self.plan,
         )
 
     def credit_limit(self) -> int | None:
