@@ -61,6 +61,12 @@ class Metrics:
             ["provider", "outcome"],
             registry=self.registry,
         )
+        self.notifications = Counter(
+            "gateway_notifications",
+            "Notification delivery attempts by outcome (delivered, retried, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.admin_auth_failures = Counter(
             "gateway_admin_auth_failures",
             "Admin requests with a missing or wrong token, by answer (unauthorized, rate_limited).",

@@ -13,8 +13,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from gateway.billing import reconciler
 from gateway.billing.export import UsageExporter
+from gateway.billing.notify import Notifier
 from gateway.errors import StoreError
 from gateway.ingest.body import BodyDeadlines
 from gateway.ingest.keys import KeyHasher
@@ -74,6 +77,7 @@ class Runtime:
         invalidation: Invalidation | None = None,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
+        notify_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
         # The wall clock (periods, leases) and the monotonic timer (TTLs, breakers, buckets),
@@ -122,6 +126,9 @@ class Runtime:
         # A guard of its own: a slow count must not open the circuit for reservations.
         presence_budget = max(settings.gate_timeout, settings.flush_interval)
         self._presence = StoreGuard(presence_budget, clock=timer)
+        self.notifier = Notifier(
+            self.store, self.usage.period_of, settings, self.metrics, clock, notify_transport
+        )
         self.admission = AdmissionControl(
             self.hasher,
             self.routing,
@@ -130,6 +137,7 @@ class Runtime:
             self.metrics,
             (self.guard, lookups),
             shadow=settings.shadow,
+            observe=self.notifier.observe if self.notifier.enabled else None,
         )
         self.upstream = (
             upstream if upstream is not None else HttpUpstream(timeout=settings.upstream_timeout)
@@ -173,6 +181,8 @@ class Runtime:
             )
         )
         self._background(self._prune_history_forever())
+        if self.notifier.enabled:
+            self._background(self.notifier.run_forever())
         self.exporter = UsageExporter(self.store, self.settings, holder=self.usage.holder)
         if self.exporter.enabled:
             self._background(self.exporter.run_forever())

@@ -65,6 +65,11 @@ class Settings:
     export_interval: float = 60.0
     # usage history: hourly buckets kept this many days
     history_days: int = 90
+    # usage notifications (Standard Webhooks)
+    notify_url: str | None = None
+    notify_secret: str | None = field(default=None, repr=False)
+    notify_thresholds: str = "50,80,100"
+    notify_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.history_days <= 3660:

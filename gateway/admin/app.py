@@ -25,6 +25,7 @@ from gateway.admin.history import history, with_forecasts
 from gateway.admin.openapi import SPEC
 from gateway.admin.orgs import OrgAdmin, key_json
 from gateway.admin.origins import UpstreamAllowlist
+from gateway.billing import notify
 from gateway.billing.webhooks import EventPolicy
 from gateway.errors import BadRequest, Conflict, Disconnected, NotFound, PayloadTooLarge, StoreError
 from gateway.ingest.body import BodyDeadlines, replaying
@@ -291,6 +292,14 @@ def build_admin_app(runtime: Runtime) -> Any:
         await runtime.usage.flush()  # the balance counts this replica's spending so far
         return JSONResponse(await orgs.billing(_path(request, "org_id")))
 
+    async def notifications(request: Request) -> Response:
+        unknown = set(request.query_params) - {"org_id", "limit"}
+        if unknown:
+            raise BadRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
+        org_id = request.query_params.get("org_id")
+        rows = await runtime.store.notifications(org_id, _limit(request))
+        return JSONResponse({"notifications": notify.listed(rows)})
+
     async def webhook_events(request: Request) -> Response:
         return JSONResponse({"events": await runtime.store.webhook_events(_limit(request))})
 
@@ -349,6 +358,7 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/admin/keys/{key_id}/usage/history", key_usage_history, methods=["GET"]),
             Route("/admin/orgs/{org_id}/usage", usage, methods=["GET"]),
             Route("/admin/orgs/{org_id}/usage/history", usage_history, methods=["GET"]),
+            Route("/admin/notifications", notifications, methods=["GET"]),
             Route("/admin/orgs/{org_id}/suspension", suspension, methods=["PUT"]),
             Route("/admin/orgs/{org_id}/billing", billing, methods=["GET"]),
             Route("/admin/webhooks/events", webhook_events, methods=["GET"]),

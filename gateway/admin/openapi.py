@@ -213,6 +213,24 @@ SPEC: dict[str, Any] = {
                 "responses": _answers(200, _KEY, 400, 404),
             },
         },
+        "/admin/notifications": {
+            "parameters": [
+                {"name": "org_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            ],
+            "get": {
+                "responses": _answers(
+                    200,
+                    {
+                        "type": "object",
+                        "properties": {
+                            "notifications": {"type": "array", "items": {"type": "object"}}
+                        },
+                    },
+                    400,
+                )
+            },
+        },
         "/admin/plans": {
             "get": {
                 "responses": _answers(

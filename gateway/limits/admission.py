@@ -37,7 +37,9 @@ class AdmissionControl:
         guards: tuple[StoreGuard, ...],
         *,
         shadow: bool = False,
+        observe: Callable[[OrgRouting, Refusal | None], None] | None = None,
     ) -> None:
+        self._observe = observe  # notifications: which orgs, keys and refusals to look at
         self._guards = guards
         self._hasher = hasher
         self._routing = routing
@@ -81,6 +83,8 @@ class AdmissionControl:
         refusal = auth.shadowed or self._rates.check(routing, q)
         if refusal is None:
             outcome = await self._usage.admit(routing, q)
+            if self._observe is not None:
+                self._observe(routing, outcome if isinstance(outcome, Refusal) else None)
             if isinstance(outcome, Admission):
                 # Admitted while the store is failing: on last-known routing or unreserved quota.
                 if outcome.fail_open or any(guard.is_open for guard in self._guards):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.store.normal import iso, stored_state, utc
 from gateway.store.records import (
@@ -31,6 +31,7 @@ from gateway.store.records import (
     Exhausted,
     Granted,
     KeyRecord,
+    Notification,
     OrgChanges,
     OrgRecord,
     QuotaSnapshot,
@@ -63,6 +64,8 @@ __all__ = [
     "KeyRecord",
     "LeaseStore",
     "Lifecycle",
+    "Notification",
+    "NotificationStore",
     "OrgChanges",
     "OrgRecord",
     "OrgStore",
@@ -255,6 +258,26 @@ class HistoryStore(Lifecycle, Protocol):
         """Forget the hours before ``before``."""
 
 
+class NotificationStore(Lifecycle, Protocol):
+    """The notifications outbox: each event claimed once, delivered at least once."""
+
+    async def claim_notification(
+        self, event_id: str, claim: str, org_id: str, kind: str, url: str, body: str, now: float
+    ) -> bool:
+        """Add the event unless its claim is taken (then False)."""
+
+    async def due_notifications(self, now: float, lease: float, limit: int) -> list[Notification]:
+        """Events due now, each leased to the caller for ``lease`` seconds."""
+
+    async def notification_attempted(
+        self, event_id: str, now: float, error: str | None, next_at: float | None
+    ) -> None:
+        """Delivered (``error`` None), to retry at ``next_at``, or given up."""
+
+    async def notifications(self, org_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """The newest events with their delivery state."""
+
+
 class PlanStore(Lifecycle, Protocol):
     """The plan catalog: named limits, overage caps, rates and grants orgs are on."""
 
@@ -270,6 +293,13 @@ class PlanStore(Lifecycle, Protocol):
 
 
 class Store(
-    DurableQuotaStore, OrgStore, BillingStore, LeaseStore, PlanStore, HistoryStore, Protocol
+    DurableQuotaStore,
+    OrgStore,
+    BillingStore,
+    LeaseStore,
+    PlanStore,
+    HistoryStore,
+    NotificationStore,
+    Protocol,
 ):
     """A backend that is every capability at once: the durable store of a gateway."""

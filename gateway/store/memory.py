@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from gateway.errors import Conflict
 from gateway.store import sql_history
 from gateway.store.memory_billing import MemoryBilling
+from gateway.store.memory_notify import MemoryNotifications
 from gateway.store.normal import (
     org_audit,
     suspension_audit,
@@ -48,9 +49,10 @@ class _Reservation:
     expires_at: float
 
 
-class MemoryStore(MemoryBilling):
+class MemoryStore(MemoryBilling, MemoryNotifications):
     def __init__(self) -> None:
         super().__init__()
+        MemoryNotifications.__init__(self)
         self.orgs: dict[str, OrgRecord] = {}
         self.keys: dict[bytes, tuple[KeyRecord, bool]] = {}
         self.key_ids: dict[str, bytes] = {}

@@ -247,6 +247,19 @@ class UsageBatch:
         return not any(self.used.values()) and not any(self.reserved.values())
 
 
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """An event in the outbox, due for an attempt: its id is its ``webhook-id`` every time."""
+
+    id: str
+    org_id: str
+    type: str
+    url: str
+    body: str
+    created_at: float
+    attempts: int
+
+
 # unlinked: kept until its customer is linked to an org; unknown_customer: it names none.
 WebhookStatus = Literal["applied", "duplicate", "unlinked", "unknown_customer", "refused"]
 

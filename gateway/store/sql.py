@@ -13,15 +13,16 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.errors import StoreError
-from gateway.store import sql_billing, sql_history, sql_orgs, sql_plans
+from gateway.store import sql_billing, sql_history, sql_notify, sql_orgs, sql_plans
 from gateway.store.records import (
     PRUNE_INTERVAL_SECONDS,
     Decide,
     DecideEvent,
     KeyRecord,
+    Notification,
     OrgChanges,
     OrgRecord,
     WebhookOutcome,
@@ -141,6 +142,26 @@ class SQLSteps:
 
     async def prune_history(self, before: float) -> None:
         await self._write_step("prune history", sql_history.prune(before))
+
+    # the notifications outbox
+
+    async def claim_notification(
+        self, event_id: str, claim: str, org_id: str, kind: str, url: str, body: str, now: float
+    ) -> bool:
+        step = sql_notify.claim(event_id, claim, org_id, kind, url, body, now)
+        return await self._write_step("claim notification", step)
+
+    async def due_notifications(self, now: float, lease: float, limit: int) -> list[Notification]:
+        return await self._write_step("due notifications", sql_notify.due(now, lease, limit))
+
+    async def notification_attempted(
+        self, event_id: str, now: float, error: str | None, next_at: float | None
+    ) -> None:
+        step = sql_notify.attempted(event_id, now, error, next_at)
+        await self._write_step("notification attempted", step)
+
+    async def notifications(self, org_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self._read_step("notifications", sql_notify.listed(org_id, limit))
 
     # orgs and keys
 

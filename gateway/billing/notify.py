@@ -1,0 +1,211 @@
+"""Usage notifications: threshold crossings and first refusals become events in the store's
+outbox, claimed once across replicas, and one task per replica delivers them, signed per the
+Standard Webhooks specification, retried with backoff for up to 24 hours.
+
+Nothing here runs on the request path: the gates tell ``observe`` which routings were used
+and which meters refused (a dict write), and ``run_forever`` reads usage and claims events
+every ``GATEWAY_NOTIFY_INTERVAL`` seconds, then delivers what is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httpx
+
+from gateway.errors import ConfigError, StoreError
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.store.base import DurableQuotaStore, NotificationStore
+from gateway.store.records import Notification, new_id
+from policies.decisions import Refusal
+from policies.model import OrgRouting, Period, scope_of
+from policies.notifications import (
+    GIVE_UP_SECONDS,
+    LIMIT_REACHED,
+    THRESHOLD,
+    Crossing,
+    NotificationError,
+    crossed,
+    parse_thresholds,
+    retry_delay,
+    signature,
+    signing_key,
+)
+
+log = logging.getLogger("gateway.billing.notify")
+
+LEASE_SECONDS = 60.0  # an attempt holds its event this long before another replica may
+BATCH = 50
+CLAIMED_KEPT = 100_000  # claims this process remembers taking, so as not to ask again
+
+
+class NotifyStore(DurableQuotaStore, NotificationStore, Protocol):
+    """What the notifier reads and writes: usage counters and the outbox."""
+
+
+class Notifier:
+    def __init__(
+        self,
+        store: NotifyStore,
+        period_of: Callable[[OrgRouting, float], Period],
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._store = store
+        self._period_of = period_of
+        self._metrics = metrics
+        self._clock = clock
+        self._url = settings.notify_url
+        try:
+            self._key = signing_key(settings.notify_secret) if settings.notify_secret else None
+            self._thresholds = parse_thresholds(settings.notify_thresholds)
+        except NotificationError as exc:
+            raise ConfigError(str(exc)) from None
+        self._interval = settings.notify_interval
+        self._transport = transport
+        self._active: dict[tuple[str, str | None], OrgRouting] = {}
+        self._refused: dict[tuple[str, str | None, str], OrgRouting] = {}
+        self._claimed: set[str] = set()
+
+    @property
+    def enabled(self) -> bool:
+        return self._url is not None and self._key is not None
+
+    def observe(self, routing: OrgRouting, refusal: Refusal | None) -> None:
+        """From the gates, for every admission or refusal: remember what to look at next."""
+        self._active[routing.org_id, routing.key_id] = routing
+        if refusal is not None and refusal.code == "usage_limit_exceeded":
+            meter = str(refusal.detail.get("meter", ""))
+            if refusal.detail.get("scope") == "key":
+                meter = f"key/{routing.key_id}/{meter}"
+            self._refused[routing.org_id, routing.key_id, meter] = routing
+
+    async def run_forever(self) -> None:
+        async with httpx.AsyncClient(transport=self._transport, timeout=10.0) as client:
+            while True:
+                try:
+                    await self.detect()
+                    await self.deliver(client)
+                except StoreError as exc:
+                    log.warning("notifications wait for the store: %s", exc)
+                await asyncio.sleep(self._interval)
+
+    # events
+
+    async def detect(self) -> int:
+        """Claim the events of what was used since the last call; how many were new."""
+        now = self._clock()
+        active, self._active = self._active, {}
+        refused, self._refused = self._refused, {}
+        new = 0
+        for routing in active.values():
+            period = self._period_of(routing, now)
+            counters = await self._store.usage(routing.org_id, period.key)
+            for meter, limit in self._limited(routing):
+                used = counters.get(meter, 0)
+                for threshold in crossed(used, limit, self._thresholds):
+                    new += await self._claim(THRESHOLD, routing, meter, period, threshold, used)
+        for (_, _, meter), routing in refused.items():
+            period = self._period_of(routing, now)
+            if routing.limits.base_limit(meter) is not None:
+                used = (await self._store.usage(routing.org_id, period.key)).get(meter, 0)
+                new += await self._claim(LIMIT_REACHED, routing, meter, period, 100, used)
+        return new
+
+    def _limited(self, routing: OrgRouting) -> list[tuple[str, int]]:
+        """The org's limited meters and this key's (rates and credit are not usage)."""
+        found = []
+        for meter, limit in routing.limits.as_dict().items():
+            key_id, _ = scope_of(meter)
+            if not meter.startswith("rate_") and key_id in (None, routing.key_id):
+                found.append((meter, limit))
+        return found
+
+    async def _claim(
+        self, kind: str, routing: OrgRouting, meter: str, period: Period, threshold: int, used: int
+    ) -> int:
+        key_id, inner = scope_of(meter)
+        limit = routing.limits.base_limit(meter) or 0
+        crossing = Crossing(
+            kind,
+            routing.org_id,
+            key_id,
+            inner,
+            period.start.isoformat(),
+            period.end.isoformat(),
+            threshold,
+            used,
+            limit,
+        )
+        if crossing.claim in self._claimed or self._url is None:
+            return 0
+        if len(self._claimed) > CLAIMED_KEPT:
+            self._claimed.clear()  # a claim asked again is refused by the store: no repeat
+        now = self._clock()
+        event_id = new_id("evt")
+        body = json.dumps(
+            {"type": kind, "id": event_id, "timestamp": now, "data": crossing.data()},
+            separators=(",", ":"),
+        )
+        added = await self._store.claim_notification(
+            event_id, crossing.claim, routing.org_id, kind, self._url, body, now
+        )
+        self._claimed.add(crossing.claim)
+        return int(added)
+
+    # delivery
+
+    async def deliver(self, client: httpx.AsyncClient) -> int:
+        """Attempt every event due; how many were delivered."""
+        if self._key is None:
+            return 0
+        delivered = 0
+        now = self._clock()
+        for event in await self._store.due_notifications(now, LEASE_SECONDS, BATCH):
+            error = await self._attempt(client, event)
+            now = self._clock()
+            if error is None:
+                delivered += 1
+                self._metrics.notifications.labels("delivered").inc()
+                await self._store.notification_attempted(event.id, now, None, None)
+            elif now - event.created_at >= GIVE_UP_SECONDS:
+                self._metrics.notifications.labels("failed").inc()
+                await self._store.notification_attempted(event.id, now, error, None)
+            else:
+                self._metrics.notifications.labels("retried").inc()
+                next_at = now + retry_delay(event.attempts + 1)
+                await self._store.notification_attempted(event.id, now, error, next_at)
+        return delivered
+
+    async def _attempt(self, client: httpx.AsyncClient, event: Notification) -> str | None:
+        assert self._key is not None
+        timestamp = int(self._clock())
+        body = event.body.encode()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature(self._key, event.id, timestamp, body),
+        }
+        try:
+            response = await client.post(event.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return type(exc).__name__  # never the URL or the body
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+
+def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The admin view of outbox rows: the event as sent, and its delivery state."""
+    return [
+        {**{k: v for k, v in row.items() if k != "body"}, "event": json.loads(row["body"])}
+        for row in rows
+    ]

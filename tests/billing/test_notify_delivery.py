@@ -1,0 +1,175 @@
+"""Usage notifications end to end in process: two replicas on one store drive an org across
+50/80/100% and its limit while the receiver is down; both restart; once the receiver is up,
+every event arrives exactly once, each verified with the svix library."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from svix.webhooks import Webhook
+
+from gateway.admin.app import build_admin_app
+from gateway.ingest.app import IngestApp
+from gateway.ingest.keys import generate_key
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+from gateway.store import Store
+from policies.model import Limits
+from tests.fakes import Clock, MemoryUpstream
+from tests.store.conftest import DURABLE_BACKENDS, Backend
+
+SECRET = "whsec_" + base64.b64encode(b"notification signing secret, 32b").decode()
+SPANS = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{},{}]}]}]}'
+TOKEN = "notify-admin-token"
+
+
+class Receiver:
+    """The receiver's HTTP endpoint: down (503) or up, verifying every delivery."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.attempts = 0
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.attempts += 1
+        if not self.up:
+            return httpx.Response(503)
+        Webhook(SECRET).verify(request.content, dict(request.headers))
+        event = json.loads(request.content)
+        assert event["id"] == request.headers["webhook-id"]
+        self.events.append(event)
+        return httpx.Response(204)
+
+
+async def until(check: Callable[[], Any], seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture(params=DURABLE_BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    made: Backend = request.param(tmp_path)
+    return made
+
+
+async def test_each_threshold_and_the_limit_arrive_once_through_an_outage_and_restarts(
+    backend: Backend, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    clock = Clock(time.time())
+    settings = Settings(
+        data_dir=tmp_path,
+        key_secret="s" * 32,
+        admin_token=TOKEN,
+        upstream_url="http://upstream.test",
+        flush_interval=0.05,
+        notify_url="http://receiver.test/hooks",
+        notify_secret=SECRET,
+        notify_interval=0.05,
+    )
+
+    def replica() -> Runtime:
+        transport = httpx.MockTransport(receiver)
+        return Runtime(
+            settings,
+            store=backend.new(),
+            upstream=MemoryUpstream(),
+            spool_dir=None,
+            clock=clock,
+            notify_transport=transport,
+        )
+
+    try:
+        a, b = replica(), replica()
+        await a.start()
+        await b.start()
+        store: Store = a.store
+        org = await store.create_org("acme", Limits(items=10), None)
+        key = generate_key()
+        await store.create_key(org.id, a.hasher(key))
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        clients = [
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=IngestApp(r)), base_url="http://gw")
+            for r in (a, b)
+        ]
+        # 2 spans a request: 6 spans cross 50%, 8 cross 80%, 10 reach the limit, then 402.
+        for n, expect in enumerate([200, 200, 200, 200, 200, 402, 402]):
+            sent = await clients[n % 2].post("/v1/traces", content=SPANS, headers=headers)
+            assert sent.status_code == expect, (n, sent.text)
+            await a.usage.flush()
+            await b.usage.flush()
+            await asyncio.sleep(0.15)  # the notifiers look at what was used
+        for client in clients:
+            await client.aclose()
+
+        async def four_events() -> bool:
+            return len(await store.notifications(org.id, 100)) == 4
+
+        await until(four_events)
+        await until(lambda: _true(receiver.attempts >= 4))  # every one tried, refused
+        assert receiver.events == []
+        await a.close()
+        await b.close()
+
+        # Both replicas restart; the receiver is up; the retries come due.
+        receiver.up = True
+        clock.advance(60)
+        c, d = replica(), replica()
+        await c.start()
+        await d.start()
+        try:
+
+            async def delivered() -> bool:
+                rows = await c.store.notifications(org.id, 100)
+                return all(row["delivered_at"] is not None for row in rows)
+
+            await until(delivered)
+            kinds = sorted((e["type"], e["data"]["threshold"]) for e in receiver.events)
+            assert kinds == [
+                ("usage.limit_reached", 100),
+                ("usage.threshold", 50),
+                ("usage.threshold", 80),
+                ("usage.threshold", 100),
+            ]
+            assert len({e["id"] for e in receiver.events}) == 4  # once each
+            reached = next(e for e in receiver.events if e["type"] == "usage.limit_reached")
+            assert reached["data"] | {"used": 0} == {
+                **reached["data"],
+                "org_id": org.id,
+                "key_id": None,
+                "meter": "items",
+                "limit": 10,
+                "used": 0,
+            }
+            admin = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=build_admin_app(c)),
+                base_url="http://admin",
+                headers={"authorization": f"Bearer {TOKEN}"},
+            )
+            async with admin:
+                listed = (await admin.get("/admin/notifications", params={"org_id": org.id})).json()
+            rows = listed["notifications"]
+            assert len(rows) == 4 and all(row["attempts"] >= 2 for row in rows)
+            assert {row["event"]["id"] for row in rows} == {e["id"] for e in receiver.events}
+            metric = c.metrics.notifications.labels("delivered")._value.get()
+            assert metric + d.metrics.notifications.labels("delivered")._value.get() == 4
+        finally:
+            await c.close()
+            await d.close()
+    finally:
+        await backend.cleanup()
+
+
+async def _true(value: bool) -> bool:
+    return value
