@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 THRESHOLD = "usage.threshold"
 LIMIT_REACHED = "usage.limit_reached"
+FORECAST = "usage.forecast"
 #: Deliveries are retried this long after the event, then given up (counted as failed).
 GIVE_UP_SECONDS = 24 * 3600
 FIRST_RETRY_SECONDS = 5.0
@@ -64,6 +65,7 @@ class Crossing:
     threshold: int
     used: int
     limit: int
+    forecast_exhausted_at: str | None = None
 
     @property
     def claim(self) -> str:
@@ -83,7 +85,7 @@ class Crossing:
             "limit": self.limit,
             "period_start": self.period_start,
             "period_end": self.period_end,
-            "forecast_exhausted_at": None,
+            "forecast_exhausted_at": self.forecast_exhausted_at,
         }
 
 

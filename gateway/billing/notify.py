@@ -20,11 +20,13 @@ import httpx
 from gateway.errors import ConfigError, StoreError
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.store.base import DurableQuotaStore, NotificationStore
+from gateway.store.base import DurableQuotaStore, HistoryStore, NotificationStore
 from gateway.store.records import Notification, new_id
 from policies.decisions import Refusal
+from policies.forecast import WINDOW_HOURS, forecast
 from policies.model import OrgRouting, Period, scope_of
 from policies.notifications import (
+    FORECAST,
     GIVE_UP_SECONDS,
     LIMIT_REACHED,
     THRESHOLD,
@@ -42,9 +44,10 @@ log = logging.getLogger("gateway.billing.notify")
 LEASE_SECONDS = 60.0  # an attempt holds its event this long before another replica may
 BATCH = 50
 CLAIMED_KEPT = 100_000  # claims this process remembers taking, so as not to ask again
+FORECAST_EVERY = 60.0  # seconds between forecasts of one org and key
 
 
-class NotifyStore(DurableQuotaStore, NotificationStore, Protocol):
+class NotifyStore(DurableQuotaStore, NotificationStore, HistoryStore, Protocol):
     """What the notifier reads and writes: usage counters and the outbox."""
 
 
@@ -73,6 +76,7 @@ class Notifier:
         self._active: dict[tuple[str, str | None], OrgRouting] = {}
         self._refused: dict[tuple[str, str | None, str], OrgRouting] = {}
         self._claimed: set[str] = set()
+        self._forecast_at: dict[tuple[str, str | None], float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -112,11 +116,38 @@ class Notifier:
                 used = counters.get(meter, 0)
                 for threshold in crossed(used, limit, self._thresholds):
                     new += await self._claim(THRESHOLD, routing, meter, period, threshold, used)
+        for routing in active.values():
+            new += await self._forecasts(routing, now)
         for (_, _, meter), routing in refused.items():
             period = self._period_of(routing, now)
             if routing.limits.base_limit(meter) is not None:
                 used = (await self._store.usage(routing.org_id, period.key)).get(meter, 0)
                 new += await self._claim(LIMIT_REACHED, routing, meter, period, 100, used)
+        return new
+
+    async def _forecasts(self, routing: OrgRouting, now: float) -> int:
+        """``usage.forecast`` once a period per meter whose recent rate reaches its limit before
+        the period ends (``policies.forecast``); looked at once a minute per org and key, from
+        its first look with usage to count."""
+        scope = (routing.org_id, routing.key_id)
+        if now - self._forecast_at.get(scope, -1e18) < FORECAST_EVERY:
+            return 0
+        period = self._period_of(routing, now)
+        start, end = period.start.timestamp(), period.end.timestamp()
+        counters = await self._store.usage(routing.org_id, period.key)
+        new = 0
+        for meter, limit in self._limited(routing):
+            used = counters.get(meter, 0)
+            if used:
+                self._forecast_at[scope] = now
+            if used >= limit:
+                continue  # reached already: usage.threshold and usage.limit_reached say so
+            since = max(start, now - (WINDOW_HOURS + 1) * 3600)
+            hours = dict(await self._store.usage_history(routing.org_id, meter, since, now + 1))
+            reached = forecast(used, limit, hours, now, start, end).exhausted_at
+            if reached is not None:
+                at = reached.isoformat()
+                new += await self._claim(FORECAST, routing, meter, period, 100, used, at)
         return new
 
     def _limited(self, routing: OrgRouting) -> list[tuple[str, int]]:
@@ -129,7 +160,14 @@ class Notifier:
         return found
 
     async def _claim(
-        self, kind: str, routing: OrgRouting, meter: str, period: Period, threshold: int, used: int
+        self,
+        kind: str,
+        routing: OrgRouting,
+        meter: str,
+        period: Period,
+        threshold: int,
+        used: int,
+        exhausted_at: str | None = None,
     ) -> int:
         key_id, inner = scope_of(meter)
         limit = routing.limits.base_limit(meter) or 0
@@ -143,6 +181,7 @@ class Notifier:
             threshold,
             used,
             limit,
+            exhausted_at,
         )
         if crossing.claim in self._claimed or self._url is None:
             return 0

@@ -1,6 +1,7 @@
 """Usage notifications end to end in process: two replicas on one store drive an org across
-50/80/100% and its limit while the receiver is down; both restart; once the receiver is up,
-every event arrives exactly once, each verified with the svix library."""
+50/80/100% and its limit (and a forecast that it will get there) while the receiver is down;
+both restart; once the receiver is up, every event arrives exactly once, each verified with
+the svix library."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,12 @@ async def test_each_threshold_and_the_limit_arrive_once_through_an_outage_and_re
 ) -> None:
     receiver = Receiver()
     clock = Clock(time.time())
+    # 2 spans of 10 in the first seconds: at the weighted 24 h rate that is at most about 2.1
+    # days to the limit, so a forecast is sent unless the month ends sooner.
+    month_end = datetime.fromtimestamp(clock(), UTC).replace(day=28) + timedelta(days=4)
+    month_end = month_end.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    forecast = (month_end.timestamp() - clock()) > 3 * 86400
+    expected = 5 if forecast else 4
     settings = Settings(
         data_dir=tmp_path,
         key_secret="s" * 32,
@@ -113,11 +121,11 @@ async def test_each_threshold_and_the_limit_arrive_once_through_an_outage_and_re
         for client in clients:
             await client.aclose()
 
-        async def four_events() -> bool:
-            return len(await store.notifications(org.id, 100)) == 4
+        async def all_events() -> bool:
+            return len(await store.notifications(org.id, 100)) == expected
 
-        await until(four_events)
-        await until(lambda: _true(receiver.attempts >= 4))  # every one tried, refused
+        await until(all_events)
+        await until(lambda: _true(receiver.attempts >= expected))  # every one tried, refused
         assert receiver.events == []
         await a.close()
         await b.close()
@@ -137,12 +145,15 @@ async def test_each_threshold_and_the_limit_arrive_once_through_an_outage_and_re
             await until(delivered)
             kinds = sorted((e["type"], e["data"]["threshold"]) for e in receiver.events)
             assert kinds == [
+                *([("usage.forecast", 100)] if forecast else []),
                 ("usage.limit_reached", 100),
                 ("usage.threshold", 50),
                 ("usage.threshold", 80),
                 ("usage.threshold", 100),
             ]
-            assert len({e["id"] for e in receiver.events}) == 4  # once each
+            assert len({e["id"] for e in receiver.events}) == expected  # once each
+            for ahead in (e for e in receiver.events if e["type"] == "usage.forecast"):
+                assert ahead["data"]["forecast_exhausted_at"] <= ahead["data"]["period_end"]
             reached = next(e for e in receiver.events if e["type"] == "usage.limit_reached")
             assert reached["data"] | {"used": 0} == {
                 **reached["data"],
@@ -160,10 +171,10 @@ async def test_each_threshold_and_the_limit_arrive_once_through_an_outage_and_re
             async with admin:
                 listed = (await admin.get("/admin/notifications", params={"org_id": org.id})).json()
             rows = listed["notifications"]
-            assert len(rows) == 4 and all(row["attempts"] >= 2 for row in rows)
+            assert len(rows) == expected and all(row["attempts"] >= 2 for row in rows)
             assert {row["event"]["id"] for row in rows} == {e["id"] for e in receiver.events}
             metric = c.metrics.notifications.labels("delivered")._value.get()
-            assert metric + d.metrics.notifications.labels("delivered")._value.get() == 4
+            assert metric + d.metrics.notifications.labels("delivered")._value.get() == expected
         finally:
             await c.close()
             await d.close()
