@@ -24,6 +24,8 @@ policies.billing.MalformedEvent  a ValueError outside this tree, because ``polic
                                  nothing from ``gateway``; the webhook endpoint answers it with
                                  400 bad_request.
 policies.entitlements.EntitlementError  likewise: a plan or limits that cannot be applied.
+policies.notifications.NotificationError  likewise: a notification setting that cannot be
+                                 used; the runtime raises it again as a ConfigError.
 
 Library errors (aiohttp, asyncpg, redis, sqlite3, OSError, TimeoutError) are mapped to the
 most specific of these where they arise, with ``raise ... from exc``. Anything else raised is

@@ -79,8 +79,16 @@ def parse_limits(
 
 def parse_plan(name: str, raw: object) -> Plan:
     """A plan from its JSON (or TOML) body; every field is optional but must be well formed."""
-    if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
-        raise EntitlementError("a plan name is 1 to 64 printable characters")
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or name != name.strip()
+        or len(name) > 64
+        or not name.isprintable()
+    ):
+        raise EntitlementError(
+            "a plan name is 1 to 64 printable characters, not starting or ending with a space"
+        )
     if not isinstance(raw, Mapping):
         raise EntitlementError("a plan must be an object")
     unknown = set(raw) - {"limits", "overage", "rate_requests", "rate_bytes", "grant_minor"}

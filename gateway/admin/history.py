@@ -35,13 +35,19 @@ async def history(
     if step not in STEPS:
         raise BadRequest("step must be hour or day")
     size = STEPS[step]
-    end = _moment(query, "to", now)
-    start = _moment(query, "from", end - DEFAULT_SPAN[step])
-    first = int(start.timestamp()) // size * size
-    last = int(end.timestamp())
+    try:
+        end = _moment(query, "to", now)
+        start = _moment(query, "from", end - DEFAULT_SPAN[step])
+        first = int(start.timestamp()) // size * size
+        last = int(end.timestamp())
+        _iso(first), _iso(last)  # both must be times a point can be named by
+    except (OverflowError, ValueError, OSError):
+        raise BadRequest("from and to must be times from 1970 to 9999") from None
+    if first < 0:
+        raise BadRequest("from and to must be times from 1970 to 9999")
     if first >= last:
         raise BadRequest("from must be before to")
-    if (last - first) // size > MAX_POINTS:
+    if -(-(last - first) // size) > MAX_POINTS:
         raise BadRequest(f"at most {MAX_POINTS} points: a shorter span or step=day")
     stored = key_meter(key_id, meter) if key_id is not None else meter
     hours = await store.usage_history(org_id, stored, first, last)

@@ -244,21 +244,27 @@ class OrgAdmin:
             shadow=shadow,
             prices=_prices(body, current.prices) if priced else None,
         )
-        org = await self.store.update_org(org_id, changes)
-        if org is None:
-            raise NotFound(org_id)
         if "plan" in body:
-            org = await self._set_plan(org, body["plan"])
-        if customers:
-            try:
-                org = await self.store.set_billing_customers(org_id, customers)
-            except CustomerTaken as exc:
-                raise Conflict("a billing customer id is already linked to another org") from exc
+            await self._known_plan(body["plan"])  # refused before anything is written
+        try:
+            # The customer link first: taken by another org, it is refused (409) with nothing
+            # of this PATCH written; past it, each step's change is sent to every replica.
+            if customers:
+                try:
+                    linked = await self.store.set_billing_customers(org_id, customers)
+                except CustomerTaken as exc:
+                    raise Conflict("a billing customer id is linked to another org") from exc
+                if linked is None:
+                    raise NotFound(org_id)
+            org = await self.store.update_org(org_id, changes)
             if org is None:
                 raise NotFound(org_id)
-            if await self._apply_unlinked(org_id, customers):
+            if "plan" in body:
+                org = await self._set_plan(org, body["plan"])
+            if customers and await self._apply_unlinked(org_id, customers):
                 org = await self._org(org_id)
-        await self.invalidate(org_id)
+        finally:
+            await self.invalidate(org_id)
         return org
 
     async def _apply_unlinked(self, org_id: str, customers: Mapping[str, str]) -> bool:
@@ -333,16 +339,22 @@ class OrgAdmin:
         own = {m.removeprefix(prefix): n for m, n in counters.items() if m.startswith(prefix)}
         return {"key_id": key.id, "org_id": key.org_id, **_usage_view(period, own, key.limits)}
 
-    async def _set_plan(self, org: OrgRecord, raw: object) -> OrgRecord:
+    async def _known_plan(self, raw: object) -> str:
         if not isinstance(raw, str) or await self.store.get_plan(raw) is None:
             raise BadRequest("plan must be the name of a plan in the catalog (GET /admin/plans)")
+        return raw
+
+    async def _set_plan(self, org: OrgRecord, raw: object) -> OrgRecord:
+        raw = await self._known_plan(raw)
         if raw != org.plan:
             entry = AuditEntry("plan", org.plan, raw, "set by the admin API")
 
             def decide(state: BillingState) -> BillingChange:
                 return BillingChange(replace(state, plan=raw), audit=(entry,))
 
-            await self.store.update_billing(org.id, decide, actor="admin", now=datetime.now(UTC))
+            await self.store.update_billing(
+                org.id, decide, actor="admin", now=datetime.now(UTC), known_plan=True
+            )
         return await self._org(org.id)
 
     async def put_plan(self, name: str, raw: object) -> Plan:

@@ -214,9 +214,17 @@ class BillingStore(Lifecycle, Protocol):
         leaves that event and the later ones unlinked. [] when the customer has no org."""
 
     async def update_billing(
-        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+        self,
+        org_id: str,
+        decide: Decide,
+        *,
+        actor: str,
+        now: datetime,
+        known_plan: bool = False,
     ) -> BillingChange | None:
-        """As ``apply_billing_event`` without an event; None for an unknown org."""
+        """As ``apply_billing_event`` without an event; None for an unknown org. With
+        ``known_plan``, a move to a plan the catalog does not hold is a ``Conflict`` (the plan
+        row is held until the move commits, so a concurrent delete sees the org on it)."""
 
     async def orgs_to_reconcile(self) -> list[str]:
         """Orgs past due or under a billing suspension."""

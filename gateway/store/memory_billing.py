@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from gateway.errors import Conflict
 from gateway.store.normal import applied_change, event_reason, iso, ledger_refusal, utc
 from gateway.store.records import PLAN_REFUSED, Decide, DecideEvent, OrgRecord, WebhookOutcome
 from policies.billing import BillingChange, BillingEvent, BillingState
+from policies.entitlements import Plan
 
 Order = tuple[datetime, int]
 
@@ -18,6 +20,7 @@ class MemoryBilling:
     """Billing over dicts; every method runs without awaiting, so each is atomic."""
 
     orgs: dict[str, OrgRecord]
+    plans: dict[str, Plan]
     # (provider, customer id) -> org
     customers: dict[tuple[str, str], str]
 
@@ -132,11 +135,21 @@ class MemoryBilling:
         return ledger_refusal(state, change, self.balances.get(org_id, 0), why) or change
 
     async def update_billing(
-        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+        self,
+        org_id: str,
+        decide: Decide,
+        *,
+        actor: str,
+        now: datetime,
+        known_plan: bool = False,
     ) -> BillingChange | None:
         if org_id not in self.orgs:
             return None
+        before = self.billing.get(org_id, BillingState())
         change = self._checked(org_id, decide, actor)
+        moved = change.state.plan != before.plan
+        if known_plan and change.refused is None and moved and change.state.plan not in self.plans:
+            raise Conflict(f"plan {change.state.plan!r} is not in the catalog (deleted meanwhile?)")
         if change.refused is not None:
             self._write_audit(org_id, change, actor, now)
             return change

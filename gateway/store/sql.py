@@ -291,9 +291,15 @@ class SQLSteps:
         return outcomes
 
     async def update_billing(
-        self, org_id: str, decide: Decide, *, actor: str, now: datetime
+        self,
+        org_id: str,
+        decide: Decide,
+        *,
+        actor: str,
+        now: datetime,
+        known_plan: bool = False,
     ) -> BillingChange | None:
-        step = sql_billing.update_billing(self.dialect, org_id, decide, actor, now)
+        step = sql_billing.update_billing(self.dialect, org_id, decide, actor, now, known_plan)
         return await self._write_step("update billing", step)
 
     async def orgs_to_reconcile(self) -> list[str]:

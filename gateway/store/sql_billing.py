@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
+from gateway.errors import Conflict
 from gateway.store.normal import (
     applied_change,
     event_from_json,
@@ -197,25 +198,40 @@ def write_change(
     return applied
 
 
-def checked(d: Dialect, org_id: str, decide: Decide, why: str) -> Step[BillingChange | None]:
+def checked(
+    d: Dialect, org_id: str, decide: Decide, why: str, *, known_plan: bool = False
+) -> Step[BillingChange | None]:
     """``decide`` on the org's locked state, refused if its ledger entries leave the integer
-    range; None for an unknown org."""
+    range; None for an unknown org. With ``known_plan`` a move to a plan the catalog does not
+    hold (any more) is a ``Conflict``."""
     yield from execute(ENSURE_STATE, org_id)
     found = yield from rows(LOCK_STATE, org_id)
     if not found:
         return None
     state = state_from_row(d, found[0])
     change = decide(state)
+    if change.refused is None and change.state.plan != state.plan:
+        yield from _plan_kept(change.state.plan, known_plan)
     if change.refused is not None or not (change.credits or change.period_grants):
         return change
     held = yield from value("SELECT balance_minor FROM billing_state WHERE org_id = ?", org_id)
     return ledger_refusal(state, change, int(held or 0), why) or change
 
 
+def _plan_kept(plan: str, known: bool) -> Step[None]:
+    """Moving an org to a plan holds the plan's row until the move commits, so a delete of the
+    plan waits and then sees the org on it (409), or deletes first and the move finds it gone:
+    refused when the plan must be known (the admin's), kept otherwise (a provider's plan the
+    catalog lacks: the org's own limits alone)."""
+    found = yield from value("SELECT name FROM plans WHERE name = ? FOR SHARE", plan)
+    if found is None and known:
+        raise Conflict(f"plan {plan!r} is not in the catalog (deleted meanwhile?)")
+
+
 def update_billing(
-    d: Dialect, org_id: str, decide: Decide, actor: str, now: datetime
+    d: Dialect, org_id: str, decide: Decide, actor: str, now: datetime, known_plan: bool = False
 ) -> Step[BillingChange | None]:
-    change = yield from checked(d, org_id, decide, actor)
+    change = yield from checked(d, org_id, decide, actor, known_plan=known_plan)
     if change is None:
         return None
     if change.refused is not None:

@@ -27,7 +27,11 @@ def list_plans() -> Step[list[Plan]]:
 
 
 def delete_plan(name: str) -> Step[bool]:
-    """False for an unknown plan; ``Conflict`` while an org is on it."""
+    """False for an unknown plan; ``Conflict`` while an org is on it. The plan's row is locked
+    first: a move of an org onto it (``sql_billing``) either commits before this looks, or
+    finds the plan gone."""
+    if (yield from value("SELECT name FROM plans WHERE name = ? FOR UPDATE", name)) is None:
+        return False
     if (yield from value("SELECT 1 FROM billing_state WHERE plan = ? LIMIT 1", name)) is not None:
         raise Conflict(f"an org is on plan {name!r}")
     deleted = yield from value("DELETE FROM plans WHERE name = ? RETURNING name", name)

@@ -145,7 +145,7 @@ def _live_reservations(
 
 
 # SQLite has no row locks: BEGIN IMMEDIATE holds the whole database instead.
-_ROW_LOCK = re.compile(r"\s+FOR (?:NO KEY )?UPDATE(?: OF \w+)?(?: SKIP LOCKED)?")
+_ROW_LOCK = re.compile(r"\s+FOR (?:NO KEY )?(?:UPDATE|SHARE)(?: OF \w+)?(?: SKIP LOCKED)?")
 
 
 @lru_cache(maxsize=512)

@@ -148,3 +148,21 @@ async def test_an_uncapped_overage_admits_past_the_limit_and_counts_it(rig: Rig)
     await rig.runtime.usage.flush()
     meters = measured((await rig.admin.get(f"/admin/orgs/{org_id}/usage")).json()["meters"])
     assert meters["items"] == {"used": 10, "limit": 2, "overage": None, "overage_used": 8}
+
+
+async def test_a_refused_patch_writes_nothing_of_itself(rig: Rig) -> None:
+    await put_plan(rig, "big", limits={"items": 1_000})
+    org_id, key = await tenant(rig, {"items": 1_000})
+    other_id, _ = await tenant(rig, {})
+    linked = {"billing_customers": {"stripe": "cus_taken"}}
+    assert (await rig.admin.patch(f"/admin/orgs/{other_id}", json=linked)).status_code == 200
+    before = (await rig.admin.get(f"/admin/orgs/{org_id}")).json()
+    unknown = {"limits": {"items": 6, "logs.items": 5}, "plan": "nope"}
+    refused = await rig.admin.patch(f"/admin/orgs/{org_id}", json=unknown)
+    assert (refused.status_code, refused.json()["error"]) == (400, "bad_request")
+    taken = {"limits": {"items": 77}, "plan": "big", "billing_customers": {"stripe": "cus_taken"}}
+    conflict = await rig.admin.patch(f"/admin/orgs/{org_id}", json=taken)
+    assert (conflict.status_code, conflict.json()["error"]) == (409, "conflict")
+    after = (await rig.admin.get(f"/admin/orgs/{org_id}")).json()
+    assert after == before  # neither PATCH left a limit, a plan or a link behind
+    assert await statuses(rig, key, 4) == [200] * 4  # 8 spans: the old limit of 1,000 holds

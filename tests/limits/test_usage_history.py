@@ -69,6 +69,10 @@ async def test_a_span_of_hours_and_bad_queries(rig: Rig) -> None:
         {"meter": "items", "from": end, "to": start},
         {"meter": "items", "from": "2000-01-01T00:00:00Z"},
         {"meter": "items", "window": "1h"},
+        {"meter": "items", "to": "0001-01-01T00:00:00"},
+        {"meter": "items", "step": "day", "to": "0001-01-20"},
+        {"meter": "items", "from": "9999-12-31T23:00:00", "to": "9999-12-31T23:59:59-14:00"},
+        {"meter": "items", "from": "2026-01-01T00:00:00Z", "to": "2026-07-28T08:30:00Z"},
     ):
         response = await rig.admin.get(path, params=query)
         assert (response.status_code, response.json()["error"]) == (400, "bad_request"), query

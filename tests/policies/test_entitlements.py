@@ -98,8 +98,9 @@ def test_a_plan_body_is_parsed_and_bad_fields_name_themselves() -> None:
     ]:
         with pytest.raises(EntitlementError, match=field.replace(".", r"\.")):
             parse_plan("pro", body)
-    with pytest.raises(EntitlementError):
-        parse_plan("", {})
+    for name in ("", " ", " pro", "pro\n", "x" * 65):
+        with pytest.raises(EntitlementError):
+            parse_plan(name, {})
 
 
 def test_rates_are_limits_only_where_asked() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ from gateway.store.records import OrgChanges
 from policies.billing import BillingChange, BillingState
 from policies.entitlements import Plan, parse_plan
 from policies.model import Limits
+from tests.store.conftest import NewStore
 
 PRO = parse_plan(
     "pro",
@@ -42,6 +44,7 @@ async def test_a_plan_reads_back_equal_and_is_replaced_whole(store: Store) -> No
 
 async def test_a_plan_an_org_is_on_cannot_be_deleted(store: Store) -> None:
     await store.put_plan(PRO)
+    await store.put_plan(Plan("free"))
     org = await store.create_org("acme", Limits(), None)
     assert await store.update_billing(org.id, on_plan("pro"), actor="test", now=T0) is not None
     with pytest.raises(Conflict):
@@ -50,7 +53,7 @@ async def test_a_plan_an_org_is_on_cannot_be_deleted(store: Store) -> None:
     await store.update_billing(org.id, on_plan("free"), actor="test", now=T0)
     assert await store.delete_plan("pro") is True
     assert await store.delete_plan("pro") is False
-    assert await store.list_plans() == []
+    assert [p.name for p in await store.list_plans()] == ["free"]
 
 
 async def test_an_org_on_a_plan_routes_with_the_plan_s_limits_under_its_own(store: Store) -> None:
@@ -85,3 +88,46 @@ async def test_an_unlimited_override_reads_back_and_lifts_the_plan_s_limit(store
     back = await store.update_org(org.id, OrgChanges(limit_changes={"traces.items": "plan"}))
     assert back is not None and back.limits.overrides() == {"bytes": 7}
     assert back.effective_limits.as_dict() == {"items": 1_000, "bytes": 7, "traces.items": 600}
+
+
+async def test_a_plan_deleted_while_an_org_moves_onto_it_never_leaves_the_org_on_nothing(
+    durable: NewStore,
+) -> None:
+    a, b = durable(), durable()
+    await a.open()
+    await b.open()
+    try:
+        org = await a.create_org("racer", Limits(), None)
+        await a.put_plan(Plan("free"))
+        for n in range(15):
+            name = f"race-{n}"
+            await a.put_plan(Plan(name, limits={"items": 10}))
+            moved, deleted = await asyncio.gather(
+                a.update_billing(org.id, on_plan(name), actor="admin", now=T0, known_plan=True),
+                b.delete_plan(name),
+                return_exceptions=True,
+            )
+            record = await a.get_org(org.id)
+            assert record is not None
+            if record.plan == name:  # the move won: the delete saw the org on the plan
+                assert isinstance(deleted, Conflict) and await a.get_plan(name) is not None
+                assert record.plan_limits is not None
+                await a.update_billing(org.id, on_plan("free"), actor="t", now=T0)
+            else:  # the delete won: the move found the plan gone
+                assert deleted is True and isinstance(moved, Conflict), (moved, deleted)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_moving_an_org_onto_a_plan_the_catalog_lacks_is_a_conflict(store: Store) -> None:
+    await store.put_plan(Plan("free"))
+    org = await store.create_org("acme", Limits(), None)
+    with pytest.raises(Conflict):
+        await store.update_billing(org.id, on_plan("gone"), actor="admin", now=T0, known_plan=True)
+    record = await store.get_org(org.id)
+    assert record is not None and record.plan == "free"
+    # Without known_plan (a provider's plan), the org may be on a plan the catalog lacks.
+    await store.update_billing(org.id, on_plan("gone"), actor="stripe", now=T0)
+    record = await store.get_org(org.id)
+    assert record is not None and (record.plan, record.plan_limits) == ("gone", None)
