@@ -11,11 +11,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass
+from datetime import datetime
 
 THRESHOLD = "usage.threshold"
 LIMIT_REACHED = "usage.limit_reached"
 FORECAST = "usage.forecast"
+BILLING_SUSPENDED = "billing.suspended"
+BILLING_UNSUSPENDED = "billing.unsuspended"
 #: Deliveries are retried this long after the event, then given up (counted as failed).
 GIVE_UP_SECONDS = 24 * 3600
 FIRST_RETRY_SECONDS = 5.0
@@ -87,6 +91,32 @@ class Crossing:
             "period_end": self.period_end,
             "forecast_exhausted_at": self.forecast_exhausted_at,
         }
+
+
+def event_body(kind: str, event_id: str, timestamp: float, data: dict[str, object]) -> str:
+    """What a delivery carries: ``{"type", "id", "timestamp", "data"}``."""
+    body = {"type": kind, "id": event_id, "timestamp": timestamp, "data": data}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def billing_notice(
+    org_id: str, before: datetime | None, after: datetime | None, reason: str | None
+) -> tuple[str, str, dict[str, object]] | None:
+    """(type, claim, data) when a billing suspension starts or ends, else None; a suspension
+    is named by when it began, so each start and each end is one event."""
+    if before is None and after is not None:
+        kind, began = BILLING_SUSPENDED, after
+    elif before is not None and after is None:
+        kind, began = BILLING_UNSUSPENDED, before
+    else:
+        return None
+    data: dict[str, object] = {
+        "org_id": org_id,
+        "key_id": None,
+        "suspended_at": began.isoformat(),
+        "reason": reason,
+    }
+    return kind, f"{kind}|{org_id}|{began.isoformat()}", data
 
 
 def signing_key(secret: str) -> bytes:

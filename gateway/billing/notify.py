@@ -33,6 +33,7 @@ from policies.notifications import (
     Crossing,
     NotificationError,
     crossed,
+    event_body,
     parse_thresholds,
     retry_delay,
     signature,
@@ -189,10 +190,7 @@ class Notifier:
             self._claimed.clear()  # a claim asked again is refused by the store: no repeat
         now = self._clock()
         event_id = new_id("evt")
-        body = json.dumps(
-            {"type": kind, "id": event_id, "timestamp": now, "data": crossing.data()},
-            separators=(",", ":"),
-        )
+        body = event_body(kind, event_id, now, crossing.data())
         added = await self._store.claim_notification(
             event_id, crossing.claim, routing.org_id, kind, self._url, body, now
         )
@@ -234,7 +232,10 @@ class Notifier:
             "webhook-signature": signature(self._key, event.id, timestamp, body),
         }
         try:
-            response = await client.post(event.url, content=body, headers=headers)
+            # An event written by the store itself (a billing suspension) goes to the URL set now.
+            url = event.url or self._url
+            assert url is not None
+            response = await client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             return type(exc).__name__  # never the URL or the body
         if 200 <= response.status_code < 300:

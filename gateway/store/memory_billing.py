@@ -5,13 +5,23 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 from gateway.errors import Conflict
 from gateway.store.normal import applied_change, event_reason, iso, ledger_refusal, utc
-from gateway.store.records import PLAN_REFUSED, Decide, DecideEvent, OrgRecord, WebhookOutcome
+from gateway.store.records import (
+    PLAN_REFUSED,
+    Decide,
+    DecideEvent,
+    OrgRecord,
+    WebhookOutcome,
+    new_id,
+)
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.entitlements import Plan
+from policies.notifications import billing_notice, event_body
 
 Order = tuple[datetime, int]
 
@@ -21,6 +31,7 @@ class MemoryBilling:
 
     orgs: dict[str, OrgRecord]
     plans: dict[str, Plan]
+    _claim: Callable[[str, str, str, str, str, str, float], bool]  # MemoryNotifications
     # (provider, customer id) -> org
     customers: dict[tuple[str, str], str]
 
@@ -164,6 +175,15 @@ class MemoryBilling:
             claimed = claim not in self.period_claims
             self.period_claims.add(claim)
         applied = applied_change(change, claimed, org_id)
+        before, after = self.billing.get(org_id, BillingState()), applied.state
+        notice = billing_notice(
+            org_id, before.suspended_at, after.suspended_at, after.suspension_reason
+        )
+        if notice is not None:  # into the outbox with the change, as the SQL stores do
+            kind, once, data = notice
+            event_id, moment = new_id("evt"), time.time()
+            body = event_body(kind, event_id, moment, data)
+            self._claim(event_id, once, org_id, kind, "", body, moment)
         self.billing[org_id] = applied.state
         for entry in (*applied.credits, *applied.period_grants):
             if entry.idempotency_key in self.ledger:

@@ -18,6 +18,11 @@ class MemoryNotifications:
     async def claim_notification(
         self, event_id: str, claim: str, org_id: str, kind: str, url: str, body: str, now: float
     ) -> bool:
+        return self._claim(event_id, claim, org_id, kind, url, body, now)
+
+    def _claim(
+        self, event_id: str, claim: str, org_id: str, kind: str, url: str, body: str, now: float
+    ) -> bool:
         if claim in self.claims:
             return False
         self.claims.add(claim)

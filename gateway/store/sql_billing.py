@@ -11,11 +11,13 @@ customer, so that the event is either kept before the link commits or applied af
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from gateway.errors import Conflict
+from gateway.store import sql_notify
 from gateway.store.normal import (
     applied_change,
     event_from_json,
@@ -24,11 +26,12 @@ from gateway.store.normal import (
     has_suspension_row,
     ledger_refusal,
 )
-from gateway.store.records import PLAN_REFUSED, Decide, DecideEvent, WebhookOutcome
+from gateway.store.records import PLAN_REFUSED, Decide, DecideEvent, WebhookOutcome, new_id
 from gateway.store.seam import Dialect, Step, execute, rows, value
 from gateway.store.sql_orgs import audit, iso_of
 from policies.billing import BillingChange, BillingEvent, BillingState
 from policies.model import PaymentStatus, Period
+from policies.notifications import billing_notice, event_body
 
 _STATE_COLUMNS = """b.payment_status, b.plan, b.period_start, b.period_end,
         b.subscription_id, b.never_paid, b.cancel_at_period_end, b.status_at,
@@ -212,10 +215,26 @@ def checked(
     change = decide(state)
     if change.refused is None and change.state.plan != state.plan:
         yield from _plan_kept(change.state.plan, known_plan)
-    if change.refused is not None or not (change.credits or change.period_grants):
-        return change
-    held = yield from value("SELECT balance_minor FROM billing_state WHERE org_id = ?", org_id)
-    return ledger_refusal(state, change, int(held or 0), why) or change
+    if change.refused is None and (change.credits or change.period_grants):
+        held = yield from value("SELECT balance_minor FROM billing_state WHERE org_id = ?", org_id)
+        change = ledger_refusal(state, change, int(held or 0), why) or change
+    if change.refused is None:
+        yield from _suspension_notice(org_id, state, change.state)
+    return change
+
+
+def _suspension_notice(org_id: str, before: BillingState, after: BillingState) -> Step[None]:
+    """A billing suspension that starts or ends is an event in the notifications outbox, in
+    the transaction that writes it (its URL is the one configured when it is delivered)."""
+    notice = billing_notice(
+        org_id, before.suspended_at, after.suspended_at, after.suspension_reason
+    )
+    if notice is None:
+        return
+    kind, claim, data = notice
+    event_id, now = new_id("evt"), time.time()
+    body = event_body(kind, event_id, now, data)
+    yield from sql_notify.claim(event_id, claim, org_id, kind, "", body, now)
 
 
 def _plan_kept(plan: str, known: bool) -> Step[None]:

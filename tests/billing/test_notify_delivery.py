@@ -10,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from gateway.ingest.keys import generate_key
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store import Store
+from policies.billing import BillingChange, BillingState
 from policies.model import Limits
 from tests.fakes import Clock, MemoryUpstream
 from tests.store.conftest import DURABLE_BACKENDS, Backend
@@ -184,3 +186,42 @@ async def test_each_threshold_and_the_limit_arrive_once_through_an_outage_and_re
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_billing_suspension_is_delivered_to_the_configured_url(
+    backend: Backend, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    receiver.up = True
+    settings = Settings(
+        data_dir=tmp_path,
+        key_secret="s" * 32,
+        upstream_url="http://upstream.test",
+        notify_url="http://receiver.test/hooks",
+        notify_secret=SECRET,
+        notify_interval=0.05,
+        reconcile_interval=3600,  # its first pass runs at start, before the suspension
+    )
+    runtime = Runtime(
+        settings,
+        store=backend.new(),
+        upstream=MemoryUpstream(),
+        spool_dir=None,
+        notify_transport=httpx.MockTransport(receiver),
+    )
+    await runtime.start()
+    try:
+        await asyncio.sleep(0.2)  # the reconciler's first pass is over
+        org = await runtime.store.create_org("late payer", Limits(), None)
+        began = datetime(2026, 12, 1, tzinfo=UTC)
+
+        def suspend(state: BillingState) -> BillingChange:
+            return BillingChange(replace(state, suspended_at=began, suspension_reason="overdue"))
+
+        await runtime.store.update_billing(org.id, suspend, actor="reconciler", now=began)
+        await until(lambda: _true(len(receiver.events) == 1))
+        (event,) = receiver.events
+        assert (event["type"], event["data"]["org_id"]) == ("billing.suspended", org.id)
+    finally:
+        await runtime.close()
+        await backend.cleanup()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from gateway.store import Store
+from policies.billing import BillingChange, BillingState
+from policies.model import Limits
 from tests.store.conftest import NewStore
 
 T0 = 1_764_547_200.0
@@ -64,3 +70,30 @@ async def test_two_stores_on_one_database_claim_and_lease_each_event_once(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_billing_suspension_starting_and_ending_is_one_event_each(store: Store) -> None:
+    org = await store.create_org("acme", Limits(), None)
+    began = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def suspend(state: BillingState) -> BillingChange:
+        return BillingChange(replace(state, suspended_at=began, suspension_reason="overdue"))
+
+    def lift(state: BillingState) -> BillingChange:
+        return BillingChange(replace(state, suspended_at=None, suspension_reason=None))
+
+    for decide in (suspend, suspend, lift, lift):  # the second of each changes nothing
+        await store.update_billing(org.id, decide, actor="reconciler", now=began)
+    rows = sorted(await store.notifications(org.id, 10), key=lambda r: r["type"])
+    assert [row["type"] for row in rows] == ["billing.suspended", "billing.unsuspended"]
+    for row in rows:
+        event = json.loads(row["body"])
+        assert event["id"] == row["id"] and event["type"] == row["type"]
+        assert event["data"] == {
+            "org_id": org.id,
+            "key_id": None,
+            "suspended_at": began.isoformat(),
+            "reason": "overdue" if row["type"] == "billing.suspended" else None,
+        }
+    due = await store.due_notifications(time.time(), lease=60, limit=10)
+    assert {event.url for event in due} == {""}  # sent to the URL configured at delivery
