@@ -232,6 +232,8 @@ class OrgRouting:
     key_id: str | None = field(default=None, compare=False)
     #: The org's plan (what ``GET /v1/usage`` tells the key holder).
     plan: str = "free"
+    #: Where the org's notifications go (None: the gateway's GATEWAY_NOTIFY_URL).
+    notify_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

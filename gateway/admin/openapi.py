@@ -126,6 +126,8 @@ _PATCH_BODY = {
     **_ORG_BODY,
     "properties": {
         **_ORG_BODY["properties"],  # type: ignore[dict-item]
+        "plan": {"type": "string"},
+        "notify_url": {"type": "string", "format": "uri", "nullable": True, "maxLength": 2048},
         "prices": {
             "type": "object",
             "additionalProperties": False,

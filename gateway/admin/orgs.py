@@ -52,6 +52,7 @@ def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, A
         "limits": org.limits.overrides(),
         "effective_limits": org.effective_limits.as_dict(),
         "upstream": org.upstream,
+        "notify_url": org.notify_url,
         "suspended": org.suspended,
         "suspension_reason": org.suspension_reason,
         "billing_suspended": _billing_blocked(org),
@@ -137,6 +138,27 @@ def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
     return origin.url
 
 
+def _notify_url(raw: object, allowlist: UpstreamAllowlist) -> str | None:
+    """An http(s) URL whose origin the upstream allowlist admits (SSRF: the gateway POSTs
+    there), with a path and query but no fragment or user name; null: GATEWAY_NOTIFY_URL."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > 2048:
+        raise BadRequest("notify_url must be a URL of at most 2048 characters, or null")
+    scheme, sep, rest = raw.partition("://")
+    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    tail = rest[cut:]
+    if "#" in tail or any(c.isspace() or not c.isprintable() for c in tail) or not tail.isascii():
+        raise BadRequest("notify_url must not have a fragment, whitespace or control characters")
+    try:
+        origin = parse_origin(f"{scheme}{sep}{rest[:cut]}", "notify_url")
+    except BadOrigin as exc:
+        raise BadRequest(str(exc)) from exc
+    if not allowlist.allows(origin):
+        raise BadRequest("notify_url is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
+    return origin.url + (tail if tail.startswith("/") else "/" + tail if tail else "")
+
+
 def _name(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 200 or not raw.isprintable():
         raise BadRequest("name must be a non-empty string of at most 200 printable characters")
@@ -153,7 +175,13 @@ def _body(raw: object, allowed: set[str]) -> Mapping[str, Any]:
 
 
 _ORG_FIELDS = {"name", "limits", "upstream", "shadow"}
-_PATCH_FIELDS = _ORG_FIELDS | {"prices", "block_over_balance", "billing_customers", "plan"}
+_PATCH_FIELDS = _ORG_FIELDS | {
+    "prices",
+    "block_over_balance",
+    "billing_customers",
+    "plan",
+    "notify_url",
+}
 EVERY_ORG = "*"  # the invalidation that drops every org's routing
 PROVIDERS = ("stripe", "autumn", "paddle")
 
@@ -243,6 +271,8 @@ class OrgAdmin:
             set_upstream="upstream" in body,
             shadow=shadow,
             prices=_prices(body, current.prices) if priced else None,
+            notify_url=_notify_url(body.get("notify_url"), self.allowlist),
+            set_notify_url="notify_url" in body,
         )
         if "plan" in body:
             await self._known_plan(body["plan"])  # refused before anything is written

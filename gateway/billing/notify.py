@@ -184,7 +184,8 @@ class Notifier:
             limit,
             exhausted_at,
         )
-        if crossing.claim in self._claimed or self._url is None:
+        url = routing.notify_url or self._url
+        if crossing.claim in self._claimed or url is None:
             return 0
         if len(self._claimed) > CLAIMED_KEPT:
             self._claimed.clear()  # a claim asked again is refused by the store: no repeat
@@ -192,7 +193,7 @@ class Notifier:
         event_id = new_id("evt")
         body = event_body(kind, event_id, now, crossing.data())
         added = await self._store.claim_notification(
-            event_id, crossing.claim, routing.org_id, kind, self._url, body, now
+            event_id, crossing.claim, routing.org_id, kind, url, body, now
         )
         self._claimed.add(crossing.claim)
         return int(added)

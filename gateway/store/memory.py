@@ -267,6 +267,7 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
             upstream=changes.upstream if changes.set_upstream else org.upstream,
             shadow=changes.shadow if changes.shadow is not None else org.shadow,
             prices=changes.prices if changes.prices is not None else org.prices,
+            notify_url=changes.notify_url if changes.set_notify_url else org.notify_url,
         )
         self._audit(org_id, org_audit(current, changes), reason, actor, datetime.now(UTC))
         return self._record(org_id)

@@ -183,7 +183,8 @@ class MemoryBilling:
             kind, once, data = notice
             event_id, moment = new_id("evt"), time.time()
             body = event_body(kind, event_id, moment, data)
-            self._claim(event_id, once, org_id, kind, "", body, moment)
+            url = self.orgs[org_id].notify_url or ""
+            self._claim(event_id, once, org_id, kind, url, body, moment)
         self.billing[org_id] = applied.state
         for entry in (*applied.credits, *applied.period_grants):
             if entry.idempotency_key in self.ledger:

@@ -168,6 +168,8 @@ def org_audit(org: OrgRecord, changes: OrgChanges) -> list[AuditRow]:
         rows.append(("prices", prices_json(org.prices), prices_json(changes.prices)))
     if changes.shadow is not None and changes.shadow != org.shadow:
         rows.append(("shadow", _flag(org.shadow), _flag(changes.shadow)))
+    if changes.set_notify_url and changes.notify_url != org.notify_url:
+        rows.append(("notify_url", org.notify_url, changes.notify_url))
     return rows
 
 

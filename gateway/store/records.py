@@ -68,6 +68,8 @@ class OrgRecord:
     #: and rates: the org's own ``limits`` override them meter by meter.
     plan: str = "free"  # as a billing state without one says
     plan_limits: Limits | None = None
+    #: Where the org's notifications go (None: GATEWAY_NOTIFY_URL).
+    notify_url: str | None = None
 
     @property
     def effective_limits(self) -> Limits:
@@ -100,6 +102,7 @@ class OrgRecord:
             prices=self.prices,
             period=self.period,
             plan=self.plan,
+            notify_url=self.notify_url,
         )
 
     def credit_limit(self) -> int | None:
@@ -147,6 +150,8 @@ class OrgChanges:
     set_upstream: bool = False
     shadow: bool | None = None
     prices: Prices | None = None
+    notify_url: str | None = None
+    set_notify_url: bool = False
     #: Limits changed meter by meter (``Limits.overridden``: a number, ``None`` for unlimited,
     #: ``"plan"`` for the plan's value), applied to the stored ones in the same transaction,
     #: so that two admins changing different meters both stay.

@@ -234,7 +234,8 @@ def _suspension_notice(org_id: str, before: BillingState, after: BillingState) -
     kind, claim, data = notice
     event_id, now = new_id("evt"), time.time()
     body = event_body(kind, event_id, now, data)
-    yield from sql_notify.claim(event_id, claim, org_id, kind, "", body, now)
+    url = yield from value("SELECT notify_url FROM orgs WHERE id = ?", org_id)
+    yield from sql_notify.claim(event_id, claim, org_id, kind, url or "", body, now)
 
 
 def _plan_kept(plan: str, known: bool) -> Step[None]:

@@ -24,7 +24,7 @@ _ORG_COLUMNS = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_rea
         COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
         p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, FALSE),
         s.suspended_at IS NOT NULL, b.period_start, b.period_end,
-        COALESCE(b.balance_minor, 0), COALESCE(b.plan, 'free'), pl.body"""
+        COALESCE(b.balance_minor, 0), COALESCE(b.plan, 'free'), pl.body, o.notify_url"""
 _ORG_JOINS = """
     LEFT JOIN org_limits l ON l.org_id = o.id
     LEFT JOIN org_prices p ON p.org_id = o.id
@@ -43,6 +43,7 @@ UPDATE_ORG = """UPDATE orgs SET
         name = COALESCE(?, name),
         upstream = CASE WHEN ? THEN ? ELSE upstream END,
         shadow = COALESCE(?, shadow),
+        notify_url = CASE WHEN ? THEN ? ELSE notify_url END,
         updated_at = ?
     WHERE id = ?"""
 
@@ -91,6 +92,7 @@ def org_from_rows(
         balance_minor=int(first[17]),
         plan=first[18],
         plan_limits=None if first[19] is None else plan_limits(plan_from_json(*first[18:20])),
+        notify_url=first[20],
     )
 
 
@@ -242,6 +244,8 @@ def update_org(
         changes.set_upstream,
         changes.upstream,
         changes.shadow,
+        changes.set_notify_url,
+        changes.notify_url,
         d.stamp(now),
         org_id,
     )

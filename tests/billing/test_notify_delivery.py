@@ -42,6 +42,7 @@ class Receiver:
         self.up = False
         self.attempts = 0
         self.events: list[dict[str, Any]] = []
+        self.urls: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.attempts += 1
@@ -51,6 +52,7 @@ class Receiver:
         event = json.loads(request.content)
         assert event["id"] == request.headers["webhook-id"]
         self.events.append(event)
+        self.urls.append(str(request.url))
         return httpx.Response(204)
 
 
@@ -223,5 +225,60 @@ async def test_a_billing_suspension_is_delivered_to_the_configured_url(
         (event,) = receiver.events
         assert (event["type"], event["data"]["org_id"]) == ("billing.suspended", org.id)
     finally:
+        await runtime.close()
+        await backend.cleanup()
+
+
+async def test_an_org_s_own_notify_url_gets_its_events_and_is_checked_like_an_upstream(
+    backend: Backend, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    receiver.up = True
+    settings = Settings(
+        data_dir=tmp_path,
+        key_secret="s" * 32,
+        admin_token=TOKEN,
+        upstream_url="http://upstream.test",
+        upstream_allowlist="http://hooks.acme.test",
+        flush_interval=0.05,
+        notify_url="http://receiver.test/hooks",
+        notify_secret=SECRET,
+        notify_interval=0.05,
+        reconcile_interval=3600,
+    )
+    runtime = Runtime(
+        settings,
+        store=backend.new(),
+        upstream=MemoryUpstream(),
+        spool_dir=None,
+        notify_transport=httpx.MockTransport(receiver),
+    )
+    await runtime.start()
+    admin = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_admin_app(runtime)),
+        base_url="http://admin",
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    ingest = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=IngestApp(runtime)), base_url="http://gw"
+    )
+    try:
+        made = await admin.post("/admin/orgs", json={"name": "acme", "limits": {"items": 4}})
+        org_id = made.json()["id"]
+        for bad in ("http://evil.test/x", "ftp://hooks.acme.test/", "http://hooks.acme.test/#x", 5):
+            refused = await admin.patch(f"/admin/orgs/{org_id}", json={"notify_url": bad})
+            assert (refused.status_code, refused.json()["error"]) == (400, "bad_request"), bad
+        own = "http://hooks.acme.test/usage?source=gw"
+        patched = await admin.patch(f"/admin/orgs/{org_id}", json={"notify_url": own})
+        assert patched.status_code == 200 and patched.json()["notify_url"] == own
+        key = (await admin.post(f"/admin/orgs/{org_id}/keys")).json()["key"]
+        headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+        assert (await ingest.post("/v1/traces", content=SPANS, headers=headers)).status_code == 200
+        await runtime.usage.flush()
+        await until(lambda: _true(any(e["type"] == "usage.threshold" for e in receiver.events)))
+        assert set(receiver.urls) == {own}  # 2 of 4 spans: 50%, to the org's own URL
+    finally:
+        await admin.aclose()
+        await ingest.aclose()
         await runtime.close()
         await backend.cleanup()

@@ -47,6 +47,9 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
         upstream_url="http://upstream.test",
         flush_interval=3600,
         stripe_webhook_secret=STRIPE_SECRET,
+        # Exact limits are what these tests check: a store slowed by a loaded machine must not
+        # turn a reservation into a fail-open admission (tests/limits/test_usage.py tests that).
+        gate_timeout=10.0,
     )
     runtime = Runtime(settings, store=backend.new(), upstream=MemoryUpstream(), spool_dir=None)
     try:
