@@ -237,9 +237,7 @@ class Runtime:
 
     async def close(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await _cancelled({self._flusher})
             self._flusher = None
         left = await self.usage.close()
         await self._share_rates(0.0)  # leave: the others' share grows at their next tick
@@ -249,9 +247,7 @@ class Runtime:
         await self.upstream.close()
         self.inspector.close()
         await self.invalidation.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancelled(set(self._tasks))
         if self.exporter is not None:
             await self.exporter.close()
         if self.quota is not self.store:
@@ -335,3 +331,14 @@ class Runtime:
         """The reservation breaker is closed and the store answered a ping in the last second;
         never a store call of its own through ``self.guard`` (see gateway/limits/readiness.py)."""
         return await self.readiness.ready()
+
+
+async def _cancelled(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` until they end. Once was not always enough: a flush loop was seen
+    cancelling yet going round again (a close that never returned), most likely a store call's
+    ``asyncio.wait_for`` finishing as the cancel arrived, which swallows it on Python 3.11."""
+    pending = tasks
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)

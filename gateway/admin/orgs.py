@@ -12,9 +12,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.admin.origins import UpstreamAllowlist, parse_origin
+from gateway.admin.origins import UpstreamAllowlist, checked_notify_url, checked_upstream
 from gateway.billing.webhooks import EventPolicy
-from gateway.errors import BadOrigin, BadRequest, Conflict, CustomerTaken, NotFound
+from gateway.errors import BadRequest, Conflict, CustomerTaken, NotFound
 from gateway.ingest.keys import KeyHasher, generate_key
 from gateway.limits.budgets import CREDIT_PERIOD
 from gateway.store.base import Store
@@ -124,41 +124,6 @@ def _key_limits(raw: object) -> dict[str, int | None]:
     return {m: v for m, v in _limits(raw, key=True).items() if not isinstance(v, str)}
 
 
-def _upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, str):
-        raise BadRequest("upstream must be a string or null")
-    try:
-        origin = parse_origin(raw)
-    except BadOrigin as exc:
-        raise BadRequest(str(exc)) from exc
-    if not allowlist.allows(origin):
-        raise BadRequest("upstream is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
-    return origin.url
-
-
-def _notify_url(raw: object, allowlist: UpstreamAllowlist) -> str | None:
-    """An http(s) URL whose origin the upstream allowlist admits (SSRF: the gateway POSTs
-    there), with a path and query but no fragment or user name; null: GATEWAY_NOTIFY_URL."""
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or len(raw) > 2048:
-        raise BadRequest("notify_url must be a URL of at most 2048 characters, or null")
-    scheme, sep, rest = raw.partition("://")
-    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    tail = rest[cut:]
-    if "#" in tail or any(c.isspace() or not c.isprintable() for c in tail) or not tail.isascii():
-        raise BadRequest("notify_url must not have a fragment, whitespace or control characters")
-    try:
-        origin = parse_origin(f"{scheme}{sep}{rest[:cut]}", "notify_url")
-    except BadOrigin as exc:
-        raise BadRequest(str(exc)) from exc
-    if not allowlist.allows(origin):
-        raise BadRequest("notify_url is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
-    return origin.url + (tail if tail.startswith("/") else "/" + tail if tail else "")
-
-
 def _name(raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip() or len(raw) > 200 or not raw.isprintable():
         raise BadRequest("name must be a non-empty string of at most 200 printable characters")
@@ -252,7 +217,7 @@ class OrgAdmin:
         return await self.store.create_org(
             _name(body["name"]),
             Limits().overridden(_limits(body.get("limits", {}))),
-            _upstream(body.get("upstream"), self.allowlist),
+            checked_upstream(body.get("upstream"), self.allowlist),
             shadow,
         )
 
@@ -267,11 +232,11 @@ class OrgAdmin:
         changes = OrgChanges(
             name=_name(body["name"]) if "name" in body else None,
             limit_changes=_limits(body["limits"]) if "limits" in body else None,
-            upstream=_upstream(body.get("upstream"), self.allowlist),
+            upstream=checked_upstream(body.get("upstream"), self.allowlist),
             set_upstream="upstream" in body,
             shadow=shadow,
             prices=_prices(body, current.prices) if priced else None,
-            notify_url=_notify_url(body.get("notify_url"), self.allowlist),
+            notify_url=checked_notify_url(body.get("notify_url"), self.allowlist),
             set_notify_url="notify_url" in body,
         )
         if "plan" in body:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from gateway.errors import BadOrigin, ConfigError
+from gateway.errors import BadOrigin, BadRequest, ConfigError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Dot-separated labels of letters, digits, "-" and "_" (container names), none empty.
@@ -152,3 +152,38 @@ def _bare_host(text: str, what: str) -> str:
     if port is not None:
         raise BadOrigin(f"{what}: a host has no port (write scheme://host:port for one)")
     return host
+
+
+def checked_upstream(raw: object, allowlist: UpstreamAllowlist) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise BadRequest("upstream must be a string or null")
+    try:
+        origin = parse_origin(raw)
+    except BadOrigin as exc:
+        raise BadRequest(str(exc)) from exc
+    if not allowlist.allows(origin):
+        raise BadRequest("upstream is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
+    return origin.url
+
+
+def checked_notify_url(raw: object, allowlist: UpstreamAllowlist) -> str | None:
+    """An http(s) URL whose origin the upstream allowlist admits (SSRF: the gateway POSTs
+    there), with a path and query but no fragment or user name; null: GATEWAY_NOTIFY_URL."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > 2048:
+        raise BadRequest("notify_url must be a URL of at most 2048 characters, or null")
+    scheme, sep, rest = raw.partition("://")
+    cut = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    tail = rest[cut:]
+    if "#" in tail or any(c.isspace() or not c.isprintable() for c in tail) or not tail.isascii():
+        raise BadRequest("notify_url must not have a fragment, whitespace or control characters")
+    try:
+        origin = parse_origin(f"{scheme}{sep}{rest[:cut]}", "notify_url")
+    except BadOrigin as exc:
+        raise BadRequest(str(exc)) from exc
+    if not allowlist.allows(origin):
+        raise BadRequest("notify_url is not allowed by GATEWAY_UPSTREAM_ALLOWLIST")
+    return origin.url + (tail if tail.startswith("/") else "/" + tail if tail else "")

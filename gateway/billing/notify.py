@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import httpx
@@ -43,7 +43,8 @@ from policies.notifications import (
 log = logging.getLogger("gateway.billing.notify")
 
 LEASE_SECONDS = 60.0  # an attempt holds its event this long before another replica may
-BATCH = 50
+TIMEOUT_SECONDS = 10.0  # a receiver's answer
+BATCH = 5  # 5 attempts at the timeout take 50 s, inside the lease
 CLAIMED_KEPT = 100_000  # claims this process remembers taking, so as not to ask again
 FORECAST_EVERY = 60.0  # seconds between forecasts of one org and key
 
@@ -67,6 +68,10 @@ class Notifier:
         self._metrics = metrics
         self._clock = clock
         self._url = settings.notify_url
+        if self._url is not None:
+            _check_url(self._url)
+        if settings.notify_interval < 0.01:
+            raise ConfigError("GATEWAY_NOTIFY_INTERVAL must be at least 0.01 seconds")
         try:
             self._key = signing_key(settings.notify_secret) if settings.notify_secret else None
             self._thresholds = parse_thresholds(settings.notify_thresholds)
@@ -77,7 +82,7 @@ class Notifier:
         self._active: dict[tuple[str, str | None], OrgRouting] = {}
         self._refused: dict[tuple[str, str | None, str], OrgRouting] = {}
         self._claimed: set[str] = set()
-        self._forecast_at: dict[tuple[str, str | None], float] = {}
+        self._forecast_at: dict[tuple[str, str], float] = {}  # (org, meter) -> last forecast
 
     @property
     def enabled(self) -> bool:
@@ -93,22 +98,44 @@ class Notifier:
             self._refused[routing.org_id, routing.key_id, meter] = routing
 
     async def run_forever(self) -> None:
-        async with httpx.AsyncClient(transport=self._transport, timeout=10.0) as client:
-            while True:
-                try:
-                    await self.detect()
-                    await self.deliver(client)
-                except StoreError as exc:
-                    log.warning("notifications wait for the store: %s", exc)
-                await asyncio.sleep(self._interval)
+        """Two loops: a slow receiver holds up deliveries, never the looking for events."""
+        async with httpx.AsyncClient(transport=self._transport, timeout=TIMEOUT_SECONDS) as client:
+            await asyncio.gather(
+                self._every(self.detect), self._every(lambda: self.deliver(client))
+            )
+
+    async def _every(self, work: Callable[[], Awaitable[int]]) -> None:
+        while True:
+            try:
+                await work()
+            except StoreError as exc:
+                log.warning("notifications wait for the store: %s", exc)
+            except Exception:
+                log.exception("notifications failed; trying again")
+            await asyncio.sleep(self._interval)
 
     # events
 
     async def detect(self) -> int:
-        """Claim the events of what was used since the last call; how many were new."""
-        now = self._clock()
+        """Claim the events of what was used since the last call; how many were new. What a
+        store failure interrupts is looked at again on the next call."""
         active, self._active = self._active, {}
         refused, self._refused = self._refused, {}
+        try:
+            return await self._detect(active, refused)
+        except BaseException:
+            for scope, routing in active.items():
+                self._active.setdefault(scope, routing)
+            for found, routing in refused.items():
+                self._refused.setdefault(found, routing)
+            raise
+
+    async def _detect(
+        self,
+        active: dict[tuple[str, str | None], OrgRouting],
+        refused: dict[tuple[str, str | None, str], OrgRouting],
+    ) -> int:
+        now = self._clock()
         new = 0
         for routing in active.values():
             period = self._period_of(routing, now)
@@ -130,17 +157,18 @@ class Notifier:
         """``usage.forecast`` once a period per meter whose recent rate reaches its limit before
         the period ends (``policies.forecast``); looked at once a minute per org and key, from
         its first look with usage to count."""
-        scope = (routing.org_id, routing.key_id)
-        if now - self._forecast_at.get(scope, -1e18) < FORECAST_EVERY:
-            return 0
         period = self._period_of(routing, now)
         start, end = period.start.timestamp(), period.end.timestamp()
         counters = await self._store.usage(routing.org_id, period.key)
+        if len(self._forecast_at) > CLAIMED_KEPT:
+            self._forecast_at.clear()
         new = 0
         for meter, limit in self._limited(routing):
+            scope = (routing.org_id, meter)
             used = counters.get(meter, 0)
-            if used:
-                self._forecast_at[scope] = now
+            if not used or now - self._forecast_at.get(scope, -1e18) < FORECAST_EVERY:
+                continue
+            self._forecast_at[scope] = now
             if used >= limit:
                 continue  # reached already: usage.threshold and usage.limit_reached say so
             since = max(start, now - (WINDOW_HOURS + 1) * 3600)
@@ -204,23 +232,29 @@ class Notifier:
         """Attempt every event due; how many were delivered."""
         if self._key is None:
             return 0
-        delivered = 0
         now = self._clock()
+        # One at a time, a batch small enough that even a receiver at the client timeout on
+        # every attempt is done inside the lease: no other replica takes an event in flight.
+        delivered = 0
         for event in await self._store.due_notifications(now, LEASE_SECONDS, BATCH):
-            error = await self._attempt(client, event)
-            now = self._clock()
-            if error is None:
-                delivered += 1
-                self._metrics.notifications.labels("delivered").inc()
-                await self._store.notification_attempted(event.id, now, None, None)
-            elif now - event.created_at >= GIVE_UP_SECONDS:
-                self._metrics.notifications.labels("failed").inc()
-                await self._store.notification_attempted(event.id, now, error, None)
-            else:
-                self._metrics.notifications.labels("retried").inc()
-                next_at = now + retry_delay(event.attempts + 1)
-                await self._store.notification_attempted(event.id, now, error, next_at)
+            delivered += await self._deliver(client, event)
         return delivered
+
+    async def _deliver(self, client: httpx.AsyncClient, event: Notification) -> int:
+        error = await self._attempt(client, event)
+        now = self._clock()
+        if error is None:
+            self._metrics.notifications.labels("delivered").inc()
+            await self._store.notification_attempted(event.id, now, None, None)
+            return 1
+        if now - event.created_at >= GIVE_UP_SECONDS:
+            self._metrics.notifications.labels("failed").inc()
+            await self._store.notification_attempted(event.id, now, error, None)
+        else:
+            self._metrics.notifications.labels("retried").inc()
+            next_at = now + retry_delay(event.attempts + 1)
+            await self._store.notification_attempted(event.id, now, error, next_at)
+        return 0
 
     async def _attempt(self, client: httpx.AsyncClient, event: Notification) -> str | None:
         assert self._key is not None
@@ -237,7 +271,7 @@ class Notifier:
             url = event.url or self._url
             assert url is not None
             response = await client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except Exception as exc:
             return type(exc).__name__  # never the URL or the body
         if 200 <= response.status_code < 300:
             return None
@@ -250,3 +284,16 @@ def listed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         {**{k: v for k, v in row.items() if k != "body"}, "event": json.loads(row["body"])}
         for row in rows
     ]
+
+
+def _check_url(url: str) -> None:
+    """GATEWAY_NOTIFY_URL as an http(s) URL with a host and a valid port, or a ConfigError."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise ConfigError("GATEWAY_NOTIFY_URL must be an http:// or https:// URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("GATEWAY_NOTIFY_URL must be an http:// or https:// URL with a host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError("GATEWAY_NOTIFY_URL must have a port from 1 to 65535")

@@ -20,14 +20,17 @@ import pytest
 from svix.webhooks import Webhook
 
 from gateway.admin.app import build_admin_app
+from gateway.errors import ConfigError, StoreError
 from gateway.ingest.app import IngestApp
 from gateway.ingest.keys import generate_key
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.records import UsageBatch
 from policies.billing import BillingChange, BillingState
 from policies.model import Limits
-from tests.fakes import Clock, MemoryUpstream
+from tests.fakes import Clock, FlakyStore, MemoryUpstream
 from tests.store.conftest import DURABLE_BACKENDS, Backend
 
 SECRET = "whsec_" + base64.b64encode(b"notification signing secret, 32b").decode()
@@ -282,3 +285,45 @@ async def test_an_org_s_own_notify_url_gets_its_events_and_is_checked_like_an_up
         await ingest.aclose()
         await runtime.close()
         await backend.cleanup()
+
+
+async def test_what_a_store_failure_interrupts_is_claimed_on_the_next_look(tmp_path: Path) -> None:
+    store = FlakyStore(MemoryStore())
+    settings = Settings(
+        data_dir=tmp_path,
+        key_secret="s" * 32,
+        upstream_url="http://upstream.test",
+        notify_url="http://receiver.test/hooks",
+        notify_secret=SECRET,
+    )
+    runtime = Runtime(settings, store=store, upstream=MemoryUpstream(), spool_dir=None)
+    org = await store.create_org("acme", Limits(items=10), None)
+    period = runtime.usage.current_period(time.time())
+    await store.commit(UsageBatch("b1", "h", org.id, period.key, used={"items": 6}))
+    runtime.notifier.observe(org.routing(), None)
+    store.failing.add("usage")
+    with pytest.raises(StoreError):
+        await runtime.notifier.detect()
+    store.failing.clear()
+    assert await runtime.notifier.detect() >= 1  # the 50% crossing, though nobody sent since
+    kinds = {json.loads(row["body"])["type"]: row for row in await store.notifications(org.id, 10)}
+    assert json.loads(kinds["usage.threshold"]["body"])["data"]["threshold"] == 50
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"notify_url": "http://127.0.0.1:99999/hook"}, "port"),
+        ({"notify_url": "http://[::1/x"}, "GATEWAY_NOTIFY_URL"),
+        ({"notify_url": "ftp://hooks.test/x"}, "GATEWAY_NOTIFY_URL"),
+        ({"notify_interval": 0.0}, "GATEWAY_NOTIFY_INTERVAL"),
+        ({"notify_secret": "whsec_abc"}, "GATEWAY_NOTIFY_SECRET"),
+    ],
+)
+def test_notification_settings_that_cannot_work_refuse_to_start(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    base = {"notify_url": "http://receiver.test/hooks", "notify_secret": SECRET}
+    settings = Settings(data_dir=tmp_path, key_secret="s" * 32, **{**base, **changes})
+    with pytest.raises(ConfigError, match=message):
+        Runtime(settings, store=MemoryStore(), upstream=MemoryUpstream(), spool_dir=None)
