@@ -316,6 +316,8 @@ class OrgAdmin:
         body = _body(raw, {"name", "limits"})
         name = _key_name(body["name"]) if "name" in body else None
         changes = _key_limits(body["limits"]) if "limits" in body else None
+        if (await self.key(key_id)).revoked:
+            raise Conflict("the key is revoked: create a new one")
         record = await self.store.update_key(key_id, name=name, limit_changes=changes)
         if record is None:
             raise NotFound(key_id)

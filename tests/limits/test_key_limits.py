@@ -160,3 +160,14 @@ async def test_concurrent_changes_of_different_meters_all_stay(rig: Rig) -> None
     assert (await rig.admin.get(f"/admin/orgs/{org_id}")).json()["limits"] == expected
     listed = (await rig.admin.get(f"/admin/orgs/{org_id}/keys")).json()["keys"]
     assert [k["limits"] for k in listed if k["id"] == key["id"]] == [expected]
+
+
+async def test_a_revoked_key_cannot_be_changed(rig: Rig) -> None:
+    org_id, _ = await tenant(rig, {})
+    made = await new_key(rig, org_id, limits={"items": 8})
+    assert (await rig.admin.delete(f"/admin/keys/{made['id']}")).status_code == 204
+    changed = await rig.admin.patch(f"/admin/keys/{made['id']}", json={"limits": {"items": 9}})
+    assert (changed.status_code, changed.json()["error"]) == (409, "conflict")
+    keys = (await rig.admin.get(f"/admin/orgs/{org_id}/keys")).json()["keys"]
+    (kept,) = [key for key in keys if key["id"] == made["id"]]
+    assert (kept["revoked"], kept["limits"]) == (True, {"items": 8})
