@@ -212,7 +212,7 @@ SPEC: dict[str, Any] = {
             },
             "patch": {
                 "requestBody": {"required": True, **_json(_KEY_BODY)},
-                "responses": _answers(200, _KEY, 400, 404),
+                "responses": _answers(200, _KEY, 400, 404, 409),
             },
         },
         "/admin/notifications": {
