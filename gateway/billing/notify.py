@@ -82,6 +82,8 @@ class Notifier:
         self._active: dict[tuple[str, str | None], OrgRouting] = {}
         self._refused: dict[tuple[str, str | None, str], OrgRouting] = {}
         self._claimed: set[str] = set()
+        self._seen: dict[tuple[str, str | None], float] = {}  # scope -> when last observed
+        self._linger = 3 * max(settings.flush_interval, settings.notify_interval)
         self._forecast_at: dict[tuple[str, str], float] = {}  # (org, meter) -> last forecast
 
     @property
@@ -91,6 +93,7 @@ class Notifier:
     def observe(self, routing: OrgRouting, refusal: Refusal | None) -> None:
         """From the gates, for every admission or refusal: remember what to look at next."""
         self._active[routing.org_id, routing.key_id] = routing
+        self._seen[routing.org_id, routing.key_id] = self._clock()
         if refusal is not None and refusal.code == "usage_limit_exceeded":
             meter = str(refusal.detail.get("meter", ""))
             if refusal.detail.get("scope") == "key":
@@ -121,6 +124,14 @@ class Notifier:
         store failure interrupts is looked at again on the next call."""
         active, self._active = self._active, {}
         refused, self._refused = self._refused, {}
+        # Usage reaches the store at the next flush: an org seen lately is looked at again,
+        # or a crossing made by its last batch before it went quiet would never be seen.
+        now = self._clock()
+        for scope, routing in active.items():
+            if now - self._seen.get(scope, now) < self._linger:
+                self._active.setdefault(scope, routing)
+            else:
+                self._seen.pop(scope, None)
         try:
             return await self._detect(active, refused)
         except BaseException:
