@@ -35,6 +35,12 @@ class Metrics:
             "Items of accepted batches that the upstream rejected (partial success), refunded.",
             registry=self.registry,
         )
+        self.partial_rejected = Counter(
+            "gateway_partial_admission_rejected_items",
+            "Items cut from batches over an items limit by partial admission, by signal.",
+            ["signal"],
+            registry=self.registry,
+        )
         self.live_holders = Gauge(
             "gateway_live_holders",
             "Gateway processes the store saw live at the last flush tick (rates are shared by it).",

@@ -271,6 +271,7 @@ class Runtime:
             limits=self.limits,
             body_timeout=self.settings.body_timeout,
             inspector=self.inspector,
+            partial_admission=self.settings.partial_admission,
         )
 
     async def invalidate_org(self, org_id: str) -> None:

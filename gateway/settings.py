@@ -33,6 +33,8 @@ class Settings:
     flush_interval: float = 1.0
     reservation_ttl: float = 60.0
     shadow: bool = False
+    # cut an OTLP batch over an items limit to what fits (an org's partial_admission wins)
+    partial_admission: bool = False
     strict_limits: bool = False
     gates: bool = True
     workers: int = 1

@@ -234,6 +234,8 @@ class OrgRouting:
     plan: str = "free"
     #: Where the org's notifications go (None: the gateway's GATEWAY_NOTIFY_URL).
     notify_url: str | None = None
+    #: Cut a batch over an items limit to what fits (None: GATEWAY_PARTIAL_ADMISSION).
+    partial_admission: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

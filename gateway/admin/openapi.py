@@ -128,6 +128,7 @@ _PATCH_BODY = {
         **_ORG_BODY["properties"],  # type: ignore[dict-item]
         "plan": {"type": "string"},
         "notify_url": {"type": "string", "format": "uri", "nullable": True, "maxLength": 2048},
+        "partial_admission": {"type": "boolean", "nullable": True},
         "prices": {
             "type": "object",
             "additionalProperties": False,

@@ -53,6 +53,7 @@ def org_json(org: OrgRecord, billing: BillingState | None = None) -> dict[str, A
         "effective_limits": org.effective_limits.as_dict(),
         "upstream": org.upstream,
         "notify_url": org.notify_url,
+        "partial_admission": org.partial_admission,
         "suspended": org.suspended,
         "suspension_reason": org.suspension_reason,
         "billing_suspended": _billing_blocked(org),
@@ -146,6 +147,7 @@ _PATCH_FIELDS = _ORG_FIELDS | {
     "billing_customers",
     "plan",
     "notify_url",
+    "partial_admission",
 }
 EVERY_ORG = "*"  # the invalidation that drops every org's routing
 PROVIDERS = ("stripe", "autumn", "paddle")
@@ -229,6 +231,9 @@ class OrgAdmin:
         shadow = body.get("shadow")
         if shadow is not None and not isinstance(shadow, bool):
             raise BadRequest("shadow must be a boolean")
+        partial = body.get("partial_admission")
+        if partial is not None and not isinstance(partial, bool):
+            raise BadRequest("partial_admission must be a boolean, or null for the gateway's")
         changes = OrgChanges(
             name=_name(body["name"]) if "name" in body else None,
             limit_changes=_limits(body["limits"]) if "limits" in body else None,
@@ -238,6 +243,8 @@ class OrgAdmin:
             prices=_prices(body, current.prices) if priced else None,
             notify_url=checked_notify_url(body.get("notify_url"), self.allowlist),
             set_notify_url="notify_url" in body,
+            partial_admission=partial,
+            set_partial_admission="partial_admission" in body,
         )
         if "plan" in body:
             await self._known_plan(body["plan"])  # refused before anything is written

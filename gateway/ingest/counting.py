@@ -134,33 +134,41 @@ _MAX_FIELD = (1 << 29) - 1
 _LENGTH, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
 
 
-def _fields(data: memoryview, counted: frozenset[int]) -> Iterator[tuple[int, memoryview]]:
-    """The length-delimited fields among ``counted`` in wire order, checking the whole message
-    strictly: groups, field numbers out of range, overlong varints and a counted field of
-    another wire type are refused (a backend that reads them differently could find items)."""
+def wire_fields(data: memoryview, counted: frozenset[int]) -> Iterator[tuple[int, int, int, int]]:
+    """Every field as (number, start, value start, end) in wire order, checking the whole
+    message strictly: groups, field numbers out of range, overlong varints and a counted field
+    of another wire type are refused (a backend that reads them differently could find items)."""
     i, end = 0, len(data)
     while i < end:
+        start = i
         tag, i = _varint(data, i)
         number, wire = tag >> 3, tag & 7
         if not 1 <= number <= _MAX_FIELD:
             raise BadRequest("invalid OTLP protobuf body: field number out of range")
         if number in counted and wire != _LENGTH:
             raise BadRequest(f"invalid OTLP protobuf body: field {number} has the wrong type")
+        value = i
         if wire == _LENGTH:
-            size, i = _varint(data, i)
-            if size > end - i:
+            size, value = _varint(data, i)
+            if size > end - value:
                 raise BadRequest("invalid OTLP protobuf body: truncated field")
-            if number in counted:
-                yield number, data[i : i + size]
-            i += size
+            i = value + size
         elif wire == _VARINT:
             _, i = _varint(data, i)
         elif wire in (_FIXED64, _FIXED32):
             i += 8 if wire == _FIXED64 else 4
         else:
             raise BadRequest("invalid OTLP protobuf body: groups are not accepted")
+        yield number, start, value, i
     if i != end:
         raise BadRequest("invalid OTLP protobuf body: truncated field")
+
+
+def _fields(data: memoryview, counted: frozenset[int]) -> Iterator[tuple[int, memoryview]]:
+    """The length-delimited fields among ``counted`` in wire order, the message checked."""
+    for number, _, value, end in wire_fields(data, counted):
+        if number in counted:
+            yield number, data[value:end]
 
 
 def _varint(data: memoryview, i: int) -> tuple[int, int]:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, ClientError, Disconnected
 from gateway.ingest.body import BodyDeadlines, replaying
 from gateway.ingest.keys import extract_key, strip_key_param
 from gateway.ingest.outcomes import Outcome
-from gateway.ingest.partial import MAX_ANSWER, rejected_items
-from gateway.ingest.payload import BodyLimits, PayloadInspector
-from gateway.limits.admission import AdmissionControl
+from gateway.ingest.partial import MAX_ANSWER, partial_answer, rejected_items
+from gateway.ingest.payload import BodyLimits, Cut, Payload, PayloadInspector
+from gateway.limits.admission import AdmissionControl, Authorized
 from gateway.limits.budgets import Admission
 from gateway.metrics import Metrics
 from gateway.responses import send_refusal
@@ -38,6 +39,21 @@ _TENANT_HEADERS = frozenset({b"x-gateway-org-id", b"x-scope-orgid", b"x-tenant-i
 _DROPPED = frozenset({b"x-ingest-key"}) | _TENANT_HEADERS
 _BODY_HEADERS = frozenset({b"content-type", b"content-encoding", b"content-length"})
 _SOURCE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+# Partial admission: what an OTLP signal's items are called, and how often a cut is retried.
+_ITEM_NAMES = {"traces": "spans", "logs": "log records", "metrics": "data points"}
+_CUT_TRIES = 3
+
+
+def _cut_message(signal: str, rejected: int, refusal: Refusal) -> str:
+    """The partial success's message: how many items were cut, and the limit that cut them."""
+    d = refusal.detail
+    scope = f"key {d['key_id']}" if d.get("scope") == "key" else "the organization"
+    return (
+        f"{rejected} {_ITEM_NAMES[signal]} not accepted: the {d.get('meter')} limit of "
+        f"{d.get('limit')} for {scope} is reached this period; it resets {d.get('resets_at')}"
+    )
 
 
 def _dropped(name: bytes) -> bool:
@@ -130,10 +146,20 @@ class _Answer:
             self.body += chunk
 
 
-class _Exchange:
-    """One request's answer: a refusal decided by the gates, or what the inner app said."""
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A batch cut by partial admission: what was forwarded, and what the client is told."""
 
-    __slots__ = ("answer", "inner", "refused", "send_client", "status")
+    cut: Cut
+    rejected: int
+    message: str
+
+
+class _Exchange:
+    """One request's answer: a refusal decided by the gates, or what the inner app said (held
+    back for a cut batch, whose answer is the gateway's partial success)."""
+
+    __slots__ = ("answer", "held", "inner", "refused", "send_client", "status")
 
     def __init__(self, send: Send) -> None:
         self.send_client = send
@@ -141,6 +167,7 @@ class _Exchange:
         self.answer = _Answer()
         self.inner: Scope | None = None
         self.refused: Outcome | None = None
+        self.held: list[Message] | None = None
 
     async def refuse(self, refusal: Refusal, style: str) -> Outcome:
         # Decided before it is sent: a client gone meanwhile does not change the outcome.
@@ -154,7 +181,30 @@ class _Exchange:
             self.answer.start(message)
         elif 200 <= self.status < 300:
             self.answer.add(message.get("body", b""))
-        await self.send_client(message)
+        if self.held is None:
+            await self.send_client(message)
+        else:
+            self.held.append(message)
+
+    async def answer_part(self, signal: str, part: _Part) -> None:
+        """A 2xx from the upstream becomes a partial success naming the items cut as well as
+        the ones it rejected; any other answer goes to the client as it came."""
+        held, self.held = self.held or [], None
+        if not 200 <= self.status < 300:
+            for message in held:
+                await self.send_client(message)
+            return
+        answer = self.answer
+        content_type, body = partial_answer(
+            signal,
+            part.cut.payload.format,
+            part.rejected,
+            part.message,
+            (answer.content_type, answer.encoding, answer.body),
+        )
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await self.send_client({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send_client({"type": "http.response.body", "body": body})
 
     def outcome(self, failed: bool) -> Outcome:
         """The refusal, or what the inner app's answer says (the proxy may have named it); an
@@ -164,7 +214,12 @@ class _Exchange:
         if self.inner is None:
             return Outcome.INTERNAL_ERROR
         named = self.inner.get("gateway.outcome")
-        return Outcome.of(named) if named else Outcome.of_answer(self.status, failed)
+        if named:
+            return Outcome.of(named)
+        outcome = Outcome.of_answer(self.status, failed)
+        if outcome is Outcome.FORWARDED and "gateway.part" in self.inner:
+            return Outcome.PARTIALLY_FORWARDED
+        return outcome
 
 
 class MeteringMiddleware:
@@ -177,8 +232,10 @@ class MeteringMiddleware:
         limits: BodyLimits | None = None,
         body_timeout: float = 30.0,
         inspector: PayloadInspector | None = None,
+        partial_admission: bool = False,
     ) -> None:
         self.app = app
+        self.partial_admission = partial_admission  # an org's own setting wins
         self.admission = admission
         self.metrics = metrics
         self.limits = limits or BodyLimits()
@@ -241,9 +298,51 @@ class MeteringMiddleware:
             return Outcome.CLIENT_DISCONNECTED
         quantities = Quantities(1, payload.size, payload.items, signal=signal)
         admission = await self.admission.admit(auth, quantities)
+        part = None
+        if isinstance(admission, Refusal) and self._cuts(auth, signal):
+            cut = await self._admit_part(auth, admission, signal, request, body, payload)
+            admission, part = cut if isinstance(cut, tuple) else (cut, None)
         if isinstance(admission, Refusal):
             return await exchange.refuse(admission, style)
-        return await self._forward(scope, receive, signal, request, body, admission, exchange)
+        return await self._forward(scope, receive, signal, request, body, admission, exchange, part)
+
+    def _cuts(self, auth: Authorized, signal: str) -> bool:
+        setting = auth.routing.partial_admission
+        return signal in _ITEM_NAMES and (self.partial_admission if setting is None else setting)
+
+    async def _admit_part(
+        self,
+        auth: Authorized,
+        refusal: Refusal,
+        signal: str,
+        request: _RequestHeaders,
+        body: bytes,
+        payload: Payload,
+    ) -> tuple[Admission, _Part] | Refusal:
+        """The first items of a batch over an items limit, admitted as far as they fit: each
+        try cuts to what the store's last answer says is left, until one is admitted (another
+        items meter, or another request meanwhile, may leave less)."""
+        keep = payload.items
+        for _ in range(_CUT_TRIES):
+            fit = self.admission.items_fit(auth, refusal, signal)
+            if not 0 < fit < keep:
+                break
+            keep = fit
+            cut = await self.inspector.cut(
+                signal, request.content_type, request.content_encoding, body, payload, keep
+            )
+            if cut.payload.items != keep:
+                log.error("a cut of %s kept %d items, not %d", signal, cut.payload.items, keep)
+                break
+            outcome = await self.admission.admit_part(
+                auth, Quantities(1, cut.payload.size, keep, signal=signal)
+            )
+            if isinstance(outcome, Admission):
+                rejected = payload.items - keep
+                self.metrics.partial_rejected.labels(signal).inc(rejected)
+                return outcome, _Part(cut, rejected, _cut_message(signal, rejected, refusal))
+            refusal = outcome
+        return refusal
 
     async def _forward(
         self,
@@ -254,6 +353,7 @@ class MeteringMiddleware:
         body: bytes,
         admission: Admission,
         exchange: _Exchange,
+        part: _Part | None = None,
     ) -> Outcome:
         org_header = admission.routing.org_id.encode()
         inner = dict(scope)
@@ -266,6 +366,10 @@ class MeteringMiddleware:
         inner["gateway.admission"] = admission
         inner["gateway.body"] = body
         inner["gateway.signal"] = signal
+        if part is not None:
+            body = inner["gateway.body"] = part.cut.body
+            inner["gateway.part"] = part.rejected
+            exchange.held = []
         exchange.inner = inner
         try:
             await self.app(inner, replaying(body, receive), exchange.send)
@@ -278,6 +382,8 @@ class MeteringMiddleware:
                 rejected = rejected_items(signal, answer.content_type, answer.encoding, answer.body)
                 if rejected:
                     self.admission.refund_items(admission, rejected)
+        if part is not None:
+            await exchange.answer_part(signal, part)
         return exchange.outcome(failed=False)
 
     def _count(self, signal: str, outcome: Outcome) -> None:

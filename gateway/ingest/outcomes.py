@@ -13,6 +13,7 @@ from enum import StrEnum
 
 class Outcome(StrEnum):
     FORWARDED = "forwarded"
+    PARTIALLY_FORWARDED = "partially_forwarded"  # cut at an items limit: the part that fit
     UPSTREAM_REJECTED = "upstream_rejected"  # the upstream answered, but not 2xx: refunded
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"

@@ -8,6 +8,7 @@ An answer that cannot be read rejects nothing: the batch was accepted.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -103,3 +104,52 @@ def _rejected_json(signal: str, body: bytes) -> int:
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 19:
         return int(value)
     return 0
+
+
+def partial_answer(
+    signal: str,
+    fmt: str,
+    rejected: int,
+    message: str,
+    upstream: tuple[bytes | None, bytes | None, bytes],
+) -> tuple[bytes, bytes]:
+    """(content type, body) of an OTLP partial success: ``rejected`` items and ``message``
+    from the gateway, added to what the upstream's answer ``(type, coding, body)`` said."""
+    content_type, encoding, body = upstream
+    try:
+        body = _decoded(body, encoding)
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError):
+        body = b""
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    theirs = rejected_items(signal, content_type, None, body)
+    field = _REJECTED[signal]
+    if fmt == "protobuf":
+        answer = _RESPONSES[signal]()
+        if media == b"application/x-protobuf":
+            with contextlib.suppress(DecodeError):
+                answer.ParseFromString(body)
+        partial = answer.partial_success
+        setattr(partial, field, rejected + theirs)
+        partial.error_message = _joined(message, partial.error_message)
+        return b"application/x-protobuf", answer.SerializeToString()
+    document: dict[str, Any] = {}
+    if media == b"application/json":
+        with contextlib.suppress(ValueError, RecursionError):
+            loaded = json.loads(body)
+            document = loaded if isinstance(loaded, dict) else {}
+    partial_json = document.pop("partialSuccess", document.pop("partial_success", None))
+    said = (
+        partial_json.get("errorMessage", partial_json.get("error_message"))
+        if isinstance(partial_json, dict)
+        else None
+    )
+    head, *rest = field.split("_")
+    document["partialSuccess"] = {
+        head + "".join(p.title() for p in rest): str(rejected + theirs),
+        "errorMessage": _joined(message, said if isinstance(said, str) else ""),
+    }
+    return b"application/json", json.dumps(document, separators=(",", ":")).encode()
+
+
+def _joined(ours: str, theirs: str) -> str:
+    return f"{ours}; upstream: {theirs}" if theirs else ours

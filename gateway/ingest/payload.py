@@ -11,16 +11,21 @@ message never echoes the payload.
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from gateway.errors import PayloadTooLarge, TooLarge, UnsupportedMediaType
 from gateway.ingest.counting import count
+from gateway.ingest.cutting import cut, encoded
 from gateway.ingest.decoding import IDENTITY, coding, inflate
 
 SIGNALS = ("traces", "logs", "metrics", "logpush")
+_T = TypeVar("_T")
 
 _OTLP_MEDIA = {"application/x-protobuf": "protobuf", "application/json": "json"}
 # "" is a missing or empty Content-Type: log shippers often send none.
@@ -49,6 +54,15 @@ class Payload:
     format: str
     size: int
     items: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """The first items of a batch: the body to forward (in the request's content coding) and
+    what it counts, counted again from the cut body itself."""
+
+    body: bytes
+    payload: Payload
 
 
 def media_format(signal: str, content_type: bytes | None) -> str:
@@ -99,7 +113,7 @@ def inspect(
 
 
 def _inspect_coded(
-    signal: str, fmt: str, name: str, body: bytes, max_decompressed: int, max_items: int
+    signal: str, fmt: str, name: str, body: bytes, max_items: int, max_decompressed: int
 ) -> tuple[int, int]:
     """In the worker process: (decoded size, items)."""
     try:
@@ -107,6 +121,14 @@ def _inspect_coded(
     except TooLarge:
         raise PayloadTooLarge(f"decompressed body exceeds {max_decompressed} bytes") from None
     return len(data), count(signal, fmt, data, max_items)
+
+
+def _cut_coded(
+    signal: str, fmt: str, name: str, body: bytes, keep: int, max_items: int, limit: int
+) -> tuple[bytes, int, int]:
+    """The cut, in this thread or the worker: (body as forwarded, decoded size, items)."""
+    part = cut(signal, fmt, inflate(body, name, limit), keep)
+    return encoded(part, name), len(part), count(signal, fmt, part, max_items)
 
 
 class PayloadInspector:
@@ -136,28 +158,37 @@ class PayloadInspector:
                 return Payload(fmt, len(data), count(signal, fmt, data, limits.max_items))
         elif name in IDENTITY and len(body) > limits.max_decompressed:
             raise PayloadTooLarge(f"decompressed body exceeds {limits.max_decompressed} bytes")
-        size, items = await self._offload(signal, fmt, name, body)
+        size, items = await self._offload(_inspect_coded, signal, fmt, name, body, limits.max_items)
         return Payload(fmt, size, items)
 
-    async def _offload(self, signal: str, fmt: str, name: str, body: bytes) -> tuple[int, int]:
+    async def cut(
+        self,
+        signal: str,
+        content_type: bytes | None,
+        content_encoding: bytes | None,
+        body: bytes,
+        inspected: Payload,
+        keep: int,
+    ) -> Cut:
+        """The inspected batch with its first ``keep`` items only."""
+        name = coding(content_encoding)
+        args = (signal, inspected.format, name, body, keep, self.limits.max_items)
+        if inspected.size <= self.limits.inline:
+            forwarded, size, items = _cut_coded(*args, self.limits.inline)
+        else:
+            forwarded, size, items = await self._offload(_cut_coded, *args)
+        return Cut(forwarded, Payload(inspected.format, size, items))
+
+    async def _offload(self, work: Callable[..., _T], *args: Any) -> _T:
         if self._pool is None:
             # spawn: a fork of a running event loop (and its threads) is not safe.
             context = multiprocessing.get_context("spawn")
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
         self.offloaded += 1
         loop = asyncio.get_running_loop()
-        limits = self.limits
         try:
-            return await loop.run_in_executor(
-                self._pool,
-                _inspect_coded,
-                signal,
-                fmt,
-                name,
-                body,
-                limits.max_decompressed,
-                limits.max_items,
-            )
+            job = functools.partial(work, *args, self.limits.max_decompressed)
+            return await loop.run_in_executor(self._pool, job)
         except BrokenProcessPool as exc:
             # The worker died on this body (out of memory): refuse it, start afresh next time.
             self._pool = None

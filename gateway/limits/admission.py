@@ -17,7 +17,7 @@ from gateway.limits.routing import RoutingCache
 from gateway.limits.usage import UsageGate
 from gateway.metrics import Metrics
 from policies.decisions import INVALID_INGEST_KEY, Refusal, store_unavailable, suspension_refusal
-from policies.model import OrgRouting, Quantities
+from policies.model import OrgRouting, Quantities, key_meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +82,8 @@ class AdmissionControl:
             q = q.priced(routing.prices)
         refusal = auth.shadowed or self._rates.check(routing, q)
         if refusal is None:
-            outcome = await self._usage.admit(routing, q)
-            if self._observe is not None:
-                self._observe(routing, outcome if isinstance(outcome, Refusal) else None)
+            outcome = await self._metered(routing, q)
             if isinstance(outcome, Admission):
-                # Admitted while the store is failing: on last-known routing or unreserved quota.
-                if outcome.fail_open or any(guard.is_open for guard in self._guards):
-                    self._metrics.fail_open.inc()
                 return outcome
             refusal = outcome
         if not (self._shadow or routing.shadow):
@@ -96,6 +91,34 @@ class AdmissionControl:
         self._metrics.shadow_refusals.labels(refusal.code).inc()
         self._usage.record_shadow(routing, q)
         return self._usage.admit_unmetered(routing, q)
+
+    async def admit_part(self, auth: Authorized, q: Quantities) -> Admission | Refusal:
+        """The part of a refused batch that fits (partial admission): its usage only, as
+        the whole batch already passed the rates."""
+        prices = auth.routing.prices
+        return await self._metered(auth.routing, q.priced(prices) if prices.priced else q)
+
+    async def _metered(self, routing: OrgRouting, q: Quantities) -> Admission | Refusal:
+        outcome = await self._usage.admit(routing, q)
+        if self._observe is not None:
+            self._observe(routing, outcome if isinstance(outcome, Refusal) else None)
+        # Admitted while the store is failing: on last-known routing or unreserved quota.
+        if isinstance(outcome, Admission) and (
+            outcome.fail_open or any(guard.is_open for guard in self._guards)
+        ):
+            self._metrics.fail_open.inc()
+        return outcome
+
+    def items_fit(self, auth: Authorized, refusal: Refusal, signal: str) -> int:
+        """How many items of ``signal`` would fit where ``refusal`` is a limit of an items
+        meter (the org's or the key's); 0 for any other refusal, or when nothing fits."""
+        detail = refusal.detail
+        meter = detail.get("meter")
+        if refusal.code != "usage_limit_exceeded" or meter not in ("items", f"{signal}.items"):
+            return 0
+        if detail.get("scope") == "key":
+            meter = key_meter(str(detail.get("key_id")), str(meter))
+        return self._usage.available(auth.routing, str(meter))
 
     def refund(self, admission: Admission) -> None:
         self._metrics.refunds.inc()

@@ -51,6 +51,17 @@ class Budget:
     def pending(self) -> bool:
         return any(self.used.values()) or any(self.reserved.values())
 
+    def deficit(
+        self, limited: tuple[tuple[str, int], ...], counted: dict[str, int]
+    ) -> dict[str, int]:
+        """What each limited meter lacks here for ``counted`` (none: it can be spent)."""
+        remaining = self.remaining
+        return {
+            m: need - remaining.get(m, 0)
+            for m, _ in limited
+            if (need := counted.get(m, 0)) > remaining.get(m, 0)
+        }
+
     def local_used(self, meter: str) -> int:
         """What this process spent that the store may not have yet."""
         return self.used.get(meter, 0) + self.committing.get(meter, 0)

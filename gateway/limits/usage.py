@@ -139,13 +139,7 @@ class UsageGate:
                 await self.flush()
         while True:
             for budget, limited, counted in accounts:
-                remaining = budget.remaining
-                deficit = {
-                    m: need - remaining.get(m, 0)
-                    for m, _ in limited
-                    if (need := counted.get(m, 0)) > remaining.get(m, 0)
-                }
-                if deficit:
+                if deficit := budget.deficit(limited, counted):
                     break
             else:
                 admission = self._spend(routing, q, accounts)
@@ -178,16 +172,20 @@ class UsageGate:
         for budget, limited, counted in self._accounts(routing, floor, now):
             if not budget.exhausted:
                 continue
-            remaining = budget.remaining
-            deficit = {
-                m: need - remaining.get(m, 0)
-                for m, _ in limited
-                if (need := counted.get(m, 0)) > remaining.get(m, 0)
-            }
-            refusal = self._known_refusal(budget, deficit, now)
+            refusal = self._known_refusal(budget, budget.deficit(limited, counted), now)
             if refusal is not None:
                 return refusal
         return None
+
+    def available(self, routing: OrgRouting, meter: str) -> int:
+        """What this process could spend of a meter the store said is exhausted: its own
+        reservation plus what the store had left (0 when the store has not said so lately)."""
+        now = self._clock()
+        budget = self.budget_of(routing.org_id, self.period_of(routing, now))
+        known = None if budget is None else budget.exhausted.get(meter)
+        if budget is None or known is None or known.until <= now:
+            return 0
+        return budget.remaining.get(meter, 0) + max(0, known.left)
 
     def _refill_ahead(self, routing: OrgRouting, accounts: list[Account]) -> None:
         """Below a quarter of the last grant, refill in the background: requests keep

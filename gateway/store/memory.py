@@ -268,6 +268,11 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
             shadow=changes.shadow if changes.shadow is not None else org.shadow,
             prices=changes.prices if changes.prices is not None else org.prices,
             notify_url=changes.notify_url if changes.set_notify_url else org.notify_url,
+            partial_admission=(
+                changes.partial_admission
+                if changes.set_partial_admission
+                else org.partial_admission
+            ),
         )
         self._audit(org_id, org_audit(current, changes), reason, actor, datetime.now(UTC))
         return self._record(org_id)

@@ -170,6 +170,9 @@ def org_audit(org: OrgRecord, changes: OrgChanges) -> list[AuditRow]:
         rows.append(("shadow", _flag(org.shadow), _flag(changes.shadow)))
     if changes.set_notify_url and changes.notify_url != org.notify_url:
         rows.append(("notify_url", org.notify_url, changes.notify_url))
+    if changes.set_partial_admission and changes.partial_admission != org.partial_admission:
+        old_flag, new_flag = org.partial_admission, changes.partial_admission
+        rows.append(("partial_admission", _maybe_flag(old_flag), _maybe_flag(new_flag)))
     return rows
 
 
@@ -184,3 +187,7 @@ def suspension_audit(org: OrgRecord, suspended: bool, reason: str | None) -> lis
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+def _maybe_flag(value: bool | None) -> str | None:
+    return None if value is None else _flag(value)

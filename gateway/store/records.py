@@ -70,6 +70,8 @@ class OrgRecord:
     plan_limits: Limits | None = None
     #: Where the org's notifications go (None: GATEWAY_NOTIFY_URL).
     notify_url: str | None = None
+    #: Cut batches over an items limit to what fits (None: GATEWAY_PARTIAL_ADMISSION).
+    partial_admission: bool | None = None
 
     @property
     def effective_limits(self) -> Limits:
@@ -103,6 +105,7 @@ class OrgRecord:
             period=self.period,
             plan=self.plan,
             notify_url=self.notify_url,
+            partial_admission=self.partial_admission,
         )
 
     def credit_limit(self) -> int | None:
@@ -152,6 +155,8 @@ class OrgChanges:
     prices: Prices | None = None
     notify_url: str | None = None
     set_notify_url: bool = False
+    partial_admission: bool | None = None
+    set_partial_admission: bool = False
     #: Limits changed meter by meter (``Limits.overridden``: a number, ``None`` for unlimited,
     #: ``"plan"`` for the plan's value), applied to the stored ones in the same transaction,
     #: so that two admins changing different meters both stay.

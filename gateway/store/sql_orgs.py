@@ -24,7 +24,8 @@ _ORG_COLUMNS = """SELECT o.id, o.name, o.upstream, o.suspended, o.suspension_rea
         COALESCE(b.payment_status, 'ok'), o.shadow, o.created_at, l.name, l.value,
         p.requests, p.bytes, p.items, COALESCE(p.block_over_balance, FALSE),
         s.suspended_at IS NOT NULL, b.period_start, b.period_end,
-        COALESCE(b.balance_minor, 0), COALESCE(b.plan, 'free'), pl.body, o.notify_url"""
+        COALESCE(b.balance_minor, 0), COALESCE(b.plan, 'free'), pl.body, o.notify_url,
+        o.partial_admission"""
 _ORG_JOINS = """
     LEFT JOIN org_limits l ON l.org_id = o.id
     LEFT JOIN org_prices p ON p.org_id = o.id
@@ -44,6 +45,7 @@ UPDATE_ORG = """UPDATE orgs SET
         upstream = CASE WHEN ? THEN ? ELSE upstream END,
         shadow = COALESCE(?, shadow),
         notify_url = CASE WHEN ? THEN ? ELSE notify_url END,
+        partial_admission = CASE WHEN ? THEN ? ELSE partial_admission END,
         updated_at = ?
     WHERE id = ?"""
 
@@ -93,6 +95,7 @@ def org_from_rows(
         plan=first[18],
         plan_limits=None if first[19] is None else plan_limits(plan_from_json(*first[18:20])),
         notify_url=first[20],
+        partial_admission=None if first[21] is None else bool(first[21]),
     )
 
 
@@ -246,6 +249,8 @@ def update_org(
         changes.shadow,
         changes.set_notify_url,
         changes.notify_url,
+        changes.set_partial_admission,
+        changes.partial_admission,
         d.stamp(now),
         org_id,
     )

@@ -1,0 +1,252 @@
+"""Cut an OTLP batch to its first ``keep`` items, in its own encoding (partial admission).
+
+The items are the ones ``gateway.ingest.counting`` counts (spans, log records, metric data
+points), taken in the body's order. Everything around a kept item stays as it came: its
+resource, its scope and their other fields, byte for byte in protobuf and value for value in
+JSON. A scope, resource or metric left without a kept item is dropped, and so is what the
+backend would not read anyway (the deprecated scope list when the current one is set, every
+data field of a metric but its last). The result is counted again by the caller, so what is
+forwarded is exactly what is charged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from typing import Any
+
+import msgspec
+import zstandard
+
+from gateway.errors import BadRequest
+from gateway.ingest.counting import wire_fields
+from gateway.ingest.decoding import IDENTITY
+
+_LEAF = {"traces": "spans", "logs": "logRecords", "metrics": "metrics"}
+_SCOPE = {"traces": "scopeSpans", "logs": "scopeLogs", "metrics": "scopeMetrics"}
+_RESOURCE = {"traces": "resourceSpans", "logs": "resourceLogs", "metrics": "resourceMetrics"}
+_POINT_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
+_METRIC_DATA = frozenset({5, 7, 9, 10, 11})  # Metric.data: gauge, sum, histogram, ...
+_ONE, _TWO, _SCOPES = frozenset({1}), frozenset({2}), frozenset({2, 1000})
+
+
+class _Left:
+    """How many items may still be kept."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def cut(signal: str, fmt: str, data: bytes, keep: int) -> bytes:
+    """The decoded body ``data`` with only its first ``keep`` items (``keep`` >= 1)."""
+    if keep < 1:
+        raise ValueError("a cut keeps at least one item")
+    left = _Left(keep)
+    if fmt == "protobuf":
+        return _cut_request(memoryview(data), signal, left)
+    if fmt == "json":
+        return _cut_json(signal, data, left)
+    raise ValueError(f"only OTLP bodies are cut, not {fmt!r}")
+
+
+def encoded(data: bytes, name: str) -> bytes:
+    """``data`` in the content coding ``name`` again (as ``decoding.coding`` names it)."""
+    if name in IDENTITY:
+        return data
+    if name == "gzip":
+        return gzip.compress(data, compresslevel=6, mtime=0)
+    if name in ("deflate", "zlib"):
+        return zlib.compress(data)
+    if name == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    raise ValueError(f"unknown content coding {name!r}")
+
+
+# --- protobuf -------------------------------------------------------------------------------
+
+
+def _field(number: int, value: bytes | memoryview) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(value)) + bytes(value)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _cut_request(data: memoryview, signal: str, left: _Left) -> bytes:
+    out = bytearray()
+    for number, start, value, end in wire_fields(data, _ONE):
+        if number != 1:
+            out += data[start:end]
+        elif left.n > 0 and (resource := _cut_resource(data[value:end], signal, left)):
+            out += _field(1, resource)
+    return bytes(out)
+
+
+def _cut_resource(data: memoryview, signal: str, left: _Left) -> bytes | None:
+    fields = list(wire_fields(data, _SCOPES))
+    # The backend reads the current scope list, or the deprecated one (1000) when it is empty.
+    counted = 2 if any(f[0] == 2 for f in fields) else 1000
+    out = bytearray()
+    kept = False
+    for number, start, value, end in fields:
+        if number not in _SCOPES:
+            out += data[start:end]
+        elif number == counted and left.n > 0:
+            scope = _cut_scope(data[value:end], signal, left)
+            if scope is not None:
+                out += _field(number, scope)
+                kept = True
+    return bytes(out) if kept else None
+
+
+def _cut_scope(data: memoryview, signal: str, left: _Left) -> bytes | None:
+    out = bytearray()
+    kept = False
+    for number, start, value, end in wire_fields(data, _TWO):
+        if number != 2:
+            out += data[start:end]
+        elif left.n > 0:
+            if signal != "metrics":
+                out += data[start:end]
+                left.n -= 1
+                kept = True
+            elif (metric := _cut_metric(data[value:end], left)) is not None:
+                out += _field(2, metric)
+                kept = True
+    return bytes(out) if kept else None
+
+
+def _cut_metric(data: memoryview, left: _Left) -> bytes | None:
+    fields = list(wire_fields(data, _METRIC_DATA))
+    last = max((i for i, f in enumerate(fields) if f[0] in _METRIC_DATA), default=None)
+    if last is None:
+        return None  # no data points: nothing of it is counted, so nothing of it is kept
+    out = bytearray()
+    kept = False
+    for i, (number, start, value, end) in enumerate(fields):
+        if number not in _METRIC_DATA:
+            out += data[start:end]
+        elif i == last:
+            points = _cut_points(data[value:end], left)
+            if points is not None:
+                out += _field(number, points)
+                kept = True
+    return bytes(out) if kept else None
+
+
+def _cut_points(data: memoryview, left: _Left) -> bytes | None:
+    out = bytearray()
+    kept = False
+    for number, start, _, end in wire_fields(data, _ONE):
+        if number != 1:
+            out += data[start:end]
+        elif left.n > 0:
+            out += data[start:end]
+            left.n -= 1
+            kept = True
+    return bytes(out) if kept else None
+
+
+# --- OTLP/JSON ------------------------------------------------------------------------------
+
+# Raw values: what is not on the counted path is written back byte for byte.
+_object: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_list = msgspec.json.Decoder(list[msgspec.Raw] | None)
+_NULL = msgspec.Raw(b"null")
+
+
+def _snake(camel: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in camel)
+
+
+def _key(obj: dict[str, Any], camel: str) -> str | None:
+    """The spelling of a field present in ``obj`` (counting refused bodies with both)."""
+    if camel in obj:
+        return camel
+    snake = _snake(camel)
+    return snake if snake in obj else None
+
+
+def _items(obj: dict[str, Any], key: str | None) -> list[msgspec.Raw]:
+    if key is None:
+        return []
+    return _list.decode(obj[key]) or []
+
+
+def _cut_json(signal: str, data: bytes, left: _Left) -> bytes:
+    try:
+        request = _object.decode(data)
+        key = _key(request, _RESOURCE[signal])
+        resources = []
+        for raw in _items(request, key):
+            if left.n <= 0:
+                break
+            resource = _cut_json_resource(_object.decode(raw), signal, left)
+            if resource is not None:
+                resources.append(resource)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise BadRequest("invalid JSON body") from exc
+    if key is not None:
+        request[key] = resources
+    return msgspec.json.encode(request)
+
+
+def _cut_json_resource(resource: dict[str, Any], signal: str, left: _Left) -> dict[str, Any] | None:
+    current = _key(resource, _SCOPE[signal])
+    deprecated = _key(resource, "deprecated" + _SCOPE[signal][0].upper() + _SCOPE[signal][1:])
+    scopes = _items(resource, current)
+    counted = current if scopes else deprecated
+    kept = []
+    for raw in scopes or _items(resource, deprecated):
+        if left.n <= 0:
+            break
+        scope = _cut_json_scope(_object.decode(raw), signal, left)
+        if scope is not None:
+            kept.append(scope)
+    if not kept or counted is None:
+        return None
+    for name in (current, deprecated):
+        if name is not None and name != counted:
+            del resource[name]  # the list the backend does not read
+    resource[counted] = kept
+    return resource
+
+
+def _cut_json_scope(scope: dict[str, Any], signal: str, left: _Left) -> dict[str, Any] | None:
+    key = _key(scope, _LEAF[signal])
+    kept: list[Any] = []
+    for raw in _items(scope, key):
+        if left.n <= 0:
+            break
+        if signal != "metrics":
+            kept.append(raw)
+            left.n -= 1
+        elif (metric := _cut_json_metric(_object.decode(raw), left)) is not None:
+            kept.append(metric)
+    if not kept or key is None:
+        return None
+    scope[key] = kept
+    return scope
+
+
+def _cut_json_metric(metric: dict[str, Any], left: _Left) -> dict[str, Any] | None:
+    kind = next((k for camel in _POINT_KINDS if (k := _key(metric, camel)) is not None), None)
+    if kind is None or metric[kind] == _NULL:
+        return None
+    data = _object.decode(metric[kind])
+    key = _key(data, "dataPoints")
+    points = _items(data, key)[: left.n]
+    if not points or key is None:
+        return None
+    left.n -= len(points)
+    data[key] = points
+    metric[kind] = data
+    return metric
