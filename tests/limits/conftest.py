@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,7 +40,13 @@ class Rig:
 
 @pytest.fixture(params=BACKENDS)
 async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
-    backend: Backend = request.param(tmp_path)
+    async with running(request.param(tmp_path), tmp_path) as started:
+        yield started
+
+
+@contextlib.asynccontextmanager
+async def running(backend: Backend, tmp_path: Path, **changes: object) -> AsyncIterator[Rig]:
+    """A rig over ``backend`` with these settings changed."""
     settings = Settings(
         data_dir=tmp_path,
         key_secret="s" * 32,
@@ -50,7 +57,7 @@ async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[R
         # Exact limits are what these tests check: a store slowed by a loaded machine must not
         # turn a reservation into a fail-open admission (tests/limits/test_usage.py tests that).
         gate_timeout=10.0,
-    )
+    ).with_(**changes)
     runtime = Runtime(settings, store=backend.new(), upstream=MemoryUpstream(), spool_dir=None)
     try:
         await runtime.start()

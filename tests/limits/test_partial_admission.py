@@ -4,6 +4,7 @@ encoding, counted exactly, and answered with an OTLP partial success (every back
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +28,10 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from gateway.ingest.upstream import UpstreamResponse
+from gateway.settings import Settings
 from tests.fakes import Forwarded, MemoryUpstream
-from tests.limits.conftest import Rig, tenant
+from tests.limits.conftest import Rig, running, tenant
+from tests.store.conftest import memory_backend
 
 REQUESTS: dict[str, Any] = {
     "traces": ExportTraceServiceRequest,
@@ -206,6 +209,12 @@ async def test_a_batch_over_the_limit_forwards_what_fits_and_reports_the_rest(
     assert meters[f"{signal}.items"]["used"] == 10
     assert meters["bytes"]["used"] == len(sent_on[-1].body)  # the cut body, not the sent one
 
+    registry = rig.runtime.metrics.registry
+    labels = {"signal": signal, "outcome": "partially_forwarded"}
+    assert registry.get_sample_value("gateway_requests_total", labels) == 1
+    cut_items = "gateway_partial_admission_rejected_items_total"
+    assert registry.get_sample_value(cut_items, {"signal": signal}) == 5
+
     again = await post(rig, key, signal, fmt, encode(sent, fmt))
     assert again.status_code == 402
     assert len(sent_on) == 1
@@ -286,3 +295,20 @@ async def test_a_limit_that_leaves_nothing_or_a_bytes_limit_is_not_cut(rig: Rig)
     assert refused.status_code == 402
     assert refused.headers["content-type"] == "application/x-protobuf"
     assert upstream(rig).requests == []
+
+
+async def test_gateway_partial_admission_cuts_for_every_org_but_one_that_said_no(
+    tmp_path: Path,
+) -> None:
+    async with running(memory_backend(tmp_path), tmp_path, partial_admission=True) as rig:
+        _, key = await tenant(rig, {"items": 10})
+        cut_batch = await post(rig, key, "logs", "json", encode(batch("logs"), "json"))
+        assert cut_batch.status_code == 200, cut_batch.text
+        assert answer("logs", "json", cut_batch.content)[0] == 5
+
+        org_id, key = await tenant(rig, {"items": 10})
+        said_no = {"partial_admission": False}
+        assert (await rig.admin.patch(f"/admin/orgs/{org_id}", json=said_no)).status_code == 200
+        refused = await post(rig, key, "logs", "json", encode(batch("logs"), "json"))
+        assert refused.status_code == 402
+    assert Settings.from_env({"GATEWAY_PARTIAL_ADMISSION": "true"}).partial_admission is True

@@ -73,6 +73,10 @@ def _memory(_: Path) -> Backend:
     return Backend(lambda: shared, _nothing)
 
 
+def memory_backend(tmp_path: Path) -> Backend:
+    return _memory(tmp_path)
+
+
 def _sqlite(tmp_path: Path) -> Backend:
     url = f"sqlite:///{tmp_path / 'gateway.db'}"
     return Backend(lambda: open_store(url), _nothing)
