@@ -368,6 +368,10 @@ class MeteringMiddleware:
         inner["gateway.signal"] = signal
         if part is not None:
             body = inner["gateway.body"] = part.cut.body
+            length = str(len(body)).encode()
+            inner["headers"] = [
+                (n, length if n == b"content-length" else v) for n, v in inner["headers"]
+            ]
             inner["gateway.part"] = part.rejected
             exchange.held = []
         exchange.inner = inner

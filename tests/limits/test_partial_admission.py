@@ -7,6 +7,7 @@ import gzip
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -29,6 +30,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from gateway.ingest.upstream import UpstreamResponse
 from gateway.settings import Settings
+from gateway.types import Receive, Scope, Send
 from tests.fakes import Forwarded, MemoryUpstream
 from tests.limits.conftest import Rig, running, tenant
 from tests.store.conftest import memory_backend
@@ -312,3 +314,37 @@ async def test_gateway_partial_admission_cuts_for_every_org_but_one_that_said_no
         refused = await post(rig, key, "logs", "json", encode(batch("logs"), "json"))
         assert refused.status_code == 402
     assert Settings.from_env({"GATEWAY_PARTIAL_ADMISSION": "true"}).partial_admission is True
+
+
+async def test_an_embedding_service_reads_the_cut_body_at_its_own_length(tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    async def service(scope: Scope, receive: Receive, send: Send) -> None:
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        seen["body"] = b"".join(chunks)
+        seen["length"] = dict(scope["headers"])[b"content-length"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with running(memory_backend(tmp_path), tmp_path, partial_admission=True) as rig:
+        _, key = await tenant(rig, {"items": 3})
+        app = rig.runtime.middleware(service)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+            response = await client.post(
+                "/v1/logs",
+                content=encode(batch("logs"), "protobuf"),
+                headers={
+                    "authorization": f"Bearer {key}",
+                    "content-type": "application/x-protobuf",
+                },
+            )
+    assert response.status_code == 200, response.text
+    assert answer("logs", "protobuf", response.content)[0] == 12
+    assert len(items("logs", decode("logs", "protobuf", seen["body"]))) == 3
+    assert seen["length"] == str(len(seen["body"])).encode()
