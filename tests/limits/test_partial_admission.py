@@ -3,6 +3,7 @@ encoding, counted exactly, and answered with an OTLP partial success (every back
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,25 @@ async def test_an_embedding_service_reads_the_cut_body_at_its_own_length(tmp_pat
     assert answer("logs", "protobuf", response.content)[0] == 12
     assert len(items("logs", decode("logs", "protobuf", seen["body"]))) == 3
     assert seen["length"] == str(len(seen["body"])).encode()
+
+
+async def test_concurrent_batches_fill_the_limit_exactly_and_forward_what_they_count(
+    rig: Rig,
+) -> None:
+    org_id, key = await partial_tenant(rig, {"items": 100})
+    body = encode(batch("logs"), "protobuf")
+
+    answers = await asyncio.gather(*(post(rig, key, "logs", "protobuf", body) for _ in range(12)))
+
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) <= {200, 402}, statuses
+    forwarded = sum(
+        len(items("logs", decode("logs", "protobuf", r.body))) for r in upstream(rig).requests
+    )
+    meters = (await rig.usage(org_id))["meters"]
+    assert isinstance(meters, dict)
+    assert forwarded == meters["items"]["used"] == 100
+    # Whole batches get the upstream's own answer ({} in JSON), cut ones the gateway's.
+    cut = [a for a in answers if a.headers["content-type"] == "application/x-protobuf"]
+    rejected = sum(answer("logs", "protobuf", a.content)[0] for a in cut if a.status_code == 200)
+    assert forwarded + rejected == 15 * statuses.count(200)
