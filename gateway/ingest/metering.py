@@ -50,9 +50,11 @@ def _cut_message(signal: str, rejected: int, refusal: Refusal) -> str:
     """The partial success's message: how many items were cut, and the limit that cut them."""
     d = refusal.detail
     scope = f"key {d['key_id']}" if d.get("scope") == "key" else "the organization"
+    overage = f" (and its overage of {d['overage']})" if d.get("overage") else ""
     return (
         f"{rejected} {_ITEM_NAMES[signal]} not accepted: the {d.get('meter')} limit of "
-        f"{d.get('limit')} for {scope} is reached this period; it resets {d.get('resets_at')}"
+        f"{d.get('limit')}{overage} for {scope} is reached this period; it resets "
+        f"{d.get('resets_at')}"
     )
 
 
@@ -201,6 +203,7 @@ class _Exchange:
             part.rejected,
             part.message,
             (answer.content_type, answer.encoding, answer.body),
+            part.cut.payload.items,
         )
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await self.send_client({"type": "http.response.start", "status": 200, "headers": headers})
@@ -339,7 +342,6 @@ class MeteringMiddleware:
             )
             if isinstance(outcome, Admission):
                 rejected = payload.items - keep
-                self.metrics.partial_rejected.labels(signal).inc(rejected)
                 return outcome, _Part(cut, rejected, _cut_message(signal, rejected, refusal))
             refusal = outcome
         return refusal
@@ -369,8 +371,11 @@ class MeteringMiddleware:
         if part is not None:
             body = inner["gateway.body"] = part.cut.body
             length = str(len(body)).encode()
+            # The upstream's answer is read and rewritten: it must come in a coding we undo.
             inner["headers"] = [
-                (n, length if n == b"content-length" else v) for n, v in inner["headers"]
+                (n, length if n == b"content-length" else v)
+                for n, v in inner["headers"]
+                if n != b"accept-encoding"
             ]
             inner["gateway.part"] = part.rejected
             exchange.held = []
@@ -388,6 +393,8 @@ class MeteringMiddleware:
                     self.admission.refund_items(admission, rejected)
         if part is not None:
             await exchange.answer_part(signal, part)
+            if 200 <= exchange.status < 300:
+                self.metrics.partial_rejected.labels(signal).inc(part.rejected)
         return exchange.outcome(failed=False)
 
     def _count(self, signal: str, outcome: Outcome) -> None:

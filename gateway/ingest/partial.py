@@ -112,16 +112,18 @@ def partial_answer(
     rejected: int,
     message: str,
     upstream: tuple[bytes | None, bytes | None, bytes],
+    forwarded: int,
 ) -> tuple[bytes, bytes]:
     """(content type, body) of an OTLP partial success: ``rejected`` items and ``message``
-    from the gateway, added to what the upstream's answer ``(type, coding, body)`` said."""
+    from the gateway, added to what the upstream's answer ``(type, coding, body)`` said of the
+    ``forwarded`` items (never more than those)."""
     content_type, encoding, body = upstream
     try:
         body = _decoded(body, encoding)
     except (OSError, EOFError, zlib.error, zstandard.ZstdError):
         body = b""
     media = (content_type or b"").split(b";", 1)[0].strip().lower()
-    theirs = rejected_items(signal, content_type, None, body)
+    theirs = min(forwarded, rejected_items(signal, content_type, None, body))
     field = _REJECTED[signal]
     if fmt == "protobuf":
         answer = _RESPONSES[signal]()

@@ -371,3 +371,42 @@ async def test_concurrent_batches_fill_the_limit_exactly_and_forward_what_they_c
     cut = [a for a in answers if a.headers["content-type"] == "application/x-protobuf"]
     rejected = sum(answer("logs", "protobuf", a.content)[0] for a in cut if a.status_code == 200)
     assert forwarded + rejected == 15 * statuses.count(200)
+
+
+async def test_an_upstream_claiming_more_rejections_than_it_got_is_capped(rig: Rig) -> None:
+    org_id, key = await partial_tenant(rig, {"items": 10})
+
+    def rejects_everything_and_more(request: Forwarded) -> UpstreamResponse:
+        said = ExportLogsServiceResponse()
+        said.partial_success.rejected_log_records = 2**63 - 1
+        return UpstreamResponse(
+            200, [(b"content-type", b"application/x-protobuf")], said.SerializeToString()
+        )
+
+    upstream(rig).handler = rejects_everything_and_more
+    response = await post(rig, key, "logs", "protobuf", encode(batch("logs"), "protobuf"))
+
+    assert response.status_code == 200, response.text  # was a 500: the sum overflowed int64
+    assert answer("logs", "protobuf", response.content)[0] == 15
+    meters = (await rig.usage(org_id))["meters"]
+    assert isinstance(meters, dict)
+    assert meters["items"]["used"] == 0
+
+
+async def test_a_cut_batch_the_upstream_refuses_is_refunded_and_its_answer_passed_on(
+    rig: Rig,
+) -> None:
+    org_id, key = await partial_tenant(rig, {"items": 10})
+    upstream(rig).answer = UpstreamResponse(503, [(b"retry-after", b"3")], b"busy")
+
+    response = await post(
+        rig, key, "logs", "json", encode(batch("logs"), "json"), **{"accept-encoding": "br"}
+    )
+
+    assert (response.status_code, response.content) == (503, b"busy")
+    assert upstream(rig).requests[-1].header("accept-encoding") is None
+    meters = (await rig.usage(org_id))["meters"]
+    assert isinstance(meters, dict)
+    assert meters["items"]["used"] == 0
+    cut_items = "gateway_partial_admission_rejected_items_total"
+    assert not rig.runtime.metrics.registry.get_sample_value(cut_items, {"signal": "logs"})
