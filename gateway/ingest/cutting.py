@@ -6,12 +6,14 @@ resource, its scope and their other fields, byte for byte in protobuf and value 
 JSON. A scope, resource or metric left without a kept item is dropped, and so is what the
 backend would not read anyway (the deprecated scope list when the current one is set, every
 data field of a metric but its last). The result is counted again by the caller, so what is
-forwarded is exactly what is charged.
+forwarded is exactly what is charged. A JSON body with a repeated key anywhere is not cut
+(``Uncuttable``): a cut rebuilds objects, which would keep only one of the two values.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from typing import Any
 
@@ -28,6 +30,10 @@ _RESOURCE = {"traces": "resourceSpans", "logs": "resourceLogs", "metrics": "reso
 _POINT_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
 _METRIC_DATA = frozenset({5, 7, 9, 10, 11})  # Metric.data: gauge, sum, histogram, ...
 _ONE, _TWO, _SCOPES = frozenset({1}), frozenset({2}), frozenset({2, 1000})
+
+
+class Uncuttable(Exception):
+    """A batch that cannot be cut without changing what the backend reads of it."""
 
 
 class _Left:
@@ -181,7 +187,13 @@ def _items(obj: dict[str, Any], key: str | None) -> list[msgspec.Raw]:
     return _list.decode(obj[key]) or []
 
 
+def _no_repeats(pairs: list[tuple[str, Any]]) -> None:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise Uncuttable("a JSON object repeats a key")
+
+
 def _cut_json(signal: str, data: bytes, left: _Left) -> bytes:
+    json.loads(data, object_pairs_hook=_no_repeats)
     try:
         request = _object.decode(data)
         key = _key(request, _RESOURCE[signal])

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.errors import BadRequest, ClientError, Disconnected
 from gateway.ingest.body import BodyDeadlines, replaying
+from gateway.ingest.cutting import Uncuttable
 from gateway.ingest.keys import extract_key, strip_key_param
 from gateway.ingest.outcomes import Outcome
 from gateway.ingest.partial import MAX_ANSWER, partial_answer, rejected_items
@@ -331,9 +332,12 @@ class MeteringMiddleware:
             if not 0 < fit < keep:
                 break
             keep = fit
-            cut = await self.inspector.cut(
-                signal, request.content_type, request.content_encoding, body, payload, keep
-            )
+            try:
+                cut = await self.inspector.cut(
+                    signal, request.content_type, request.content_encoding, body, payload, keep
+                )
+            except Uncuttable:
+                break
             if cut.payload.items != keep:
                 log.error("a cut of %s kept %d items, not %d", signal, cut.payload.items, keep)
                 break

@@ -14,7 +14,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 
 from gateway.ingest.counting import count
-from gateway.ingest.cutting import cut, encoded
+from gateway.ingest.cutting import Uncuttable, cut, encoded
 from gateway.ingest.decoding import inflate
 
 
@@ -180,3 +180,15 @@ def test_a_cut_body_is_coded_as_the_request_was(name: str) -> None:
 def test_a_cut_keeps_at_least_one_item() -> None:
     with pytest.raises(ValueError):
         cut("logs", "protobuf", _logs(2).SerializeToString(), 0)
+
+
+def test_a_json_body_repeating_a_key_is_not_cut() -> None:
+    # Off the counted path, so counting accepts it; a cut would keep one of the two resources.
+    body = (
+        b'{"resourceLogs":[{"resource":{"attributes":[]},"resource":{"droppedAttributesCount":1},'
+        b'"scopeLogs":[{"logRecords":[{},{},{}]}]}]}'
+    )
+    assert count("logs", "json", body, 100) == 3
+
+    with pytest.raises(Uncuttable):
+        cut("logs", "json", body, 2)

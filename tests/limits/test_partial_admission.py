@@ -410,3 +410,16 @@ async def test_a_cut_batch_the_upstream_refuses_is_refunded_and_its_answer_passe
     assert meters["items"]["used"] == 0
     cut_items = "gateway_partial_admission_rejected_items_total"
     assert not rig.runtime.metrics.registry.get_sample_value(cut_items, {"signal": "logs"})
+
+
+async def test_a_json_batch_a_cut_would_change_is_refused_whole(rig: Rig) -> None:
+    _, key = await partial_tenant(rig, {"items": 2})
+    body = (
+        b'{"resourceLogs":[{"resource":{"attributes":[]},"resource":{"droppedAttributesCount":1},'
+        b'"scopeLogs":[{"logRecords":[{},{},{}]}]}]}'
+    )
+
+    response = await post(rig, key, "logs", "json", body)
+
+    assert response.status_code == 402, response.text
+    assert upstream(rig).requests == []
