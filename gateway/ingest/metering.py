@@ -336,8 +336,8 @@ class MeteringMiddleware:
                 cut = await self.inspector.cut(
                     signal, request.content_type, request.content_encoding, body, payload, keep
                 )
-            except Uncuttable:
-                break
+            except (Uncuttable, ClientError):
+                break  # refused whole, as without partial admission
             if cut.payload.items != keep:
                 log.error("a cut of %s kept %d items, not %d", signal, cut.payload.items, keep)
                 break
