@@ -18,6 +18,7 @@ GatewayError
 ├── UpstreamError                the upstream did not accept a batch
 │   ├── UpstreamUnavailable      503 upstream_unavailable + Retry-After
 │   └── UpstreamTimeout          504 upstream_timeout
+├── Uncuttable                   a batch partial admission cannot cut unchanged: refused whole
 └── ConfigError                  settings are missing or malformed (at start-up)
 
 policies.billing.MalformedEvent  a ValueError outside this tree, because ``policies`` imports
@@ -72,6 +73,10 @@ class BadOrigin(BadRequest, ValueError):
 
 class TooLarge(PayloadTooLarge):
     """The decoded body would exceed the limit it was decoded under."""
+
+
+class Uncuttable(GatewayError):
+    """A batch that cannot be cut without changing what the backend reads of it."""
 
 
 class HeadTooLarge(ClientError):

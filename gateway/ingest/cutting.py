@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import zstandard
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, Uncuttable
 from gateway.ingest.counting import wire_fields
 from gateway.ingest.decoding import IDENTITY
 
@@ -30,10 +30,6 @@ _RESOURCE = {"traces": "resourceSpans", "logs": "resourceLogs", "metrics": "reso
 _POINT_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
 _METRIC_DATA = frozenset({5, 7, 9, 10, 11})  # Metric.data: gauge, sum, histogram, ...
 _ONE, _TWO, _SCOPES = frozenset({1}), frozenset({2}), frozenset({2, 1000})
-
-
-class Uncuttable(Exception):
-    """A batch that cannot be cut without changing what the backend reads of it."""
 
 
 class _Left:

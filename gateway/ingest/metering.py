@@ -14,9 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import BadRequest, ClientError, Disconnected
+from gateway.errors import BadRequest, ClientError, Disconnected, Uncuttable
 from gateway.ingest.body import BodyDeadlines, replaying
-from gateway.ingest.cutting import Uncuttable
 from gateway.ingest.keys import extract_key, strip_key_param
 from gateway.ingest.outcomes import Outcome
 from gateway.ingest.partial import MAX_ANSWER, partial_answer, rejected_items

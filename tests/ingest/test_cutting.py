@@ -13,8 +13,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.metrics.v1 import metrics_pb2 as m
 
+from gateway.errors import Uncuttable
 from gateway.ingest.counting import count
-from gateway.ingest.cutting import Uncuttable, cut, encoded
+from gateway.ingest.cutting import cut, encoded
 from gateway.ingest.decoding import inflate
 
 
