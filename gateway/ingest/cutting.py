@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -29,7 +30,8 @@ _SCOPE = {"traces": "scopeSpans", "logs": "scopeLogs", "metrics": "scopeMetrics"
 _RESOURCE = {"traces": "resourceSpans", "logs": "resourceLogs", "metrics": "resourceMetrics"}
 _POINT_KINDS = ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
 _METRIC_DATA = frozenset({5, 7, 9, 10, 11})  # Metric.data: gauge, sum, histogram, ...
-_ONE, _TWO, _SCOPES = frozenset({1}), frozenset({2}), frozenset({2, 1000})
+_ONE, _TWO, _DEPRECATED = frozenset({1}), frozenset({2}), frozenset({1000})
+_SCOPES = _TWO | _DEPRECATED
 
 
 class _Left:
@@ -82,48 +84,46 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _cut_request(data: memoryview, signal: str, left: _Left) -> bytes:
+def _rebuild(
+    data: memoryview,
+    fields: Iterable[tuple[int, int, int, int]],
+    counted: frozenset[int],
+    cut_value: Callable[[memoryview], bytes | None],
+    left: _Left,
+    dropped: frozenset[int] = frozenset(),
+) -> bytes | None:
+    """``data`` with each field in ``counted`` replaced by its cut value (left out when that
+    keeps nothing, or when no items are left) and the fields in ``dropped`` left out; every
+    other field as it came. None when no counted field is kept."""
     out = bytearray()
-    for number, start, value, end in wire_fields(data, _ONE):
-        if number != 1:
+    kept = False
+    for number, start, value, end in fields:
+        if number in counted:
+            if left.n > 0 and (part := cut_value(data[value:end])) is not None:
+                out += _field(number, part)
+                kept = True
+        elif number not in dropped:
             out += data[start:end]
-        elif left.n > 0 and (resource := _cut_resource(data[value:end], signal, left)):
-            out += _field(1, resource)
-    return bytes(out)
+    return bytes(out) if kept else None
+
+
+def _cut_request(data: memoryview, signal: str, left: _Left) -> bytes:
+    def resource(value: memoryview) -> bytes | None:
+        return _cut_resource(value, signal, left)
+
+    return _rebuild(data, wire_fields(data, _ONE), _ONE, resource, left) or b""
 
 
 def _cut_resource(data: memoryview, signal: str, left: _Left) -> bytes | None:
     fields = list(wire_fields(data, _SCOPES))
     # The backend reads the current scope list, or the deprecated one (1000) when it is empty.
-    counted = 2 if any(f[0] == 2 for f in fields) else 1000
-    out = bytearray()
-    kept = False
-    for number, start, value, end in fields:
-        if number not in _SCOPES:
-            out += data[start:end]
-        elif number == counted and left.n > 0:
-            scope = _cut_scope(data[value:end], signal, left)
-            if scope is not None:
-                out += _field(number, scope)
-                kept = True
-    return bytes(out) if kept else None
+    counted = _TWO if any(f[0] == 2 for f in fields) else _DEPRECATED
 
+    def scope(value: memoryview) -> bytes | None:
+        items = _taken(left) if signal != "metrics" else lambda v: _cut_metric(v, left)
+        return _rebuild(value, wire_fields(value, _TWO), _TWO, items, left)
 
-def _cut_scope(data: memoryview, signal: str, left: _Left) -> bytes | None:
-    out = bytearray()
-    kept = False
-    for number, start, value, end in wire_fields(data, _TWO):
-        if number != 2:
-            out += data[start:end]
-        elif left.n > 0:
-            if signal != "metrics":
-                out += data[start:end]
-                left.n -= 1
-                kept = True
-            elif (metric := _cut_metric(data[value:end], left)) is not None:
-                out += _field(2, metric)
-                kept = True
-    return bytes(out) if kept else None
+    return _rebuild(data, fields, counted, scope, left, dropped=_SCOPES)
 
 
 def _cut_metric(data: memoryview, left: _Left) -> bytes | None:
@@ -131,30 +131,23 @@ def _cut_metric(data: memoryview, left: _Left) -> bytes | None:
     last = max((i for i, f in enumerate(fields) if f[0] in _METRIC_DATA), default=None)
     if last is None:
         return None  # no data points: nothing of it is counted, so nothing of it is kept
-    out = bytearray()
-    kept = False
-    for i, (number, start, value, end) in enumerate(fields):
-        if number not in _METRIC_DATA:
-            out += data[start:end]
-        elif i == last:
-            points = _cut_points(data[value:end], left)
-            if points is not None:
-                out += _field(number, points)
-                kept = True
-    return bytes(out) if kept else None
+    # Only the last data field is read by the backend: the earlier ones are left out.
+    fields = [f for i, f in enumerate(fields) if i == last or f[0] not in _METRIC_DATA]
+
+    def points(value: memoryview) -> bytes | None:
+        return _rebuild(value, wire_fields(value, _ONE), _ONE, _taken(left), left)
+
+    return _rebuild(data, fields, _METRIC_DATA, points, left)
 
 
-def _cut_points(data: memoryview, left: _Left) -> bytes | None:
-    out = bytearray()
-    kept = False
-    for number, start, _, end in wire_fields(data, _ONE):
-        if number != 1:
-            out += data[start:end]
-        elif left.n > 0:
-            out += data[start:end]
-            left.n -= 1
-            kept = True
-    return bytes(out) if kept else None
+def _taken(left: _Left) -> Callable[[memoryview], bytes | None]:
+    """An item kept as it came, while items are left (``_rebuild`` checks before each)."""
+
+    def take(value: memoryview) -> bytes:
+        left.n -= 1
+        return bytes(value)
+
+    return take
 
 
 # --- OTLP/JSON ------------------------------------------------------------------------------

@@ -303,8 +303,9 @@ class MeteringMiddleware:
         admission = await self.admission.admit(auth, quantities)
         part = None
         if isinstance(admission, Refusal) and self._cuts(auth, signal):
-            cut = await self._admit_part(auth, admission, signal, request, body, payload)
-            admission, part = cut if isinstance(cut, tuple) else (cut, None)
+            admission, part = await self._admit_part(
+                auth, admission, signal, request, body, payload
+            )
         if isinstance(admission, Refusal):
             return await exchange.refuse(admission, style)
         return await self._forward(scope, receive, signal, request, body, admission, exchange, part)
@@ -321,7 +322,7 @@ class MeteringMiddleware:
         request: _RequestHeaders,
         body: bytes,
         payload: Payload,
-    ) -> tuple[Admission, _Part] | Refusal:
+    ) -> tuple[Admission, _Part] | tuple[Refusal, None]:
         """The first items of a batch over an items limit, admitted as far as they fit: each
         try cuts to what the store's last answer says is left, until one is admitted (another
         items meter, or another request meanwhile, may leave less)."""
@@ -347,7 +348,7 @@ class MeteringMiddleware:
                 rejected = payload.items - keep
                 return outcome, _Part(cut, rejected, _cut_message(signal, rejected, refusal))
             refusal = outcome
-        return refusal
+        return refusal, None
 
     async def _forward(
         self,

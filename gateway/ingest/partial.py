@@ -34,6 +34,11 @@ _REJECTED = {
     "logs": "rejected_log_records",
     "metrics": "rejected_data_points",
 }
+_REJECTED_JSON = {
+    "traces": "rejectedSpans",
+    "logs": "rejectedLogRecords",
+    "metrics": "rejectedDataPoints",
+}
 
 
 def rejected_items(
@@ -93,10 +98,7 @@ def _rejected_json(signal: str, body: bytes) -> int:
     partial = answer.get("partialSuccess", answer.get("partial_success"))
     if not isinstance(partial, dict):
         return 0
-    snake = _REJECTED[signal]
-    head, *rest = snake.split("_")
-    camel = head + "".join(p.title() for p in rest)
-    value = partial.get(camel, partial.get(snake, 0))
+    value = partial.get(_REJECTED_JSON[signal], partial.get(_REJECTED[signal], 0))
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -124,14 +126,13 @@ def partial_answer(
         body = b""
     media = (content_type or b"").split(b";", 1)[0].strip().lower()
     theirs = min(forwarded, rejected_items(signal, content_type, None, body))
-    field = _REJECTED[signal]
     if fmt == "protobuf":
         answer = _RESPONSES[signal]()
         if media == b"application/x-protobuf":
             with contextlib.suppress(DecodeError):
                 answer.ParseFromString(body)
         partial = answer.partial_success
-        setattr(partial, field, rejected + theirs)
+        setattr(partial, _REJECTED[signal], rejected + theirs)
         partial.error_message = _joined(message, partial.error_message)
         return b"application/x-protobuf", answer.SerializeToString()
     document: dict[str, Any] = {}
@@ -145,9 +146,8 @@ def partial_answer(
         if isinstance(partial_json, dict)
         else None
     )
-    head, *rest = field.split("_")
     document["partialSuccess"] = {
-        head + "".join(p.title() for p in rest): str(rejected + theirs),
+        _REJECTED_JSON[signal]: str(rejected + theirs),
         "errorMessage": _joined(message, said if isinstance(said, str) else ""),
     }
     return b"application/json", json.dumps(document, separators=(",", ":")).encode()
