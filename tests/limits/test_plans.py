@@ -104,9 +104,9 @@ async def test_a_stripe_subscription_moves_the_org_to_a_plan_of_the_catalog(rig:
     await put_plan(rig, "scale", limits={"traces.items": 8})
     org_id, key = await tenant(rig, {})
     await patch_org(rig, org_id, billing_customers={"stripe": "cus_plans"})
+    start = int(time.time()) - 86_400  # one period for both events: a moved start is a new one
 
     async def subscribe(event_id: str, plan: str, created: int) -> None:
-        start = int(time.time()) - 86_400
         item = {"price": {"lookup_key": plan}, "current_period_start": start,
                 "current_period_end": start + 30 * 86_400}  # fmt: skip
         obj = {"id": "sub_p", "customer": "cus_plans", "status": "active",
