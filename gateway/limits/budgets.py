@@ -8,6 +8,7 @@ import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from gateway.store.records import UsageBatch
 from policies.decisions import Refusal, usage_exceeded
 from policies.model import Limits, OrgRouting, Period, Quantities, scope_of
 
@@ -15,6 +16,16 @@ SHADOW_PREFIX = "shadow_refused:"
 
 #: The credit meter is counted over an org's whole life: its limit is the prepaid balance.
 CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+
+@dataclass(slots=True)
+class UsageStats:
+    """What the usage gate counts for ``/metrics``."""
+
+    fail_open: int = 0
+    refills: int = 0
+    flush_failures: int = 0
+    shadow_refused: int = 0
 
 
 @dataclass(slots=True)
@@ -154,3 +165,12 @@ def zero_limit_refusal(
             used = (known.used if known is not None else 0) + budget.local_used(meter)
             return usage_exceeded(meter, limit, used, budget.period.end)
     return None
+
+
+def lanes_of(batches: list[UsageBatch], lanes: int = 2) -> list[list[UsageBatch]]:
+    """``batches`` split by org into ``lanes`` lists, each in its order: a flush commits
+    its lanes at once (two use two of the store's cores) and one org's batches in order."""
+    split: list[list[UsageBatch]] = [[] for _ in range(lanes)]
+    for batch in batches:
+        split[hash(batch.org_id) % lanes].append(batch)
+    return [lane for lane in split if lane]

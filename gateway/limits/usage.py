@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 from gateway.errors import StoreError
@@ -29,6 +28,8 @@ from gateway.limits.budgets import (
     Budget,
     Known,
     Spent,
+    UsageStats,
+    lanes_of,
     split_limits,
     zero_limit_refusal,
 )
@@ -43,13 +44,8 @@ from policies.reservations import ChunkPolicy, worth_waiting_for
 
 log = logging.getLogger("gateway.limits.usage")
 
-
-@dataclass(slots=True)
-class UsageStats:
-    fail_open: int = 0
-    refills: int = 0
-    flush_failures: int = 0
-    shadow_refused: int = 0
+#: Batches committed in one store call (one transaction) by a flush.
+FLUSH_GROUP = 1000
 
 
 class UsageGate:
@@ -291,11 +287,6 @@ class UsageGate:
         self._contention_asked[org_id] = now
         self._on_contention(org_id)
 
-    def _committed(self, batch: UsageBatch) -> None:
-        budget = self._committing.pop(batch.batch_id, None)
-        if budget is not None:
-            budget.committed(batch.used)
-
     def give_back(self, org_id: str, idle_for: float = 0.1) -> bool:
         """Return the org's unspent reservations at the next flush (another holder needs them),
         unless this process is spending them right now; True when there was something to return."""
@@ -449,11 +440,11 @@ class UsageGate:
             await asyncio.to_thread(self._spool.sync)
             done: list[str] = []
             try:
-                for batch in self._spool.pending():
-                    commit = partial(self._store.commit, batch)
-                    await self._guard.call(commit, budget=self._flush_timeout)
-                    done.append(batch.batch_id)
-                    self._committed(batch)
+                # An org's batches stay in one lane, in their order.
+                lanes = [self._commit_lane(lane, done) for lane in lanes_of(self._spool.pending())]
+                failed = [e for e in await asyncio.gather(*lanes, return_exceptions=True) if e]
+                if failed:
+                    raise failed[0]
                 await self._guard.call(
                     lambda: self._store.heartbeat(self.holder, self._clock(), self._ttl),
                     budget=self._flush_timeout,
@@ -473,6 +464,15 @@ class UsageGate:
                 if done:
                     await asyncio.to_thread(self._spool.done, done)
             return len(self._spool.pending())
+
+    async def _commit_lane(self, lane: list[UsageBatch], done: list[str]) -> None:
+        for group in (lane[i : i + FLUSH_GROUP] for i in range(0, len(lane), FLUSH_GROUP)):
+            commit = partial(self._store.commit_many, group)
+            await self._guard.call(commit, budget=self._flush_timeout)
+            done += [batch.batch_id for batch in group]
+            for batch in group:
+                if (budget := self._committing.pop(batch.batch_id, None)) is not None:
+                    budget.committed(batch.used)
 
     async def close(self) -> int:
         """Flush everything and hand unspent reservations back; returns batches still pending."""

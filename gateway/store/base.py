@@ -15,7 +15,7 @@ Every method is atomic on its own. The values that cross them are in ``records``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -96,6 +96,9 @@ class QuotaStore(Lifecycle, Protocol):
 
     async def reserve(self, request: ReserveRequest) -> ReserveResult: ...
     async def commit(self, batch: UsageBatch) -> bool: ...
+    async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
+        """Commit a group at once, each batch as ``commit`` would (True: applied now)."""
+
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None: ...
     async def release(self, holder: str) -> None: ...
 

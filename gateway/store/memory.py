@@ -10,7 +10,7 @@ billing half (state, ledger, webhook events, audit) is ``memory_billing.MemoryBi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -146,6 +146,9 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
             live = current.amount if current and current.expires_at > request.now else 0
             self.reservations[key] = _Reservation(live + amount, request.now + request.ttl)
         return Granted(grants)
+
+    async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
+        return [await self.commit(batch) for batch in batches]
 
     async def commit(self, batch: UsageBatch) -> bool:
         if batch.batch_id in self.applied:

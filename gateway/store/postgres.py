@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from importlib import resources
@@ -49,6 +49,7 @@ from gateway.store.records import (
     ReserveRequest,
     ReserveResult,
     UsageBatch,
+    rounds,
 )
 from gateway.store.seam import Dialect, Done, Step, advance, numbered
 from gateway.store.sql import SQLSteps
@@ -72,34 +73,47 @@ _USED_OF = "SELECT used FROM usage_counters WHERE org_id = $1 AND period_start =
 _RESERVE = """SELECT meter_name, granted, meter_limit, taken
     FROM reserve_quota($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::bigint[])"""
 
-_CLAIM_BATCH = """INSERT INTO applied_batches (batch_id, org_id, period_start)
-    VALUES ($1, $2, $3)
-    ON CONFLICT DO NOTHING RETURNING batch_id"""
-
 _PRUNE_BATCHES = """DELETE FROM applied_batches WHERE batch_id IN (
     SELECT batch_id FROM applied_batches
     WHERE applied_at < now() - make_interval(secs => $1)
     LIMIT $2)"""
 
-# Meters arrive sorted (lock order); rows are upserted in that order.
-_ADD_USED = """INSERT INTO usage_counters AS c (org_id, period_start, meter, used)
-    SELECT $1::text, $2::text, d.meter, d.delta
-    FROM unnest($3::text[], $4::bigint[]) WITH ORDINALITY AS d (meter, delta, i)
-    ORDER BY d.i
-    ON CONFLICT (org_id, period_start, meter)
-        DO UPDATE SET used = COALESCE(c.used, 0) + excluded.used"""
+# A group of batches commits in one transaction of three statements, whatever its size.
+# Claims the new batch ids and adds their usage, summed per counter row and upserted in the
+# global lock order (org, period, meter rank), as one statement; returns the ids it claimed.
+_CLAIM_AND_COUNT = """WITH claimed AS (
+        INSERT INTO applied_batches (batch_id, org_id, period_start)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+        ON CONFLICT DO NOTHING RETURNING batch_id, org_id, period_start
+    ), counted AS (
+        INSERT INTO usage_counters AS c (org_id, period_start, meter, used)
+        SELECT k.org_id, k.period_start, u.meter, sum(u.delta)::bigint
+        FROM claimed k
+        JOIN unnest($4::text[], $5::text[], $6::bigint[]) AS u (batch_id, meter, delta)
+            ON u.batch_id = k.batch_id
+        GROUP BY k.org_id, k.period_start, u.meter
+        ORDER BY k.org_id, k.period_start,
+            COALESCE(array_position($7::text[], u.meter), 2147483647), u.meter
+        ON CONFLICT (org_id, period_start, meter)
+            DO UPDATE SET used = COALESCE(c.used, 0) + excluded.used
+    )
+    SELECT batch_id FROM claimed"""
 
-# Only the holder's existing rows change, locked in lock order.
+# The claimed batches' reservation deltas: only existing rows change, locked in the global
+# order. A round holds one batch per (holder, org, period), so no row changes twice.
 _ADD_RESERVED = """UPDATE quota_reservations q SET amount = GREATEST(0, q.amount + r.delta)
     FROM (
-        SELECT s.meter, d.delta FROM quota_reservations s
-        JOIN unnest($4::text[], $5::bigint[]) WITH ORDINALITY AS d (meter, delta, i)
-            ON d.meter = s.meter
-        WHERE s.holder = $1 AND s.org_id = $2 AND s.period_start = $3
-        ORDER BY d.i
+        SELECT s.holder, s.org_id, s.period_start, s.meter, d.delta FROM quota_reservations s
+        JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+            AS d (holder, org_id, period_start, meter, delta)
+            ON s.holder = d.holder AND s.org_id = d.org_id
+                AND s.period_start = d.period_start AND s.meter = d.meter
+        ORDER BY s.org_id, s.period_start,
+            COALESCE(array_position($6::text[], s.meter), 2147483647), s.meter, s.holder
         FOR UPDATE OF s
     ) r
-    WHERE q.holder = $1 AND q.org_id = $2 AND q.period_start = $3 AND q.meter = r.meter"""
+    WHERE q.holder = r.holder AND q.org_id = r.org_id AND q.period_start = r.period_start
+        AND q.meter = r.meter"""
 
 # An expired row of the holder is replaced, a live one grows; either way the expiry restarts.
 _ADD_RESERVATION = """INSERT INTO quota_reservations AS x
@@ -247,6 +261,18 @@ async def _apply_migrations(conn: Any, schema: str | None) -> list[str]:
     return applied
 
 
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as the ``width`` arrays an ``unnest`` takes, one per column."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+def _claim_arrays(group: Sequence[UsageBatch]) -> list[list[Any]]:
+    """The arrays ``_CLAIM_AND_COUNT`` takes: ids, orgs and periods; then each used delta."""
+    used = [(b.batch_id, m, n) for b in group for m, n in b.used.items() if n]
+    claims = [(b.batch_id, b.org_id, b.period_start) for b in group]
+    return _columns(claims, 3) + _columns(used, 3)
+
+
 def _sorted_deltas(deltas: Mapping[str, int]) -> tuple[list[str], list[int]]:
     meters = lock_order(deltas)
     return meters, [deltas[meter] for meter in meters]
@@ -387,21 +413,29 @@ class PostgresStore(SQLSteps):
         return Granted({row["meter_name"]: row["granted"] for row in rows})
 
     async def commit(self, batch: UsageBatch) -> bool:
-        key = (batch.org_id, batch.period_start)
+        return (await self.commit_many([batch]))[0]
+
+    async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
+        # Rounds keep the order of ``batches``: their answers line up with it.
+        applied: list[bool] = []
         async with self._transaction("commit") as conn:
-            if await conn.fetchval(_CLAIM_BATCH, batch.batch_id, *key) is None:
-                return False
-            if batch.used:
-                await conn.execute(_ADD_USED, *key, *_sorted_deltas(batch.used))
-                history = sql_history.history_rows(batch)
-                meters, deltas = [r[1] for r in history], [r[3] for r in history]
-                bucket = sql_history.batch_bucket(batch)
-                await conn.execute(sql_history.ADD_POSTGRES, batch.org_id, bucket, meters, deltas)
-            if batch.reserved:
-                await conn.execute(
-                    _ADD_RESERVED, batch.holder, *key, *_sorted_deltas(batch.reserved)
-                )
-        return True
+            for group in rounds(batches):
+                claimed = await conn.fetch(_CLAIM_AND_COUNT, *_claim_arrays(group), _METERS)
+                ids = {row["batch_id"] for row in claimed}
+                mine = [batch for batch in group if batch.batch_id in ids]
+                history = [row for batch in mine for row in sql_history.history_rows(batch)]
+                if history:
+                    await conn.execute(sql_history.ADD_POSTGRES, *_columns(history, 4))
+                reserved = [
+                    (b.holder, b.org_id, b.period_start, meter, delta)
+                    for b in mine
+                    for meter, delta in b.reserved.items()
+                    if delta
+                ]
+                if reserved:
+                    await conn.execute(_ADD_RESERVED, *_columns(reserved, 5), _METERS)
+                applied += [batch.batch_id in ids for batch in group]
+        return applied
 
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
         async with self._connection("heartbeat") as conn:

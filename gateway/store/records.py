@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -255,6 +255,21 @@ class UsageBatch:
 
     def is_empty(self) -> bool:
         return not any(self.used.values()) and not any(self.reserved.values())
+
+
+def rounds(batches: Sequence[UsageBatch]) -> list[list[UsageBatch]]:
+    """``batches`` in order, cut where one holder's (org, period) comes again: a round
+    changes each reservation row once, and batches of one row apply in their order."""
+    groups: list[list[UsageBatch]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for batch in batches:
+        key = (batch.holder, batch.org_id, batch.period_start)
+        if not groups or key in seen:
+            groups.append([])
+            seen = set()
+        groups[-1].append(batch)
+        seen.add(key)
+    return groups
 
 
 @dataclass(frozen=True, slots=True)

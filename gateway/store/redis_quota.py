@@ -301,25 +301,32 @@ class RedisQuotaStore:
             log.info("rebuilt %s from the truth", key)
 
     async def commit(self, batch: UsageBatch) -> bool:
-        applied = await self.truth.commit(batch)
+        return (await self.commit_many([batch]))[0]
+
+    async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
+        """The truth first, then Redis: one pipeline of ``apply`` calls, each once by its marker."""
+        applied = await self.truth.commit_many(batches)
+        calls = [(batch, self._apply_args(batch)) for batch in batches]
+        calls = [(batch, args) for batch, args in calls if args is not None]
+        if calls:
+            client = self._client()
+            with _redis_errors("apply"):
+                async with client.pipeline(transaction=False) as pipe:
+                    for batch, args in calls:
+                        keys = [
+                            self.quota_key(batch.org_id, batch.period_start),
+                            self.batch_key(batch.org_id, batch.batch_id),
+                        ]
+                        await self._scripts["apply"](keys=keys, args=args, client=pipe)
+                    await pipe.execute()
+        return applied
+
+    def _apply_args(self, batch: UsageBatch) -> list[Arg] | None:
         used = {m: n for m, n in batch.used.items() if n}
         reserved = {m: n for m, n in batch.reserved.items() if n}
-        if used or reserved:
-            await self._run(
-                "apply",
-                [
-                    self.quota_key(batch.org_id, batch.period_start),
-                    self.batch_key(batch.org_id, batch.batch_id),
-                ],
-                [
-                    batch.holder,
-                    self._marker_seconds,
-                    len(used),
-                    *_flatten(used),
-                    *_flatten(reserved),
-                ],
-            )
-        return applied
+        if not (used or reserved):
+            return None
+        return [batch.holder, self._marker_seconds, len(used), *_flatten(used), *_flatten(reserved)]
 
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
         await self.truth.heartbeat(holder, now, ttl)

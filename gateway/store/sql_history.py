@@ -19,8 +19,11 @@ HOUR = 3600
 # SQLite's batch commit runs on its own connection; PostgreSQL's takes arrays.
 ADD_SQLITE = """INSERT INTO usage_history (org_id, meter, bucket, value) VALUES (?, ?, ?, ?)
     ON CONFLICT (org_id, meter, bucket) DO UPDATE SET value = value + excluded.value"""
+# Rows (org, meter, bucket, delta) of many batches, summed per bucket, in one statement.
 ADD_POSTGRES = """INSERT INTO usage_history (org_id, meter, bucket, value)
-    SELECT $1, m, $2, d FROM unnest($3::text[], $4::bigint[]) AS t (m, d)
+    SELECT o, m, b, sum(d)::bigint
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS t (o, m, b, d)
+    GROUP BY o, m, b ORDER BY o, m, b
     ON CONFLICT (org_id, meter, bucket)
     DO UPDATE SET value = usage_history.value + excluded.value"""
 

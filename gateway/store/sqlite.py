@@ -22,7 +22,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import lru_cache
@@ -354,7 +354,10 @@ class SQLiteStore(SQLSteps):
         return await self._write(work)
 
     async def commit(self, batch: UsageBatch) -> bool:
-        def work(conn: sqlite3.Connection) -> bool:
+        return (await self.commit_many([batch]))[0]
+
+    async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
+        def one(conn: sqlite3.Connection, batch: UsageBatch) -> bool:
             claimed = conn.execute(
                 _CLAIM_BATCH, (batch.batch_id, time.time(), batch.org_id, batch.period_start)
             )
@@ -377,7 +380,8 @@ class SQLiteStore(SQLSteps):
             )
             return True
 
-        return await self._write(work)
+        # One transaction (one write lock and one WAL commit) for the whole group.
+        return await self._write(lambda conn: [one(conn, batch) for batch in batches])
 
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
         def work(conn: sqlite3.Connection) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.limits.budgets import Admission
+from gateway.limits.budgets import Admission, lanes_of
 from gateway.limits.guard import StoreGuard
 from gateway.limits.spool import Spool, read_orphan
 from gateway.limits.usage import UsageGate
@@ -362,7 +362,7 @@ async def test_requests_of_several_keys_share_the_org_s_reservation() -> None:
         admitted = await usage.admit(routings[n % 3], Quantities(1, 10, 1))
         assert isinstance(admitted, Admission)
     await usage.settled()
-    assert flaky.calls.get("commit", 0) == 0  # nothing was given back
+    assert flaky.calls.get("commit_many", 0) == 0  # nothing was given back
     assert flaky.calls["reserve"] <= 12  # a few chunks for 300 requests, not one each
 
 
@@ -383,3 +383,38 @@ async def test_a_flushed_key_leaves_nothing_behind_in_its_org_s_budget(store: St
     counters = await store.usage(routing.org_id, period.key)
     assert counters["key/key_7/items"] == 1 and counters["requests"] == 200
     await usage.close()
+
+
+async def test_a_flush_of_many_active_orgs_commits_them_in_a_few_group_calls() -> None:
+    # A flush committed one transaction per active org: 2,000 orgs took 2.37 s on PostgreSQL.
+    flaky = FlakyStore(MemoryStore())
+    routings = [
+        (await flaky.create_org(f"o{n}", Limits(requests=10), None)).routing() for n in range(2_500)
+    ]
+    breaker = Clock()
+    usage = gate(flaky, breaker=breaker)
+    for routing in routings:
+        assert isinstance(await usage.admit(routing, Quantities(1, 10, 1)), Admission)
+    flaky.failing = {"commit_many"}
+    assert await usage.flush() == 2_500  # every batch stays pending in the spool
+    flaky.failing = set()
+    breaker.advance(3600)  # past the breaker's wait: one probe, then the rest
+    assert await usage.flush() < 2_500
+    assert await usage.flush() == 0
+    assert flaky.calls.get("commit", 0) == 0
+    # Two lanes by org, each in groups of FLUSH_GROUP: at most 2 calls failed, then 4 or 5
+    # landed, and a lane the half-open breaker held back once.
+    assert flaky.calls["commit_many"] <= 2 + 5 + 1
+    period = usage.current_period(time.time()).key
+    used = [(await flaky.usage(r.org_id, period)).get("requests") for r in routings]
+    assert used == [1] * 2_500
+
+
+def test_lanes_split_batches_by_org_and_keep_each_org_s_order() -> None:
+    batches = [UsageBatch(str(n), "h", f"org{n % 7}", "p") for n in range(50)]
+    lanes = lanes_of(batches)
+    assert sorted(b.batch_id for lane in lanes for b in lane) == sorted(b.batch_id for b in batches)
+    for lane in lanes:
+        assert [int(b.batch_id) for b in lane] == sorted(int(b.batch_id) for b in lane)
+    orgs = [b.org_id for lane in lanes for b in {b.org_id: b for b in lane}.values()]
+    assert len(lanes) == 2 and sorted(orgs) == sorted(set(orgs))  # no org in both lanes

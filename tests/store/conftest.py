@@ -91,7 +91,7 @@ class QuotaInFront:
     """A durable store with a quota store in front, as ``Runtime`` pairs them, as one object
     for the contract suites: quota calls go to ``quota``, everything else to ``durable``."""
 
-    QUOTA = frozenset({"reserve", "commit", "heartbeat", "release"})
+    QUOTA = frozenset({"reserve", "commit", "commit_many", "heartbeat", "release"})
 
     def __init__(self, durable: Store, quota: QuotaStore) -> None:
         self.durable = durable

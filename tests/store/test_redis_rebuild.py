@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -68,8 +68,8 @@ class GatedTruth:
         await self._gate("add_reservation")
         await self.inner.add_reservation(request, amounts)
 
-    async def commit(self, batch: UsageBatch) -> bool:
-        applied = await self.inner.commit(batch)
+    async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
+        applied = await self.inner.commit_many(batches)
         await self._gate("commit")
         return applied
 
