@@ -55,7 +55,11 @@ def build_store(settings: Settings) -> tuple[Store, QuotaStore]:
     if settings.redis_url:
         from gateway.store.redis_quota import RedisQuotaStore
 
-        return store, RedisQuotaStore(store, settings.redis_url)
+        # A third of the gate's budget: a Redis that hangs leaves time to reserve in the truth.
+        timeout = min(1.0, max(0.05, settings.gate_timeout / 3))
+        return store, RedisQuotaStore(
+            store, settings.redis_url, timeout=timeout, cluster=settings.redis_cluster
+        )
     return store, store
 
 

@@ -21,6 +21,8 @@ class Settings:
     upstream_url: str | None = None
     store_url: str = "sqlite://data/gateway.db"
     redis_url: str | None = None
+    # redis_url names any node of a Redis Cluster (the quota hashes shard by org)
+    redis_cluster: bool = False
     admin_token: str | None = field(default=None, repr=False)
     key_secret: str | None = field(default=None, repr=False)
     data_dir: Path = Path("data")

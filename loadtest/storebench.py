@@ -11,13 +11,15 @@ pool of its own; here the connections stay under PostgreSQL's default of 100). P
 1. Reservations: every holder asks for chunks of random active orgs, one call at a time,
    for ``--seconds``: reservations/s, p50 and p99 of one call.
 2. Flushes: every holder commits one usage batch per active org at once (as each replica's
-   flush does when every org sends through every replica), in groups of ``FLUSH_GROUP``:
-   the slowest holder's flush time against ``--interval``, and batches/s.
-3. Heartbeats: every holder renews its reservations at once: the slowest one's time.
+   flush does when every org sends through every replica), in two lanes of groups of
+   ``FLUSH_GROUP`` as the usage gate does: the slowest holder's flush time against
+   ``--interval``, and batches/s.
+3. Heartbeats: every holder renews its reservations at once (the gate does so every quarter
+   of the reservation TTL, 15 s by default): the slowest one's time.
 4. The store's CPU over each phase (PostgreSQL's processes from /proc, Redis's INFO), as
    cores busy; and a check that stored usage equals what was committed.
 
-The orgs axis runs at the middle replica count, the replicas axis at 1,000 orgs. A flush
+The orgs axis runs at the fewest replicas, the replicas axis at 1,000 orgs. A flush
 of one transaction per batch (what the gateway did before group commits) is timed at one
 point for comparison. Numbers go to stdout, ``<out>.json`` and the README's Scale table.
 """
@@ -39,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import StoreError
+from gateway.limits.budgets import lanes_of
 from gateway.limits.usage import FLUSH_GROUP
 from gateway.store.base import QuotaStore
 from gateway.store.postgres import PostgresStore
@@ -259,12 +263,16 @@ def _batches(rig: Rig, holder: int) -> list[UsageBatch]:
 async def flush_phase(rig: Rig) -> dict[str, Any]:
     times: list[float] = []
 
-    async def flush(h: int) -> None:
-        batches = _batches(rig, h)
-        start = time.perf_counter()
+    async def lane(h: int, batches: list[UsageBatch]) -> None:
         for first in range(0, len(batches), FLUSH_GROUP):
             applied = await rig.store_of(h).commit_many(batches[first : first + FLUSH_GROUP])
             assert all(applied), "a new batch was refused"
+
+    async def flush(h: int) -> None:
+        # As the usage gate flushes: the batches in lanes by org, the lanes at once.
+        batches = _batches(rig, h)
+        start = time.perf_counter()
+        await asyncio.gather(*(lane(h, part) for part in lanes_of(batches)))
         times.append(time.perf_counter() - start)
         for batch in batches:
             rig.committed[batch.org_id] = rig.committed.get(batch.org_id, 0) + batch.used["items"]
@@ -313,12 +321,17 @@ async def measure(point: Point, opts: Options, *, compare: bool) -> dict[str, An
     try:
         row: dict[str, Any] = {"point": point.__dict__}
         await rig.seed_reservations()
-        row["reserve"] = await reserve_phase(rig, opts.seconds)
-        row["flush"] = await flush_phase(rig)
-        row["flush"]["fits_interval"] = row["flush"]["slowest_s"] < opts.interval
-        row["heartbeat"] = await heartbeat_phase(rig)
-        if compare:
-            row["per_batch_flush_s"] = await per_batch_flush(rig)
+        try:
+            row["reserve"] = await reserve_phase(rig, opts.seconds)
+            row["flush"] = await flush_phase(rig)
+            row["flush"]["fits_interval"] = row["flush"]["slowest_s"] < opts.interval
+            row["heartbeat"] = await heartbeat_phase(rig)
+            if compare:
+                row["per_batch_flush_s"] = await per_batch_flush(rig)
+        except StoreError as exc:
+            # Past what the store carries: a call ran out of its time (the flush's budget).
+            row["failed"] = str(exc)
+            return row
         row["exact"] = await exact(rig)
         return row
     finally:
@@ -326,11 +339,11 @@ async def measure(point: Point, opts: Options, *, compare: bool) -> dict[str, An
 
 
 def points(opts: Options) -> list[Point]:
-    middle = opts.replicas[len(opts.replicas) // 2]
+    """The orgs axis at the fewest replicas, then the replicas axis at 1,000 orgs."""
     found: list[Point] = []
     for backend in opts.backends:
         for orgs in opts.orgs:
-            found.append(Point(backend, orgs, middle, opts.keys))
+            found.append(Point(backend, orgs, opts.replicas[0], opts.keys))
         for replicas in opts.replicas:
             point = Point(backend, 1000 if 1000 in opts.orgs else opts.orgs[0], replicas, opts.keys)
             if point not in found:
@@ -350,7 +363,11 @@ def render(report: dict[str, Any]) -> str:
         "  pg cores  redis cores  exact",
     ]
     for row in report["rows"]:
-        p, r, f, h = row["point"], row["reserve"], row["flush"], row["heartbeat"]
+        p = row["point"]
+        if "failed" in row:
+            lines.append(f"{p['backend']:<17} {p['orgs']:>6} {p['replicas']:>5}  {row['failed']}")
+            continue
+        r, f, h = row["reserve"], row["flush"], row["heartbeat"]
         lines.append(
             f"{p['backend']:<17} {p['orgs']:>6} {p['replicas']:>5} {r['per_s']:>10,.0f}"
             f" {r['p99_ms']:>7.2f} {f['slowest_s']:>8.3f} {f['batches_per_s']:>10,.0f}"
@@ -414,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(report))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{opts.out}.json").write_text(json.dumps(report, indent=2))
-    return 0 if all(row["exact"] for row in report["rows"]) else 1
+    return 0 if all(row.get("exact", True) for row in report["rows"]) else 1
 
 
 if __name__ == "__main__":

@@ -168,8 +168,99 @@ class ThrowawayRedis:
     destroy = stop
 
 
+def _cluster_ports(count: int) -> list[int]:
+    """Ports whose cluster bus (port + 10000) is free too: both below 65536."""
+    ports: list[int] = []
+    for port in range(21000 + os.getpid() % 20000, 55000):
+        if len(ports) == count:
+            break
+        if not port_open(port) and not port_open(port + 10000):
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class ThrowawayRedisCluster:
+    """Three Redis masters on loopback joined into a cluster (no replicas), in a folder of
+    their own; a master can be killed and started again (it rejoins with its slots, empty)."""
+
+    ports: list[int]
+    folder: Path
+    processes: dict[int, subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    @classmethod
+    def create(cls, masters: int = 3) -> ThrowawayRedisCluster:
+        if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+            raise RuntimeError("redis-server and redis-cli are not installed")
+        cluster = cls(_cluster_ports(masters), Path(tempfile.mkdtemp(prefix="gw-rc-")), {})
+        try:
+            for port in cluster.ports:
+                cluster.start(port)
+            nodes = [f"127.0.0.1:{port}" for port in cluster.ports]
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0",
+                 "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            cluster.wait_ok()
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    def start(self, port: int) -> None:
+        self.processes[port] = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+             "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
+             "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait(port)
+
+    def kill(self, port: int) -> None:
+        process = self.processes.pop(port, None)
+        if process is not None:
+            process.kill()
+            process.wait(timeout=10)
+
+    def wait_ok(self, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            answers = [
+                subprocess.run(["redis-cli", "-p", str(port), "cluster", "info"],
+                               capture_output=True, text=True, timeout=5).stdout
+                for port in self.processes
+            ]  # fmt: skip
+            if all("cluster_state:ok" in answer for answer in answers):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the Redis Cluster on {self.ports} is not ok after {seconds} s")
+
+    def destroy(self) -> None:
+        for port in list(self.processes):
+            self.kill(port)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 _shared: dict[str, str] = {}
-_throwaways: list[ThrowawayPostgres | ThrowawayRedis] = []
+_throwaways: list[ThrowawayPostgres | ThrowawayRedis | ThrowawayRedisCluster] = []
+
+
+def redis_cluster_url() -> str:
+    """A three-master Redis Cluster on loopback, started once for the session."""
+    if "cluster" not in _shared:
+        try:
+            cluster = ThrowawayRedisCluster.create()
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            unavailable("a Redis Cluster (redis-server --cluster-enabled)")
+        _throwaways.append(cluster)
+        _shared["cluster"] = cluster.url
+    return _shared["cluster"]
 
 
 def postgres_url() -> str:

@@ -45,7 +45,7 @@ from policies.reservations import ChunkPolicy, worth_waiting_for
 log = logging.getLogger("gateway.limits.usage")
 
 #: Batches committed in one store call (one transaction) by a flush.
-FLUSH_GROUP = 1000
+FLUSH_GROUP = 500
 
 
 class UsageGate:
@@ -445,11 +445,13 @@ class UsageGate:
                 failed = [e for e in await asyncio.gather(*lanes, return_exceptions=True) if e]
                 if failed:
                     raise failed[0]
-                await self._guard.call(
-                    lambda: self._store.heartbeat(self.holder, self._clock(), self._ttl),
-                    budget=self._flush_timeout,
-                )
-                self._last_heartbeat = self._clock()
+                # Renewed a quarter of ``ttl`` apart, not each flush: a write of every row.
+                if release or self._clock() - self._last_heartbeat >= self._ttl / 4:
+                    await self._guard.call(
+                        lambda: self._store.heartbeat(self.holder, self._clock(), self._ttl),
+                        budget=self._flush_timeout,
+                    )
+                    self._last_heartbeat = self._clock()
                 # A dead holder's usage is committed: its reservations can go back now.
                 for holder in list(self._orphans):
                     await self._guard.call(

@@ -61,6 +61,7 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
         self.reservations: dict[tuple[str, str, str, str], _Reservation] = {}
         # batch id -> the (org, period) it was applied to
         self.applied: dict[str, tuple[str, str]] = {}
+        self.stale: dict[tuple[str, str], int] = {}
         self.periods: dict[str, str] = {}
         # (provider, customer id) -> org
         self.customers: dict[tuple[str, str], str] = {}
@@ -145,6 +146,8 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
             current = self.reservations.get(key)
             live = current.amount if current and current.expires_at > request.now else 0
             self.reservations[key] = _Reservation(live + amount, request.now + request.ttl)
+        if request.mark_stale:
+            await self.mark_stale([(request.org_id, request.period_start)])
         return Granted(grants)
 
     async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
@@ -225,16 +228,28 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
                 for batch_id, counter in self.applied.items()
                 if counter == (org_id, period_start)
             ],
+            stale=self.stale.get((org_id, period_start), 0),
         )
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
+        if (org_id, period_start) in self.stale:
+            return True
         now, ttl = request.now, request.ttl
         for meter, amount in amounts.items():
             key = (holder, org_id, period_start, meter)
             current = self.reservations.get(key)
             live = current.amount if current and current.expires_at > now else 0
             self.reservations[key] = _Reservation(live + amount, now + ttl)
+        return False
+
+    async def mark_stale(self, keys: Sequence[tuple[str, str]]) -> None:
+        for key in keys:
+            self.stale[key] = self.stale.get(key, 0) + 1
+
+    async def clear_stale(self, org_id: str, period_start: str, generation: int) -> None:
+        if self.stale.get((org_id, period_start)) == generation:
+            del self.stale[org_id, period_start]
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         last = self.periods.get(org_id)

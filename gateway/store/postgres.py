@@ -24,6 +24,7 @@ Semantics mirror ``MemoryStore``; asyncpg and socket errors become ``StoreError`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -36,7 +37,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.errors import ConfigError, StoreError
-from gateway.store import sql_history
+from gateway.store import sql_history, sql_stale
 from gateway.store.normal import utc
 from gateway.store.records import (
     BATCH_RETENTION_SECONDS,
@@ -115,16 +116,8 @@ _ADD_RESERVED = """UPDATE quota_reservations q SET amount = GREATEST(0, q.amount
     WHERE q.holder = r.holder AND q.org_id = r.org_id AND q.period_start = r.period_start
         AND q.meter = r.meter"""
 
-# An expired row of the holder is replaced, a live one grows; either way the expiry restarts.
-_ADD_RESERVATION = """INSERT INTO quota_reservations AS x
-        (holder, org_id, period_start, meter, amount, expires_at)
-    SELECT $1::text, $2::text, $3::text, a.meter, a.amount, $6::float8 + $7::float8
-    FROM unnest($4::text[], $5::bigint[]) WITH ORDINALITY AS a (meter, amount, i)
-    ORDER BY a.i
-    ON CONFLICT (holder, org_id, period_start, meter) DO UPDATE SET
-        amount = CASE WHEN x.expires_at > $6 THEN x.amount + excluded.amount
-            ELSE excluded.amount END,
-        expires_at = excluded.expires_at"""
+# A grant Redis decided, unless Redis missed a write of the (org, period) (then TRUE).
+_ADD_RESERVATION = "SELECT add_reservation_checked($1, $2, $3, $4, $5, $6, $7)"
 
 # A holder's rows are locked in the global order (org, period, meter rank) first.
 _HOLDER_ROWS = """(
@@ -386,7 +379,11 @@ class PostgresStore(SQLSteps):
         if not meters:
             return Granted({})
         policy = request.policy
-        async with self._connection("reserve") as conn:
+        # A fallback grant (Redis failed) and the mark that Redis missed it commit together.
+        async with (
+            self._connection("reserve") as conn,
+            conn.transaction() if request.mark_stale else contextlib.nullcontext(),
+        ):
             rows = await conn.fetch(
                 _RESERVE,
                 request.holder,
@@ -402,6 +399,8 @@ class PostgresStore(SQLSteps):
                 # Every limit from the caller's routing (the credit meter's is the balance).
                 [request.limits.usage_limit(meter) for meter in meters],
             )
+            if request.mark_stale and all(row["granted"] is not None for row in rows):
+                await _drive(conn, sql_stale.mark([(request.org_id, request.period_start)]))
         for row in rows:
             if row["granted"] is None:
                 # Refusals are rare and cached by the caller: one more read says what is used.
@@ -474,20 +473,20 @@ class PostgresStore(SQLSteps):
             used = await conn.fetch(_USAGE, org_id, period_start)
             rows = await conn.fetch(_LIVE_RESERVATIONS, org_id, period_start, now, _METERS)
             batches = await conn.fetch(_BATCH_IDS, org_id, period_start)
+            stale = await _drive(conn, sql_stale.generation(org_id, period_start))
         counted = {row["meter"]: row["used"] for row in used}
         return QuotaSnapshot(
             used={m: counted[m] for m in lock_order(counted) if is_quota_meter(m)},
             reservations=[ReservationRow(*row) for row in rows],
             batch_ids=[row["batch_id"] for row in batches],
+            stale=stale,
         )
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
-        now, ttl = request.now, request.ttl
         if not amounts:
-            return
+            return False
         meters, values = _sorted_deltas(amounts)
+        args = (holder, org_id, period_start, meters, values, request.now, request.ttl)
         async with self._connection("add reservation") as conn:
-            await conn.execute(
-                _ADD_RESERVATION, holder, org_id, period_start, meters, values, now, ttl
-            )
+            return bool(await conn.fetchval(_ADD_RESERVATION, *args))

@@ -188,6 +188,9 @@ class ReserveRequest:
     ttl: float
     limits: Limits = field(default_factory=Limits)
     period_end: float = 0.0
+    #: Granted by the truth because the Redis counters in front failed: the truth marks
+    #: the (org, period) stale in the same transaction, so Redis rebuilds before it grants.
+    mark_stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,8 @@ class QuotaSnapshot:
     used: dict[str, int]
     reservations: list[ReservationRow]
     batch_ids: list[str]
+    #: The generation of the (org, period)'s stale mark, 0 when it has none.
+    stale: int = 0
 
 
 @dataclass(frozen=True, slots=True)

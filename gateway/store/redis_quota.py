@@ -41,6 +41,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -66,6 +67,8 @@ log = logging.getLogger("gateway.store.redis_quota")
 
 # What a script takes in ARGV.
 Arg = str | int | float
+# One Redis, or a Redis Cluster (every script's keys share one org's hash slot).
+Client = aioredis.Redis | aioredis.RedisCluster
 
 _SCRIPTS = ("reserve", "fence", "load", "keep_grant", "apply", "give_back", "heartbeat", "release")
 _MISSING, _EXHAUSTED, _GRANTED = 0, 1, 2
@@ -117,19 +120,24 @@ class RedisQuotaStore:
         grace_seconds: int = 7 * 86400,
         marker_seconds: int = 14 * 86400,
         timeout: float = 1.0,
+        cluster: bool = False,
     ) -> None:
         self.truth = truth
+        self._cluster = cluster
         self._url = redis_url
         self._prefix = prefix
         self._grace = grace_seconds
         self._marker_seconds = marker_seconds
         self._timeout = timeout
-        self._redis: aioredis.Redis | None = None
+        self._redis: Client | None = None
         self._scripts: dict[str, AsyncScript] = {}
         # Which hashes each holder reserved in, with their EXPIREAT: heartbeat and
         # release must find them, and a holder is one process.
         self._touched: dict[str, dict[str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Reservations the truth granted because Redis failed (``/metrics``).
+        self.fallbacks = 0
+        self._fallback_logged = -1e18
 
     def __repr__(self) -> str:
         return f"RedisQuotaStore(truth={self.truth!r}, prefix={self._prefix!r})"
@@ -142,6 +150,11 @@ class RedisQuotaStore:
     def batch_key(self, org_id: str, batch_id: str) -> str:
         return f"{self._prefix}:{{{org_id}}}:b:{batch_id}"
 
+    def counter_of(self, quota_key: str) -> tuple[str, str]:
+        """(org, period) of a quota hash's key."""
+        org, _, period = quota_key[len(self._prefix) + 2 :].partition("}:q:")
+        return org, period
+
     def _expire_at(self, period_end: float) -> int:
         # Wall clock as a floor: a request without a period end (or a test's fake clock)
         # must not make Redis drop the hash at once.
@@ -151,14 +164,20 @@ class RedisQuotaStore:
 
     async def open(self) -> None:
         """Connect to Redis; the truth is opened (and closed) by its owner, the runtime."""
-        self._redis = aioredis.Redis.from_url(
-            self._url,
-            decode_responses=True,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
             # One quick retry replaces a pooled connection a Redis restart closed.
-            retry=Retry(NoBackoff(), 1),
-        )
+            "retry": Retry(NoBackoff(), 1),
+        }
+        if self._cluster:
+            # Any node's URL finds the others; orgs on live masters go on while one is down.
+            self._redis = aioredis.RedisCluster.from_url(
+                self._url, require_full_coverage=False, **options
+            )
+        else:
+            self._redis = aioredis.Redis.from_url(self._url, **options)
         for name in _SCRIPTS:
             source = resources.files("gateway.store").joinpath("lua", f"{name}.lua")
             self._scripts[name] = self._redis.register_script(source.read_text("utf-8"))
@@ -180,7 +199,7 @@ class RedisQuotaStore:
         with _redis_errors("ping"):
             await self._client().ping()
 
-    def _client(self) -> aioredis.Redis:
+    def _client(self) -> Client:
         if self._redis is None:
             raise StoreError("RedisQuotaStore is not open")
         return self._redis
@@ -189,6 +208,16 @@ class RedisQuotaStore:
         self._client()
         with _redis_errors(name):
             return await self._scripts[name](keys=keys, args=args)
+
+    async def _queue(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        """Add a script call to a pipeline (a cluster's splits its calls by slot)."""
+        script = self._scripts[name]
+        if self._cluster:
+            # redis-py blocks the evalsha method in cluster pipelines, not the command;
+            # scripts are loaded on every master at open and by any single call's NOSCRIPT.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        else:
+            await script(keys=keys, args=args, client=pipe)
 
     # quota
 
@@ -218,13 +247,35 @@ class RedisQuotaStore:
             return Granted(grants)
 
         key = self.quota_key(request.org_id, request.period_start)
-        for _ in range(_REBUILD_ATTEMPTS):
-            reply = await self._run("reserve", [key], args)
-            if reply[0] != _MISSING:
-                break
-            await self._rebuild(key, request)
-        else:
+        try:
+            for _ in range(_REBUILD_ATTEMPTS):
+                result = await self._reserve_once(key, args, limited, grants, request, expire_at)
+                if result is not None:
+                    return result
             raise StoreError(f"could not load the quota hash {key} in {_REBUILD_ATTEMPTS} rebuilds")
+        except StoreError as exc:
+            # Redis failed (or the truth did, and then so does this): never admit unlimited
+            # while the truth answers. It grants and marks the hash stale for a rebuild.
+            self.fallbacks += 1
+            if time.monotonic() - self._fallback_logged > 60.0:
+                self._fallback_logged = time.monotonic()
+                log.warning("redis quota failed (%s); reserving in the truth", exc)
+            return await self.truth.reserve(replace(request, mark_stale=True))
+
+    async def _reserve_once(
+        self,
+        key: str,
+        args: list[Arg],
+        limited: list[str],
+        grants: dict[str, int],
+        request: ReserveRequest,
+        expire_at: int,
+    ) -> ReserveResult | None:
+        """One grant from the hash, or None when it had to be (re)built first."""
+        reply = await self._run("reserve", [key], args)
+        if reply[0] == _MISSING:
+            await self._rebuild(key, request)
+            return None
         if reply[0] == _EXHAUSTED:
             committed = int(reply[4]) if len(reply) > 4 else None
             return Exhausted(str(reply[1]), int(reply[2]), int(reply[3]), committed)
@@ -235,22 +286,27 @@ class RedisQuotaStore:
             await self._index(request.holder, key, expire_at)
         self._touched.setdefault(request.holder, {})[key] = expire_at
         recorded = {meter: n for meter, n in amounts.items() if n > 0}
-        if recorded:
-            await self._write_through(key, token, request, recorded)
-        grants.update(amounts)
-        return Granted({meter: grants[meter] for meter in lock_order(grants)})
+        if recorded and not await self._write_through(key, token, request, recorded):
+            return None
+        every = {**grants, **amounts}
+        return Granted({meter: every[meter] for meter in lock_order(every)})
 
     async def _write_through(
         self, key: str, token: str, request: ReserveRequest, recorded: dict[str, int]
-    ) -> None:
+    ) -> bool:
         """The truth must hold every grant before anyone spends it; else Redis gives it back.
 
         Then Redis must still count it: if the hash was rebuilt meanwhile from a truth
-        that did not hold the grant yet, ``keep_grant`` adds it to the new hash.
+        that did not hold the grant yet, ``keep_grant`` adds it to the new hash. False when
+        the truth marked the (org, period) stale: nothing is recorded and the hash is gone.
         """
         give_back = [request.holder, token, *_flatten(recorded)]
         try:
-            await self.truth.add_reservation(request, recorded)
+            if await self.truth.add_reservation(request, recorded):
+                # The hash misses a write the truth has: dropped, rebuilt by the next call.
+                with _redis_errors("drop a stale hash"):
+                    await self._client().delete(key)
+                return False
             kept = await self._run(
                 "keep_grant",
                 [key],
@@ -275,6 +331,7 @@ class RedisQuotaStore:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"truth could not record a reservation: {type(exc).__name__}") from exc
+        return True
 
     async def _give_back(self, key: str, args: list[Arg]) -> None:
         try:
@@ -299,6 +356,8 @@ class RedisQuotaStore:
             log.info("a rebuild of %s raced a write; reading the truth again", key)
         elif loaded:
             log.info("rebuilt %s from the truth", key)
+            if snapshot.stale:
+                await self.truth.clear_stale(request.org_id, request.period_start, snapshot.stale)
 
     async def commit(self, batch: UsageBatch) -> bool:
         return (await self.commit_many([batch]))[0]
@@ -306,19 +365,21 @@ class RedisQuotaStore:
     async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
         """The truth first, then Redis: one pipeline of ``apply`` calls, each once by its marker."""
         applied = await self.truth.commit_many(batches)
-        calls = [(batch, self._apply_args(batch)) for batch in batches]
-        calls = [(batch, args) for batch, args in calls if args is not None]
+        calls = [(b, args) for b in batches if (args := self._apply_args(b)) is not None]
         if calls:
-            client = self._client()
-            with _redis_errors("apply"):
-                async with client.pipeline(transaction=False) as pipe:
-                    for batch, args in calls:
-                        keys = [
-                            self.quota_key(batch.org_id, batch.period_start),
-                            self.batch_key(batch.org_id, batch.batch_id),
-                        ]
-                        await self._scripts["apply"](keys=keys, args=args, client=pipe)
-                    await pipe.execute()
+            try:
+                with _redis_errors("apply"):
+                    async with self._client().pipeline(transaction=False) as pipe:
+                        for batch, args in calls:
+                            keys = [
+                                self.quota_key(batch.org_id, batch.period_start),
+                                self.batch_key(batch.org_id, batch.batch_id),
+                            ]
+                            await self._queue(pipe, "apply", keys, args)
+                        await pipe.execute()
+            except StoreError:
+                # The truth holds the batches: Redis rebuilds these hashes from it.
+                await self.truth.mark_stale([(b.org_id, b.period_start) for b, _ in calls])
         return applied
 
     def _apply_args(self, batch: UsageBatch) -> list[Arg] | None:
@@ -333,14 +394,17 @@ class RedisQuotaStore:
         keys = self._live_keys(holder)
         if not keys:
             return
-        client = self._client()
-        with _redis_errors("heartbeat"):
-            async with client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    await self._scripts["heartbeat"](
-                        keys=[key], args=[holder, repr(now), repr(now + ttl)], client=pipe
-                    )
-                await pipe.execute()
+        try:
+            with _redis_errors("heartbeat"):
+                async with self._client().pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        await self._queue(
+                            pipe, "heartbeat", [key], [holder, repr(now), repr(now + ttl)]
+                        )
+                    await pipe.execute()
+        except StoreError:
+            # Redis may let these reservations expire while the truth keeps them.
+            await self.truth.mark_stale([self.counter_of(key) for key in keys])
 
     def _holder_key(self, holder: str) -> str:
         return f"{self._prefix}:holder:{holder}"
@@ -367,7 +431,7 @@ class RedisQuotaStore:
             }
             async with client.pipeline(transaction=False) as pipe:
                 for key in sorted(keys):
-                    await self._scripts["release"](keys=[key], args=[holder], client=pipe)
+                    await self._queue(pipe, "release", [key], [holder])
                 pipe.delete(index)
                 await pipe.execute()
         self._touched.pop(holder, None)

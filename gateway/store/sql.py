@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
-from gateway.store import sql_billing, sql_history, sql_notify, sql_orgs, sql_plans
+from gateway.store import sql_billing, sql_history, sql_notify, sql_orgs, sql_plans, sql_stale
 from gateway.store.records import (
     PRUNE_INTERVAL_SECONDS,
     Decide,
@@ -132,6 +132,13 @@ class SQLSteps:
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         return await self._write_step("claim period", claim_period(org_id, period_start))
+
+    async def mark_stale(self, keys: Sequence[tuple[str, str]]) -> None:
+        if keys:
+            await self._write_step("mark stale", sql_stale.mark(keys))
+
+    async def clear_stale(self, org_id: str, period_start: str, generation: int) -> None:
+        await self._write_step("clear stale", sql_stale.clear(org_id, period_start, generation))
 
     # usage history
 

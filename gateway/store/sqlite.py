@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import StoreError
-from gateway.store import sql_history
+from gateway.store import sql_history, sql_stale
 from gateway.store.normal import iso
 from gateway.store.records import (
     BATCH_RETENTION_SECONDS,
@@ -349,6 +349,8 @@ class SQLiteStore(SQLSteps):
                     for meter, amount in recorded
                 ],
             )
+            if request.mark_stale:
+                _drive(conn, sql_stale.mark([(request.org_id, request.period_start)]))
             return Granted(grants)
 
         return await self._write(work)
@@ -449,11 +451,12 @@ class SQLiteStore(SQLSteps):
                 used={m: used[m] for m in lock_order(used) if is_quota_meter(m)},
                 reservations=_live_reservations(conn, org_id, period_start, now),
                 batch_ids=[row[0] for row in batch_ids],
+                stale=_drive(conn, sql_stale.generation(org_id, period_start)),
             )
 
         return await self._call(lambda: _read(self._connection(), work))
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
         now, ttl = request.now, request.ttl
         rows = [
@@ -469,7 +472,10 @@ class SQLiteStore(SQLSteps):
             for meter, amount in amounts.items()
         ]
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> bool:
+            if _drive(conn, sql_stale.generation(org_id, period_start)):
+                return True
             conn.executemany(_UPSERT_RESERVATION, rows)
+            return False
 
-        await self._write(work)
+        return await self._write(work)

@@ -272,3 +272,35 @@ async def test_redis_stopped_mid_load_fails_open_and_usage_stays_exact(
     finally:
         group.stop()
         redis.destroy()
+
+
+def fail_open_admissions(replica: Gateway) -> float:
+    metrics = replica.admin("GET", "/metrics").text
+    return next(
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("gateway_fail_open_admissions_total ")
+    )
+
+
+async def test_a_redis_outage_never_lifts_a_limit_while_postgres_answers(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    # Before: with Redis down every reserve failed, and both replicas admitted fail-open.
+    redis = ThrowawayRedis.create()
+    group = Cluster(tmp_path, upstream, f"{postgres_url()}?schema={unique_name('mp')}", redis.url)
+    try:
+        a, b = group.start(), group.start()
+        org_id, key = a.new_tenant("acme", limits={"requests": 60})
+        assert await fire([a.url, b.url], key, 10, concurrency=10) == [200] * 10
+        await asyncio.to_thread(redis.stop)
+        statuses = await fire([a.url, b.url], key, 150, concurrency=20)
+        # Refused 402, or 429 while the other replica still holds part of the rest.
+        assert statuses.count(200) == 50 and set(statuses) <= {200, 402, 429}, statuses
+        await asyncio.to_thread(redis.start)  # empty: rebuilt from PostgreSQL
+        assert set(await fire([a.url, b.url], key, 20, concurrency=10)) <= {402, 429}
+        assert settled_usage(a, org_id, 60, seconds=20) == 60
+        assert fail_open_admissions(a) == fail_open_admissions(b) == 0
+    finally:
+        group.stop()
+        redis.destroy()

@@ -24,7 +24,7 @@ from gateway.store import QuotaStore, Store, open_store
 from gateway.store.memory import MemoryStore
 from gateway.store.postgres import PostgresStore, split_url
 from gateway.store.redis_quota import RedisQuotaStore
-from tests.services import postgres_url, redis_url, unique_name
+from tests.services import postgres_url, redis_cluster_url, redis_url, unique_name
 
 NewStore = Callable[[], Store]
 
@@ -113,8 +113,30 @@ class QuotaInFront:
         await self.quota.ping()
 
 
-def _in_front(durable: Store, redis: str, prefix: str) -> Store:
-    return cast(Store, QuotaInFront(durable, RedisQuotaStore(durable, redis, prefix=prefix)))
+def _in_front(durable: Store, redis: str, prefix: str, cluster: bool = False) -> Store:
+    quota = RedisQuotaStore(durable, redis, prefix=prefix, cluster=cluster)
+    return cast(Store, QuotaInFront(durable, quota))
+
+
+async def delete_cluster_keys(url: str, prefix: str) -> None:
+    client = aioredis.RedisCluster.from_url(url, decode_responses=True)
+    try:
+        for key in [key async for key in client.scan_iter(match=f"{prefix}:*")]:
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+def _postgresql_rediscluster(_: Path) -> Backend:
+    """RedisQuotaStore on a real three-master Redis Cluster (``GATEWAY_REDIS_CLUSTER``)."""
+    url, prefix = new_schema_url(), unique_name("gwk")
+    cluster = redis_cluster_url()
+
+    async def cleanup() -> None:
+        await delete_cluster_keys(cluster, prefix)
+        await drop_schema(url)
+
+    return Backend(lambda: _in_front(PostgresStore(url), cluster, prefix, cluster=True), cleanup)
 
 
 def _postgresql_redis(_: Path) -> Backend:
@@ -133,6 +155,7 @@ DURABLE_BACKENDS = [
     pytest.param(_sqlite, id="sqlite"),
     pytest.param(_postgresql, id="postgresql"),
     pytest.param(_postgresql_redis, id="postgresql+redis"),
+    pytest.param(_postgresql_rediscluster, id="postgresql+rediscluster"),
 ]
 BACKENDS = [pytest.param(_memory, id="memory"), *DURABLE_BACKENDS]
 

@@ -8,7 +8,6 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.errors import StoreError
 from gateway.store.base import (
     Exhausted,
     Granted,
@@ -271,16 +270,19 @@ async def test_release_keeps_fields_of_holders_whose_names_extend_it(
     assert set(await hash_of(raw, store, org)) == {"ready", "exp:a:b", "res:a:b:requests"}
 
 
-async def test_grant_the_truth_did_not_record_is_given_back(
+async def test_grant_the_truth_did_not_record_is_given_back_and_the_truth_grants_instead(
     make_store: MakeStore, raw: aioredis.Redis, org: str
 ) -> None:
-    truth = FlakyStore(MemoryStore())
+    inner = MemoryStore()
+    truth = FlakyStore(inner)
     truth.failing.add("add_reservation")
     store = await make_store(truth=truth)
     limits = Limits(requests=5)
-    with pytest.raises(StoreError):
-        await store.reserve(ask(org, limits, requests=5))
+    assert await store.reserve(ask(org, limits, requests=5)) == Granted({"requests": 5})
     assert (await hash_of(raw, store, org))["res:replica-a:requests"] == "0"
+    snapshot = await inner.quota_snapshot(org, PERIOD, NOW)
+    assert amounts(snapshot.reservations) == {("replica-a", "requests"): 5}
+    assert snapshot.stale  # Redis rebuilds before it grants again
 
 
 async def test_grant_abandoned_by_a_timed_out_caller_is_given_back(
@@ -297,9 +299,10 @@ async def test_grant_abandoned_by_a_timed_out_caller_is_given_back(
         await asyncio.sleep(0.01)
 
 
-async def test_stopped_redis_raises_store_error_fast_and_a_restart_loses_nothing(
+async def test_stopped_redis_falls_back_to_the_truth_at_the_limit_and_a_restart_loses_nothing(
     make_store: MakeStore, truth: Store, org: str
 ) -> None:
+    # Before: with Redis stopped every reserve raised, and the gateway admitted fail-open.
     try:
         server = ThrowawayRedis.create()
     except (RuntimeError, OSError):
@@ -311,12 +314,14 @@ async def test_stopped_redis_raises_store_error_fast_and_a_restart_loses_nothing
 
         server.stop()
         started = time.monotonic()
-        with pytest.raises(StoreError):
-            await store.reserve(ask(org, limits, requests=1))
-        assert time.monotonic() - started < 10  # refused at once; 10 s only rules out a hang
+        results = [await store.reserve(ask(org, limits, requests=1)) for _ in range(3)]
+        assert time.monotonic() - started < 10  # at once; 10 s only rules out a hang
+        assert granted(results) == 2 and isinstance(results[2], Exhausted)
+        assert store.fallbacks == 3
 
         server.start()  # empty: the hash comes back from the truth
-        results = [await store.reserve(ask(org, limits, requests=1)) for _ in range(3)]
-        assert granted(results) == 2
+        assert isinstance(await store.reserve(ask(org, limits, requests=1)), Exhausted)
+        snapshot = await truth.quota_snapshot(org, PERIOD, NOW)
+        assert sum(row.amount for row in snapshot.reservations) == 5
     finally:
         server.destroy()
