@@ -104,7 +104,13 @@ class Runtime:
         # Key lookups have a breaker and a budget of their own: a burst of never-seen keys
         # queueing on the store must not open the circuit for reservations, or get 503s.
         lookups = StoreGuard(settings.lookup_timeout, clock=timer)
-        self.routing = RoutingCache(self.store, lookups, ttl=settings.cache_ttl, timer=timer)
+        self.routing = RoutingCache(
+            self.store,
+            lookups,
+            ttl=settings.cache_ttl,
+            maxsize=settings.cache_max_keys,
+            timer=timer,
+        )
         spool_path = settings.data_dir / "spool" if spool_dir is True else spool_dir or None
         holder = uuid.uuid4().hex
         self.spool = Spool(spool_path, holder=holder)

@@ -32,6 +32,8 @@ class Settings:
     gate_timeout: float = 0.25
     lookup_timeout: float = 1.0
     cache_ttl: float = 1.0
+    # keys each routing cache holds (fresh, last-known, unknown); least recently used go first
+    cache_max_keys: int = 1_000_000
     flush_interval: float = 1.0
     reservation_ttl: float = 60.0
     shadow: bool = False
@@ -78,6 +80,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not 1 <= self.history_days <= 3660:
             raise ConfigError("GATEWAY_HISTORY_DAYS must be a whole number of days, 1 to 3660")
+        if self.cache_max_keys < 1:
+            raise ConfigError("GATEWAY_CACHE_MAX_KEYS must be a whole number of keys, 1 or more")
 
     def plan_names(self) -> frozenset[str]:
         return frozenset({p.strip() for p in self.plans.split(",") if p.strip()} | {self.free_plan})

@@ -169,9 +169,10 @@ class ThrowawayRedis:
 
 
 def _cluster_ports(count: int) -> list[int]:
-    """Ports whose cluster bus (port + 10000) is free too: both below 65536."""
+    """Ports whose cluster bus (port + 10000) is free too, both under the kernel's ephemeral
+    range (32768 and up), where an outgoing connection may hold a port nothing listens on."""
     ports: list[int] = []
-    for port in range(21000 + os.getpid() % 20000, 55000):
+    for port in range(10000 + (os.getpid() * 7) % 12000, 22700):
         if len(ports) == count:
             break
         if not port_open(port) and not port_open(port + 10000):
@@ -196,6 +197,13 @@ class ThrowawayRedisCluster:
     def create(cls, masters: int = 3) -> ThrowawayRedisCluster:
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli are not installed")
+        try:
+            return cls._create(masters)
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            return cls._create(masters)  # once more, on other ports
+
+    @classmethod
+    def _create(cls, masters: int) -> ThrowawayRedisCluster:
         cluster = cls(_cluster_ports(masters), Path(tempfile.mkdtemp(prefix="gw-rc-")), {})
         try:
             for port in cluster.ports:

@@ -2,8 +2,10 @@
 
 A fresh TTL cache (1 s) refreshed ahead of expiry for keys in use, a last-known map used
 when the store fails, a short negative cache for unknown keys, and one store read per key
-in flight. cachetools is not
-async-aware, so no await stands between a get and its set.
+in flight. Each holds at most ``maxsize`` keys (``GATEWAY_CACHE_MAX_KEYS``): past it the
+least recently used go first, so memory stays bounded however many keys are seen (a key
+forgotten from the last-known map is only unknown while the store is down). cachetools is
+not async-aware, so no await stands between a get and its set.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from gateway.errors import StoreError
 from gateway.limits.guard import StoreGuard
@@ -37,13 +39,13 @@ class RoutingCache:
         self._guard = guard
         self._fresh: TTLCache[bytes, OrgRouting] = TTLCache(maxsize, ttl, timer)
         self._negative: TTLCache[bytes, bool] = TTLCache(maxsize, negative_ttl, timer)
-        self._known: dict[bytes, OrgRouting] = {}
+        self._known: LRUCache[bytes, OrgRouting] = LRUCache(maxsize)
         self._inflight: dict[bytes, asyncio.Future[OrgRouting | None]] = {}
         self._timer = timer
         # Past 80% of its TTL, a hit also refreshes the entry in the background, so a key in
         # steady use never waits for the store (a slow store would stall its requests).
         self._refresh_after = 0.8 * ttl
-        self._refresh_at: dict[bytes, float] = {}
+        self._refresh_at: LRUCache[bytes, float] = LRUCache(maxsize)
         self.store_reads = 0
         self.stale_served = 0
 

@@ -113,17 +113,16 @@ class DurableQuotaStore(QuotaStore, Protocol):
     async def quota_snapshot(self, org_id: str, period_start: str, now: float) -> QuotaSnapshot:
         """Usage, live reservations and applied batch ids of one (org, period), read at once."""
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
-        """Record a grant decided elsewhere (by the Redis counters), without a limit check;
-        unless the (org, period) is marked stale: then True, and nothing is recorded."""
+    async def add_reservation(
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+    ) -> bool:
+        """Record a grant decided elsewhere (by Redis counters built from a snapshot of this
+        ``generation`` of stale marks), without a limit check; unless the (org, period) was
+        marked since: then True, and nothing is recorded."""
 
     async def mark_stale(self, keys: Sequence[tuple[str, str]]) -> None:
         """The Redis counters missed a write of these (org, period): a new generation of
         their marks (a fallback grant marks its own, with ``ReserveRequest.mark_stale``)."""
-
-    async def clear_stale(self, org_id: str, period_start: str, generation: int) -> None:
-        """Redis rebuilt the (org, period) from a snapshot of this ``generation``: unmark it,
-        unless it was marked again since."""
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         """True for exactly one caller per (org, period) newer than the org's last one."""

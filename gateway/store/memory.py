@@ -231,9 +231,11 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
             stale=self.stale.get((org_id, period_start), 0),
         )
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
+    async def add_reservation(
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+    ) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
-        if (org_id, period_start) in self.stale:
+        if self.stale.get((org_id, period_start), 0) > generation:
             return True
         now, ttl = request.now, request.ttl
         for meter, amount in amounts.items():
@@ -246,10 +248,6 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
     async def mark_stale(self, keys: Sequence[tuple[str, str]]) -> None:
         for key in keys:
             self.stale[key] = self.stale.get(key, 0) + 1
-
-    async def clear_stale(self, org_id: str, period_start: str, generation: int) -> None:
-        if self.stale.get((org_id, period_start)) == generation:
-            del self.stale[org_id, period_start]
 
     async def claim_period(self, org_id: str, period_start: str) -> bool:
         last = self.periods.get(org_id)

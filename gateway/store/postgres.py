@@ -117,7 +117,7 @@ _ADD_RESERVED = """UPDATE quota_reservations q SET amount = GREATEST(0, q.amount
         AND q.meter = r.meter"""
 
 # A grant Redis decided, unless Redis missed a write of the (org, period) (then TRUE).
-_ADD_RESERVATION = "SELECT add_reservation_checked($1, $2, $3, $4, $5, $6, $7)"
+_ADD_RESERVATION = "SELECT add_reservation_checked($1, $2, $3, $4, $5, $6, $7, $8)"
 
 # A holder's rows are locked in the global order (org, period, meter rank) first.
 _HOLDER_ROWS = """(
@@ -482,11 +482,13 @@ class PostgresStore(SQLSteps):
             stale=stale,
         )
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
+    async def add_reservation(
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+    ) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
         if not amounts:
             return False
         meters, values = _sorted_deltas(amounts)
-        args = (holder, org_id, period_start, meters, values, request.now, request.ttl)
+        args = (holder, org_id, period_start, meters, values, request.now, request.ttl, generation)
         async with self._connection("add reservation") as conn:
             return bool(await conn.fetchval(_ADD_RESERVATION, *args))

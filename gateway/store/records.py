@@ -215,7 +215,8 @@ class QuotaSnapshot:
     used: dict[str, int]
     reservations: list[ReservationRow]
     batch_ids: list[str]
-    #: The generation of the (org, period)'s stale mark, 0 when it has none.
+    #: The generation of the (org, period)'s stale marks (0: never marked): a hash built
+    #: from this snapshot grants only while no later mark exists.
     stale: int = 0
 
 

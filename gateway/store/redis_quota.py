@@ -40,16 +40,16 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.errors import StoreError
 from gateway.store.base import DurableQuotaStore
@@ -190,7 +190,11 @@ class RedisQuotaStore:
 
     async def close(self) -> None:
         if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            # Give-backs finish; one stuck on a store that never answers is cut short.
+            _, stuck = await asyncio.wait(self._background, timeout=5.0)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -206,18 +210,38 @@ class RedisQuotaStore:
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         self._client()
+        # Each call bounded (a cluster client retries a dead node on its own), never the
+        # truth's calls between them: a grant the truth recorded must not be abandoned.
         with _redis_errors(name):
-            return await self._scripts[name](keys=keys, args=args)
+            async with asyncio.timeout(self._timeout):
+                return await self._scripts[name](keys=keys, args=args)
 
-    async def _queue(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        """Add a script call to a pipeline (a cluster's splits its calls by slot)."""
-        script = self._scripts[name]
-        if self._cluster:
-            # redis-py blocks the evalsha method in cluster pipelines, not the command;
-            # scripts are loaded on every master at open and by any single call's NOSCRIPT.
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        else:
-            await script(keys=keys, args=args, client=pipe)
+    async def _pipelined(
+        self, what: str, calls: Sequence[tuple[str, Sequence[str], Sequence[Arg]]]
+    ) -> None:
+        """Script calls in one pipeline (a cluster's is split by slot); a node that lost its
+        scripts (restarted empty) gets them again and the pipeline runs once more."""
+        if not calls:
+            return
+        with _redis_errors(what):
+            for attempt in (1, 2):
+                try:
+                    async with self._client().pipeline(transaction=False) as pipe:
+                        for name, keys, args in calls:
+                            script = self._scripts[name]
+                            # redis-py blocks the evalsha method in cluster pipelines, not
+                            # the command; plain pipelines load missing scripts themselves.
+                            if self._cluster:
+                                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                            else:
+                                await script(keys=keys, args=args, client=cast(Any, pipe))
+                        await pipe.execute()
+                    return
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    for script in self._scripts.values():
+                        await self._client().script_load(script.script)
 
     # quota
 
@@ -272,6 +296,10 @@ class RedisQuotaStore:
         expire_at: int,
     ) -> ReserveResult | None:
         """One grant from the hash, or None when it had to be (re)built first."""
+        # Indexed before any grant: a failing index must not leave a grant nobody holds.
+        if request.holder not in self._touched or key not in self._touched[request.holder]:
+            await self._index(request.holder, key, expire_at)
+        self._touched.setdefault(request.holder, {})[key] = expire_at
         reply = await self._run("reserve", [key], args)
         if reply[0] == _MISSING:
             await self._rebuild(key, request)
@@ -282,9 +310,6 @@ class RedisQuotaStore:
 
         token = str(reply[1])
         amounts = dict(zip(limited, (int(n) for n in reply[2:]), strict=True))
-        if request.holder not in self._touched or key not in self._touched[request.holder]:
-            await self._index(request.holder, key, expire_at)
-        self._touched.setdefault(request.holder, {})[key] = expire_at
         recorded = {meter: n for meter, n in amounts.items() if n > 0}
         if recorded and not await self._write_through(key, token, request, recorded):
             return None
@@ -296,42 +321,71 @@ class RedisQuotaStore:
     ) -> bool:
         """The truth must hold every grant before anyone spends it; else Redis gives it back.
 
-        Then Redis must still count it: if the hash was rebuilt meanwhile from a truth
-        that did not hold the grant yet, ``keep_grant`` adds it to the new hash. False when
-        the truth marked the (org, period) stale: nothing is recorded and the hash is gone.
+        Once the truth holds it, the grant stands: if Redis then fails, the hash is marked
+        stale (rebuilt from the truth before anyone grants from it); else, should the hash
+        have been rebuilt meanwhile from a truth without it, ``keep_grant`` adds it there.
+        False when the truth marked the (org, period) stale: nothing is recorded and the
+        hash is gone. A caller that gives up leaves nothing behind in either store.
         """
         give_back = [request.holder, token, *_flatten(recorded)]
+        # Shielded: cancelled or not, what the truth did is known and can be undone.
+        # A hash loaded before generations were named (no ":") counts as generation 0.
+        generation = int(token.rpartition(":")[2] or 0) if ":" in token else 0
+        record = asyncio.ensure_future(self.truth.add_reservation(request, recorded, generation))
         try:
-            if await self.truth.add_reservation(request, recorded):
-                # The hash misses a write the truth has: dropped, rebuilt by the next call.
-                with _redis_errors("drop a stale hash"):
-                    await self._client().delete(key)
-                return False
-            kept = await self._run(
-                "keep_grant",
-                [key],
-                [
-                    request.holder,
-                    token,
-                    repr(request.now),
-                    repr(request.now + request.ttl),
-                    *_flatten(recorded),
-                ],
-            )
-            if kept:
-                log.info("kept a grant in %s across a rebuild", key)
+            stale = await asyncio.shield(record)
         except asyncio.CancelledError:
-            # The caller gave up (time budget): nobody will spend this grant.
-            task = asyncio.get_running_loop().create_task(self._give_back(key, give_back))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._later(self._abandon(key, give_back, request, recorded, record))
             raise
         except Exception as exc:
             await self._give_back(key, give_back)
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"truth could not record a reservation: {type(exc).__name__}") from exc
+        if stale:
+            # The hash misses a write the truth has: dropped, rebuilt by the next call.
+            with _redis_errors("drop a stale hash"):
+                await self._client().delete(key)
+            return False
+        args = [request.holder, token, repr(request.now), repr(request.now + request.ttl)]
+        try:
+            if await self._run("keep_grant", [key], [*args, *_flatten(recorded)]):
+                log.info("kept a grant in %s across a rebuild", key)
+        except StoreError:
+            await self.truth.mark_stale([(request.org_id, request.period_start)])
+        except asyncio.CancelledError:
+            self._later(self._abandon(key, give_back, request, recorded, record))
+            raise
         return True
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _abandon(
+        self,
+        key: str,
+        give_back: list[Arg],
+        request: ReserveRequest,
+        recorded: dict[str, int],
+        record: asyncio.Future[bool],
+    ) -> None:
+        """A grant whose caller gave up (its time budget): back in Redis, and in the truth
+        if it recorded it (a batch returning the reservation, idempotent like any)."""
+        await self._give_back(key, give_back)
+        try:
+            stale = await record
+        except Exception:  # it failed: nothing was recorded
+            stale = True
+        if not stale:
+            back = {meter: -n for meter, n in recorded.items()}
+            batch = UsageBatch(secrets.token_hex(16), request.holder, request.org_id,
+                               request.period_start, {}, back)  # fmt: skip
+            try:
+                await self.truth.commit_many([batch])
+            except StoreError:
+                log.warning("could not return an abandoned grant; it expires with its holder")
 
     async def _give_back(self, key: str, args: list[Arg]) -> None:
         try:
@@ -350,14 +404,14 @@ class RedisQuotaStore:
         )
         markers = [self.batch_key(request.org_id, batch_id) for batch_id in snapshot.batch_ids]
         fields = _hash_fields(snapshot)
-        args: list[Arg] = [str(fence), secrets.token_hex(8), expire_at, self._marker_seconds]
+        # The ready token names the generation of stale marks the snapshot saw.
+        token = f"{secrets.token_hex(8)}:{snapshot.stale}"
+        args: list[Arg] = [str(fence), token, expire_at, self._marker_seconds]
         loaded = await self._run("load", [key, *markers], [*args, *_flatten(fields)])
         if loaded == _STALE:
             log.info("a rebuild of %s raced a write; reading the truth again", key)
         elif loaded:
             log.info("rebuilt %s from the truth", key)
-            if snapshot.stale:
-                await self.truth.clear_stale(request.org_id, request.period_start, snapshot.stale)
 
     async def commit(self, batch: UsageBatch) -> bool:
         return (await self.commit_many([batch]))[0]
@@ -366,20 +420,19 @@ class RedisQuotaStore:
         """The truth first, then Redis: one pipeline of ``apply`` calls, each once by its marker."""
         applied = await self.truth.commit_many(batches)
         calls = [(b, args) for b in batches if (args := self._apply_args(b)) is not None]
-        if calls:
-            try:
-                with _redis_errors("apply"):
-                    async with self._client().pipeline(transaction=False) as pipe:
-                        for batch, args in calls:
-                            keys = [
-                                self.quota_key(batch.org_id, batch.period_start),
-                                self.batch_key(batch.org_id, batch.batch_id),
-                            ]
-                            await self._queue(pipe, "apply", keys, args)
-                        await pipe.execute()
-            except StoreError:
-                # The truth holds the batches: Redis rebuilds these hashes from it.
-                await self.truth.mark_stale([(b.org_id, b.period_start) for b, _ in calls])
+        scripts = [
+            (
+                "apply",
+                [self.quota_key(b.org_id, b.period_start), self.batch_key(b.org_id, b.batch_id)],
+                args,
+            )
+            for b, args in calls
+        ]
+        try:
+            await self._pipelined("apply", scripts)
+        except StoreError:
+            # The truth holds the batches: Redis rebuilds these hashes from it.
+            await self.truth.mark_stale([(b.org_id, b.period_start) for b, _ in calls])
         return applied
 
     def _apply_args(self, batch: UsageBatch) -> list[Arg] | None:
@@ -395,13 +448,8 @@ class RedisQuotaStore:
         if not keys:
             return
         try:
-            with _redis_errors("heartbeat"):
-                async with self._client().pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        await self._queue(
-                            pipe, "heartbeat", [key], [holder, repr(now), repr(now + ttl)]
-                        )
-                    await pipe.execute()
+            beats = [("heartbeat", [key], [holder, repr(now), repr(now + ttl)]) for key in keys]
+            await self._pipelined("heartbeat", beats)
         except StoreError:
             # Redis may let these reservations expire while the truth keeps them.
             await self.truth.mark_stale([self.counter_of(key) for key in keys])
@@ -415,7 +463,10 @@ class RedisQuotaStore:
         script together with the quota hashes."""
         index = self._holder_key(holder)
         with _redis_errors("reserve"):
-            async with self._client().pipeline(transaction=False) as pipe:
+            async with (
+                asyncio.timeout(self._timeout),
+                self._client().pipeline(transaction=False) as pipe,
+            ):
                 pipe.sadd(index, key)
                 pipe.expireat(index, expire_at)
                 await pipe.execute()
@@ -429,11 +480,9 @@ class RedisQuotaStore:
             keys = set(self._live_keys(holder)) | {
                 k.decode() if isinstance(k, bytes) else str(k) for k in indexed
             }
-            async with client.pipeline(transaction=False) as pipe:
-                for key in sorted(keys):
-                    await self._queue(pipe, "release", [key], [holder])
-                pipe.delete(index)
-                await pipe.execute()
+        await self._pipelined("release", [("release", [key], [holder]) for key in sorted(keys)])
+        with _redis_errors("release"):
+            await client.delete(index)
         self._touched.pop(holder, None)
 
     def _live_keys(self, holder: str) -> list[str]:

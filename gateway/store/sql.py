@@ -137,9 +137,6 @@ class SQLSteps:
         if keys:
             await self._write_step("mark stale", sql_stale.mark(keys))
 
-    async def clear_stale(self, org_id: str, period_start: str, generation: int) -> None:
-        await self._write_step("clear stale", sql_stale.clear(org_id, period_start, generation))
-
     # usage history
 
     async def usage_history(

@@ -2,8 +2,8 @@
 
 A fallback grant (Redis failed, the truth granted) marks its (org, period) in the same
 transaction; so does a commit, heartbeat or release Redis did not take, after the truth
-did. Redis rebuilds a marked hash from the truth before it grants from it again, and the
-rebuild clears the mark of the generation its snapshot read (a newer mark stays).
+did. Each mark is a new generation, never reset; a Redis hash built from a snapshot of generation
+G grants nothing the truth records once a mark past G exists: the hash is rebuilt first.
 """
 
 from __future__ import annotations
@@ -30,17 +30,6 @@ def mark(keys: Sequence[tuple[str, str]]) -> Step[None]:
             " DO UPDATE SET generation = quota_stale.generation + 1",
             *(part for key in part for part in key),
         )
-
-
-def clear(org_id: str, period_start: str, generation: int) -> Step[int]:
-    return (
-        yield from execute(
-            "DELETE FROM quota_stale WHERE org_id = ? AND period_start = ? AND generation = ?",
-            org_id,
-            period_start,
-            generation,
-        )
-    )
 
 
 def generation(org_id: str, period_start: str) -> Step[int]:

@@ -456,7 +456,9 @@ class SQLiteStore(SQLSteps):
 
         return await self._call(lambda: _read(self._connection(), work))
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> bool:
+    async def add_reservation(
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+    ) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
         now, ttl = request.now, request.ttl
         rows = [
@@ -473,7 +475,7 @@ class SQLiteStore(SQLSteps):
         ]
 
         def work(conn: sqlite3.Connection) -> bool:
-            if _drive(conn, sql_stale.generation(org_id, period_start)):
+            if _drive(conn, sql_stale.generation(org_id, period_start)) > generation:
                 return True
             conn.executemany(_UPSERT_RESERVATION, rows)
             return False

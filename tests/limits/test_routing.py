@@ -333,3 +333,34 @@ async def test_a_key_in_use_is_refreshed_ahead_of_expiry_without_waiting(
     routing = await cache.lookup(KNOWN)
     assert routing is not None and routing.suspended
     assert store.calls["routing_for_key"] == before
+
+
+async def test_the_cache_holds_at_most_maxsize_keys_the_least_recent_going_first(
+    store: FlakyStore, guard: StoreGuard, clock: Clock, org: OrgRecord
+) -> None:
+    # Before: the last-known map and the refresh times grew with every key ever seen.
+    hashes = [f"hash-{n}".encode() for n in range(50)]
+    for key_hash in hashes:
+        assert await store.create_key(org.id, key_hash) is not None
+    bounded = RoutingCache(store, guard, ttl=1.0, maxsize=10, timer=clock)
+    for key_hash in hashes:
+        assert await bounded.lookup(key_hash) is not None
+    for n in range(50):
+        assert await bounded.lookup(f"hash-unknown-{n}".encode()) is None
+    assert len(bounded) == 10
+    assert len(bounded._refresh_at) <= 10 and len(bounded._negative) <= 10
+    # Only the most recent keys are known while the store is down.
+    store.down = True
+    clock.advance(5.0)
+    assert (await bounded.lookup(hashes[-1])) is not None
+    with pytest.raises(StoreError):
+        await bounded.lookup(hashes[0])
+
+
+def test_cache_max_keys_must_be_positive() -> None:
+    from gateway.errors import ConfigError
+    from gateway.settings import Settings
+
+    assert Settings.from_env({"GATEWAY_CACHE_MAX_KEYS": "5000"}).cache_max_keys == 5000
+    with pytest.raises(ConfigError, match="GATEWAY_CACHE_MAX_KEYS"):
+        Settings.from_env({"GATEWAY_CACHE_MAX_KEYS": "0"})

@@ -64,9 +64,11 @@ class GatedTruth:
         if gate is not None:
             await gate.wait()
 
-    async def add_reservation(self, request: ReserveRequest, amounts: Mapping[str, int]) -> None:
+    async def add_reservation(
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+    ) -> bool:
         await self._gate("add_reservation")
-        await self.inner.add_reservation(request, amounts)
+        return await self.inner.add_reservation(request, amounts, generation)
 
     async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
         applied = await self.inner.commit_many(batches)

@@ -1,6 +1,7 @@
 -- An (org, period) whose Redis counters missed a write: a grant made here while Redis failed
--- (a fallback), or a commit, heartbeat or release Redis did not take. Redis rebuilds the
--- hash from the truth before it grants again, then clears the mark of the generation it read.
+-- (a fallback), or a commit, heartbeat or release Redis did not take. Each mark is a new
+-- generation (never reset); a Redis hash remembers the generation of the snapshot it was
+-- built from, and a grant from a hash older than the last mark is not recorded.
 CREATE TABLE quota_stale (
     org_id TEXT NOT NULL,
     period_start TEXT NOT NULL,
@@ -8,8 +9,8 @@ CREATE TABLE quota_stale (
     PRIMARY KEY (org_id, period_start)
 );
 
--- A grant Redis decided, recorded here unless the (org, period) is marked stale (then TRUE
--- and nothing written). The counter rows are locked FOR SHARE first, as reserve_quota()
+-- A grant Redis decided from a hash built at p_generation, recorded here unless the
+-- (org, period) was marked since (then TRUE and nothing written). The counter rows are locked FOR SHARE first, as reserve_quota()
 -- locks them FOR UPDATE: a fallback grant and its mark commit either before this reads the
 -- mark (seen) or after this row is written (counted by the fallback).
 CREATE FUNCTION add_reservation_checked(
@@ -19,7 +20,8 @@ CREATE FUNCTION add_reservation_checked(
     p_meters TEXT[],
     p_amounts BIGINT[],
     p_now DOUBLE PRECISION,
-    p_ttl DOUBLE PRECISION
+    p_ttl DOUBLE PRECISION,
+    p_generation BIGINT
 ) RETURNS BOOLEAN
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -32,8 +34,10 @@ BEGIN
     WHERE c.org_id = p_org AND c.period_start = p_period AND c.meter = ANY (p_meters)
     ORDER BY array_position(p_meters, c.meter)
     FOR SHARE;
-    IF EXISTS (SELECT 1 FROM quota_stale s WHERE s.org_id = p_org AND s.period_start = p_period)
-    THEN
+    IF EXISTS (
+        SELECT 1 FROM quota_stale s
+        WHERE s.org_id = p_org AND s.period_start = p_period AND s.generation > p_generation
+    ) THEN
         RETURN TRUE;
     END IF;
     -- An expired row of the holder is replaced, a live one grows; the expiry restarts.
