@@ -114,11 +114,11 @@ class DurableQuotaStore(QuotaStore, Protocol):
         """Usage, live reservations and applied batch ids of one (org, period), read at once."""
 
     async def add_reservation(
-        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int | None = None
     ) -> bool:
         """Record a grant decided elsewhere (by Redis counters built from a snapshot of this
         ``generation`` of stale marks), without a limit check; unless the (org, period) was
-        marked since: then True, and nothing is recorded."""
+        marked since: then True, and nothing is recorded. ``None``: recorded whatever."""
 
     async def mark_stale(self, keys: Sequence[tuple[str, str]]) -> None:
         """The Redis counters missed a write of these (org, period): a new generation of

@@ -232,10 +232,10 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
         )
 
     async def add_reservation(
-        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int | None = None
     ) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
-        if self.stale.get((org_id, period_start), 0) > generation:
+        if generation is not None and self.stale.get((org_id, period_start), 0) > generation:
             return True
         now, ttl = request.now, request.ttl
         for meter, amount in amounts.items():

@@ -417,8 +417,9 @@ class PostgresStore(SQLSteps):
     async def commit_many(self, batches: Sequence[UsageBatch]) -> list[bool]:
         # Rounds keep the order of ``batches``: their answers line up with it.
         applied: list[bool] = []
-        async with self._transaction("commit") as conn:
-            for group in rounds(batches):
+        # A transaction a round: a later round would lock rows out of the global order.
+        for group in rounds(batches):
+            async with self._transaction("commit") as conn:
                 claimed = await conn.fetch(_CLAIM_AND_COUNT, *_claim_arrays(group), _METERS)
                 ids = {row["batch_id"] for row in claimed}
                 mine = [batch for batch in group if batch.batch_id in ids]
@@ -483,7 +484,7 @@ class PostgresStore(SQLSteps):
         )
 
     async def add_reservation(
-        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int | None = None
     ) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
         if not amounts:

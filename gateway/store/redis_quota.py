@@ -70,7 +70,17 @@ Arg = str | int | float
 # One Redis, or a Redis Cluster (every script's keys share one org's hash slot).
 Client = aioredis.Redis | aioredis.RedisCluster
 
-_SCRIPTS = ("reserve", "fence", "load", "keep_grant", "apply", "give_back", "heartbeat", "release")
+_SCRIPTS = (
+    "reserve",
+    "fence",
+    "load",
+    "keep_grant",
+    "apply",
+    "give_back",
+    "heartbeat",
+    "release",
+    "drop",
+)
 _MISSING, _EXHAUSTED, _GRANTED = 0, 1, 2
 _STALE = -1
 # A flush or a commit can race a rebuild; a few rounds settle it, more means Redis keeps
@@ -343,9 +353,9 @@ class RedisQuotaStore:
                 raise
             raise StoreError(f"truth could not record a reservation: {type(exc).__name__}") from exc
         if stale:
-            # The hash misses a write the truth has: dropped, rebuilt by the next call.
-            with _redis_errors("drop a stale hash"):
-                await self._client().delete(key)
+            # The hash misses a write the truth has: dropped (if no newer load replaced it),
+            # rebuilt by the next call.
+            await self._run("drop", [key], [token])
             return False
         args = [request.holder, token, repr(request.now), repr(request.now + request.ttl)]
         try:

@@ -1,9 +1,9 @@
 """Stale marks: the (org, period) whose Redis counters missed a write, in both SQL backends.
 
 A fallback grant (Redis failed, the truth granted) marks its (org, period) in the same
-transaction; so does a commit, heartbeat or release Redis did not take, after the truth
-did. Each mark is a new generation, never reset; a Redis hash built from a snapshot of generation
-G grants nothing the truth records once a mark past G exists: the hash is rebuilt first.
+transaction; so does a commit or heartbeat Redis did not take, after the truth did. Each
+mark is a new generation, never reset; a Redis hash built from a snapshot of generation G
+grants nothing the truth records once a mark past G exists: the hash is rebuilt first.
 """
 
 from __future__ import annotations

@@ -457,7 +457,7 @@ class SQLiteStore(SQLSteps):
         return await self._call(lambda: _read(self._connection(), work))
 
     async def add_reservation(
-        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int | None = None
     ) -> bool:
         holder, org_id, period_start = request.holder, request.org_id, request.period_start
         now, ttl = request.now, request.ttl
@@ -475,7 +475,10 @@ class SQLiteStore(SQLSteps):
         ]
 
         def work(conn: sqlite3.Connection) -> bool:
-            if _drive(conn, sql_stale.generation(org_id, period_start)) > generation:
+            if (
+                generation is not None
+                and _drive(conn, sql_stale.generation(org_id, period_start)) > generation
+            ):
                 return True
             conn.executemany(_UPSERT_RESERVATION, rows)
             return False

@@ -14,11 +14,11 @@ async def test_a_grant_from_counters_older_than_the_last_mark_is_not_recorded(
 ) -> None:
     org = await org_with(store, requests=10)
     request = ask(org, holder="a", requests=2)
-    assert await store.add_reservation(request, {"requests": 2}) is False
+    assert await store.add_reservation(request, {"requests": 2}, 0) is False
     assert (await store.quota_snapshot(org.id, PERIOD, 1_000.0)).stale == 0
 
     await store.mark_stale([(org.id, PERIOD), (org.id, PERIOD)])
-    assert await store.add_reservation(request, {"requests": 3}) is True  # nothing recorded
+    assert await store.add_reservation(request, {"requests": 3}, 0) is True  # nothing recorded
     first = (await store.quota_snapshot(org.id, PERIOD, 1_000.0)).stale
     assert first > 0
     # Counters rebuilt from that snapshot record again, until the next mark.
@@ -37,5 +37,7 @@ async def test_a_fallback_grant_marks_its_counter_and_others_are_untouched(store
     assert await truth.reserve(fallback) == Granted({"requests": 4})
     assert (await store.quota_snapshot(org.id, PERIOD, 1_000.0)).stale > 0
     assert (await store.quota_snapshot(other.id, PERIOD, 1_000.0)).stale == 0
-    assert await store.add_reservation(ask(other, holder="a", requests=1), {"requests": 1}) is False
-    assert await store.add_reservation(ask(org, holder="a", requests=1), {"requests": 1}) is True
+    assert (
+        await store.add_reservation(ask(other, holder="a", requests=1), {"requests": 1}, 0) is False
+    )
+    assert await store.add_reservation(ask(org, holder="a", requests=1), {"requests": 1}, 0) is True

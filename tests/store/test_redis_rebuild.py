@@ -65,7 +65,7 @@ class GatedTruth:
             await gate.wait()
 
     async def add_reservation(
-        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int = 0
+        self, request: ReserveRequest, amounts: Mapping[str, int], generation: int | None = None
     ) -> bool:
         await self._gate("add_reservation")
         return await self.inner.add_reservation(request, amounts, generation)

@@ -1,7 +1,7 @@
 -- An (org, period) whose Redis counters missed a write: a grant made here while Redis failed
--- (a fallback), or a commit, heartbeat or release Redis did not take. Each mark is a new
--- generation (never reset); a Redis hash remembers the generation of the snapshot it was
--- built from, and a grant from a hash older than the last mark is not recorded.
+-- (a fallback), or a commit or heartbeat Redis did not take. Each mark is a new generation
+-- (never reset); a Redis hash remembers the generation of the snapshot it was built from,
+-- and a grant from a hash older than the last mark is not recorded.
 CREATE TABLE quota_stale (
     org_id TEXT NOT NULL,
     period_start TEXT NOT NULL,
@@ -10,7 +10,7 @@ CREATE TABLE quota_stale (
 );
 
 -- A grant Redis decided from a hash built at p_generation, recorded here unless the
--- (org, period) was marked since (then TRUE and nothing written). The counter rows are locked FOR SHARE first, as reserve_quota()
+-- (org, period) was marked since (then TRUE and nothing written); NULL: no hash, no check. The counter rows are locked FOR SHARE first, as reserve_quota()
 -- locks them FOR UPDATE: a fallback grant and its mark commit either before this reads the
 -- mark (seen) or after this row is written (counted by the fallback).
 CREATE FUNCTION add_reservation_checked(
@@ -26,6 +26,8 @@ CREATE FUNCTION add_reservation_checked(
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
+DECLARE
+    v_generation BIGINT;
 BEGIN
     INSERT INTO usage_counters (org_id, period_start, meter)
     SELECT p_org, p_period, m FROM unnest(p_meters) WITH ORDINALITY AS q (m, i) ORDER BY i
@@ -34,10 +36,14 @@ BEGIN
     WHERE c.org_id = p_org AND c.period_start = p_period AND c.meter = ANY (p_meters)
     ORDER BY array_position(p_meters, c.meter)
     FOR SHARE;
-    IF EXISTS (
-        SELECT 1 FROM quota_stale s
-        WHERE s.org_id = p_org AND s.period_start = p_period AND s.generation > p_generation
-    ) THEN
+    -- The mark's row, held FOR SHARE until this commits: a mark either waits for this grant
+    -- or comes first (and this grant, from an older hash, is refused).
+    INSERT INTO quota_stale (org_id, period_start, generation) VALUES (p_org, p_period, 0)
+    ON CONFLICT DO NOTHING;
+    SELECT s.generation INTO v_generation FROM quota_stale s
+    WHERE s.org_id = p_org AND s.period_start = p_period
+    FOR SHARE;
+    IF p_generation IS NOT NULL AND v_generation > p_generation THEN
         RETURN TRUE;
     END IF;
     -- An expired row of the holder is replaced, a live one grows; the expiry restarts.
