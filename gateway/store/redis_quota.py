@@ -70,17 +70,7 @@ Arg = str | int | float
 # One Redis, or a Redis Cluster (every script's keys share one org's hash slot).
 Client = aioredis.Redis | aioredis.RedisCluster
 
-_SCRIPTS = (
-    "reserve",
-    "fence",
-    "load",
-    "keep_grant",
-    "apply",
-    "give_back",
-    "heartbeat",
-    "release",
-    "drop",
-)
+_SCRIPTS = "reserve fence load keep_grant apply give_back heartbeat release drop".split()
 _MISSING, _EXHAUSTED, _GRANTED = 0, 1, 2
 _STALE = -1
 # A flush or a commit can race a rebuild; a few rounds settle it, more means Redis keeps
