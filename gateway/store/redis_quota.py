@@ -135,7 +135,7 @@ class RedisQuotaStore:
         # release must find them, and a holder is one process.
         self._touched: dict[str, dict[str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        #: Reservations the truth granted because Redis failed (``/metrics``).
+        #: Reservations the truth granted because Redis failed (read by tests and logs).
         self.fallbacks = 0
         self._fallback_logged = -1e18
 
@@ -330,7 +330,7 @@ class RedisQuotaStore:
         give_back = [request.holder, token, *_flatten(recorded)]
         # Shielded: cancelled or not, what the truth did is known and can be undone.
         # A hash loaded before generations were named (no ":") counts as generation 0.
-        generation = int(token.rpartition(":")[2] or 0) if ":" in token else 0
+        generation = int(token.partition(":")[2] or 0)
         record = asyncio.ensure_future(self.truth.add_reservation(request, recorded, generation))
         try:
             stale = await asyncio.shield(record)
