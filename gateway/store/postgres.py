@@ -100,18 +100,23 @@ _CLAIM_AND_COUNT = """WITH claimed AS (
     )
     SELECT batch_id FROM claimed"""
 
-# The claimed batches' reservation deltas: only existing rows change, locked in the global
-# order. A round holds one batch per (holder, org, period), so no row changes twice.
+# The claimed batches' reservation deltas, sorted into the global order, each row locked by its
+# key (a join hashed the whole table). A round has one batch per (holder, org, period).
 _ADD_RESERVED = """UPDATE quota_reservations q SET amount = GREATEST(0, q.amount + r.delta)
     FROM (
-        SELECT s.holder, s.org_id, s.period_start, s.meter, d.delta FROM quota_reservations s
-        JOIN unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-            AS d (holder, org_id, period_start, meter, delta)
-            ON s.holder = d.holder AND s.org_id = d.org_id
-                AND s.period_start = d.period_start AND s.meter = d.meter
-        ORDER BY s.org_id, s.period_start,
-            COALESCE(array_position($6::text[], s.meter), 2147483647), s.meter, s.holder
-        FOR UPDATE OF s
+        SELECT s.holder, s.org_id, s.period_start, s.meter, d.delta
+        FROM (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                AS u (holder, org_id, period_start, meter, delta)
+            ORDER BY u.org_id, u.period_start,
+                COALESCE(array_position($6::text[], u.meter), 2147483647), u.meter, u.holder
+        ) d
+        CROSS JOIN LATERAL (
+            SELECT x.holder, x.org_id, x.period_start, x.meter FROM quota_reservations x
+            WHERE x.holder = d.holder AND x.org_id = d.org_id
+                AND x.period_start = d.period_start AND x.meter = d.meter
+            FOR UPDATE
+        ) s
     ) r
     WHERE q.holder = r.holder AND q.org_id = r.org_id AND q.period_start = r.period_start
         AND q.meter = r.meter"""

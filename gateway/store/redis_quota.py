@@ -45,6 +45,7 @@ from dataclasses import replace
 from importlib import resources
 from typing import Any, cast
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -88,6 +89,11 @@ def _redis_errors(what: str) -> Iterator[None]:
 
 def _flatten(pairs: Mapping[str, Arg]) -> list[Arg]:
     return [part for pair in pairs.items() for part in pair]
+
+
+def _json_deltas(deltas: Mapping[str, int]) -> str:
+    # Decimal strings: Lua would read a JSON number as a double.
+    return msgspec.json.encode({meter: str(n) for meter, n in deltas.items()}).decode()
 
 
 def _hash_fields(snapshot: QuotaSnapshot) -> dict[str, Arg]:
@@ -440,7 +446,7 @@ class RedisQuotaStore:
         reserved = {m: n for m, n in batch.reserved.items() if n}
         if not (used or reserved):
             return None
-        return [batch.holder, self._marker_seconds, len(used), *_flatten(used), *_flatten(reserved)]
+        return [batch.holder, self._marker_seconds, _json_deltas(used), _json_deltas(reserved)]
 
     async def heartbeat(self, holder: str, now: float, ttl: float) -> None:
         await self.truth.heartbeat(holder, now, ttl)

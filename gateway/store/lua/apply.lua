@@ -4,10 +4,11 @@
 -- KEYS[2]  the batch marker {prefix}:{org}:b:{batch_id}
 -- ARGV[1]  holder
 -- ARGV[2]  seconds the marker lives
--- ARGV[3]  n, the number of used deltas
--- ARGV[4..3+2n]  meter, delta pairs added to used:<meter>
--- ARGV[4+2n..]   meter, delta pairs added to res:<holder>:<meter>, clamped at 0;
---                a missing field stays missing (the reservation expired or was released)
+-- ARGV[3]  a JSON object of meter -> delta (a decimal string) added to used:<meter>
+-- ARGV[4]  a JSON object of meter -> delta added to res:<holder>:<meter>, clamped at 0;
+--          a missing field stays missing (the reservation expired or was released)
+-- (Two JSON arguments, not a pair of arguments a delta: encoding arguments was most of a
+-- flush's client CPU.)
 --
 -- Returns 1 when applied, 0 when the marker existed or the hash is not loaded (the next
 -- load reads the truth, which already holds this batch). Either way the marker is set.
@@ -27,15 +28,14 @@ if redis.call('HEXISTS', quota, 'ready') == 0 then
 end
 
 local holder = ARGV[1]
-local last_used = 3 + 2 * tonumber(ARGV[3])
-for i = 4, last_used, 2 do
-  redis.call('HINCRBY', quota, 'used:' .. ARGV[i], ARGV[i + 1])
+for meter, delta in pairs(cjson.decode(ARGV[3])) do
+  redis.call('HINCRBY', quota, 'used:' .. meter, delta)
 end
-for i = last_used + 1, #ARGV, 2 do
-  local field = 'res:' .. holder .. ':' .. ARGV[i]
+for meter, delta in pairs(cjson.decode(ARGV[4])) do
+  local field = 'res:' .. holder .. ':' .. meter
   local current = redis.call('HGET', quota, field)
   if current then
-    local amount = math.max(0, tonumber(current) + tonumber(ARGV[i + 1]))
+    local amount = math.max(0, tonumber(current) + tonumber(delta))
     redis.call('HSET', quota, field, string.format('%d', amount))
   end
 end
