@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -28,6 +29,8 @@ MIN_ADMIN_TOKEN = 16
 _OUT_OF_RESOURCE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Shorter than asyncio's one-second retry, so each retry really tries.
 ACCEPT_REST = 0.5
+# Young objects collected every 10,000 allocations, not 700: a request allocates a few hundred.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class AcceptErrorLog:
@@ -134,6 +137,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def settle_heap() -> None:
+    """What startup built lives as long as the process: kept out of the collector's scans
+    (each full collection walked all of it), and young objects collected less often. In
+    process, a request through every gate went from 85 to 65 µs."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop with ``GATEWAY_LOOP=uvloop`` (it measured no faster here), else asyncio's loop."""
     if loop != "uvloop":
@@ -209,6 +221,7 @@ async def serve(
     try:
         runtime = Runtime(settings)
         await runtime.start()
+        settle_heap()
     except BaseException:
         for sock in sockets:
             sock.close()

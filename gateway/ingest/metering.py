@@ -60,7 +60,7 @@ def _cut_message(signal: str, rejected: int, refusal: Refusal) -> str:
 
 def _dropped(name: bytes) -> bool:
     """Underscore spellings too: a CGI-style upstream reads ``X_Gateway_Org_Id`` the same."""
-    return name in _DROPPED or name.replace(b"_", b"-") in _DROPPED
+    return name in _DROPPED or (b"_" in name and name.replace(b"_", b"-") in _DROPPED)
 
 
 def signal_for(path: str) -> str | None:

@@ -37,7 +37,7 @@ _SPOOFABLE = frozenset({b"x-real-ip", b"x-forwarded-host", b"x-forwarded-proto"}
 
 
 def _spoofable(name: bytes) -> bool:
-    return name in _SPOOFABLE or name.replace(b"_", b"-") in _SPOOFABLE
+    return name in _SPOOFABLE or (b"_" in name and name.replace(b"_", b"-") in _SPOOFABLE)
 
 
 class ReverseProxy:

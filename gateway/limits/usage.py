@@ -164,12 +164,16 @@ class UsageGate:
     def known_refusal(self, routing: OrgRouting, floor: Quantities) -> Refusal | None:
         """The refusal of a request counting at least ``floor``, if the store's last word on
         an exhausted meter settles it; never asks the store."""
-        now = self._clock()
+        now, org = self._clock(), routing.org_id
+        # The common case (nothing exhausted) without building the request's accounts.
+        periods = (self.period_of(routing, now).key, CREDIT_PERIOD.key)
+        if not any((b := self._budgets.get((org, p))) and b.exhausted for p in periods):
+            return None
         for budget, limited, counted in self._accounts(routing, floor, now):
-            if not budget.exhausted:
-                continue
-            refusal = self._known_refusal(budget, budget.deficit(limited, counted), now)
-            if refusal is not None:
+            refusal = budget.exhausted and self._known_refusal(
+                budget, budget.deficit(limited, counted), now
+            )
+            if refusal:
                 return refusal
         return None
 
@@ -191,16 +195,11 @@ class UsageGate:
         for budget, limited, _ in accounts:
             if budget.refill is not None:
                 continue
-            low = {
-                m: 1
-                for m, _ in limited
-                if budget.remaining.get(m, 0) < budget.low_water.get(m, 0)
-                and m not in budget.exhausted
-            }
+            left, low_water, exhausted = budget.remaining, budget.low_water, budget.exhausted
+            low = {m: 1 for m, _ in limited
+                   if left.get(m, 0) < low_water.get(m, 0) and m not in exhausted}  # fmt: skip
             if low:
-                task = asyncio.get_running_loop().create_task(
-                    self._refill_quietly(routing, budget, low)
-                )
+                task = asyncio.create_task(self._refill_quietly(routing, budget, low))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
