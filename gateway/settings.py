@@ -42,7 +42,7 @@ class Settings:
     strict_limits: bool = False
     gates: bool = True
     workers: int = 1
-    loop: str = "asyncio"
+    loop: str = "uvloop"
     body_timeout: float = 30.0
     header_timeout: float = 10.0
     max_header_bytes: int = 64 * 1024

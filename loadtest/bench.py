@@ -1,23 +1,27 @@
 """The gateway's benchmark: one command, everything on 127.0.0.1, every process stopped after.
 
-    python -m loadtest.bench [--seconds 5] [--concurrency 32] [--sizes 2048,65536] [--quick]
+    python -m loadtest.bench [--seconds 5] [--concurrency 32] [--sizes 2048,65536]
+                             [--formats protobuf,json] [--targets ID,...] [--quick]
                              [--out reports/bench]
 
 1. A fast upstream: nginx answering ``200`` when it is on PATH, else the raw asyncio server.
 2. The same closed-loop load (wrk when on PATH, else ``loadtest.loadgen`` in a child process:
-   exactly ``--concurrency`` keep-alive connections, OTLP bodies of each size) against: direct,
-   nginx as a reverse proxy, a Starlette + httpx proxy, a raw ASGI + aiohttp proxy, and the
-   gateway with gates off, with gates on (SQLite), with gates on (PostgreSQL + Redis) and with
-   gates on and 2 workers. One worker process each, uvicorn's httptools, no access log.
-3. req/s, p50, p99 and errors per target and size, and the ratios the gateway aims for.
+   exactly ``--concurrency`` keep-alive connections, OTLP trace batches of each size in
+   protobuf and in JSON) against: direct, nginx as a reverse proxy, a Starlette + httpx
+   proxy, a raw ASGI + aiohttp proxy, and the gateway with gates off, with gates on (SQLite;
+   and an org on a plan with signal meters and key limits), with gates on (PostgreSQL +
+   Redis) and with gates on over PostgreSQL with 1, 2 and 4 workers. uvicorn's httptools on
+   uvloop (the gateway's default loop) for every Python server, no access log.
+3. req/s, p50, p99 and errors per target and body, the ratios the gateway aims for, and for
+   the targets on the shared store its work per request: PostgreSQL transactions, Redis
+   commands and the store's CPU.
 4. p99 added over direct at half the gateway's max throughput (open loop, fixed rate).
 5. Exactness: an org with a small requests limit takes a fixed share of each gates-on run; its
    usage and the 200s its key got must both equal the limit (else the exit status is 1).
 6. Memory with 100,000 keys cached, and 10,000 cold keys at once -> one store read per key.
 7. A table on stdout, ``<out>.json`` with every number and the machine, ``<out>.png``.
 
-``--quick`` (the smoke test): 1 s runs, one size, 1,000 and 500 keys, no PostgreSQL + Redis and
-no 2-worker target.
+``--quick`` (the smoke test): 1 s runs, one size, 1,000 and 500 keys, no PostgreSQL targets.
 """
 
 from __future__ import annotations
@@ -80,6 +84,21 @@ MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
+class Load:
+    """What each run sends: OTLP traces of ``size`` bytes encoded as ``format``."""
+
+    size: int
+    format: str  # protobuf or json
+
+    @property
+    def body(self) -> str:
+        return "otlp-json" if self.format == "json" else "otlp"
+
+    def __str__(self) -> str:
+        return f"{self.size} B {self.format}"
+
+
+@dataclass(frozen=True)
 class Target:
     id: str
     label: str
@@ -104,15 +123,20 @@ TARGETS = (
         "gateway\nbefore",
     ),
     Target("gates-on-pg-redis", "gateway, gates on, PostgreSQL + Redis", "gateway\nPG + Redis"),
-    Target("workers2", "gateway, gates on, SQLite, 2 workers", "gateway\n2 workers"),
+    Target("workers1-pg", "gateway, gates on, PostgreSQL, 1 worker", "PostgreSQL\n1 worker"),
+    Target("workers2-pg", "gateway, gates on, PostgreSQL, 2 workers", "PostgreSQL\n2 workers"),
+    Target("workers4-pg", "gateway, gates on, PostgreSQL, 4 workers", "PostgreSQL\n4 workers"),
 )
-GATES_ON = ("gates-on", "gates-on-plan", "gates-on-before", "gates-on-pg-redis", "workers2")
+# Targets whose store is the shared one (PostgreSQL, with Redis or not), and their workers.
+SHARED_STORE = {"gates-on-pg-redis": 1, "workers1-pg": 1, "workers2-pg": 2, "workers4-pg": 4}
+GATES_ON = ("gates-on", "gates-on-plan", "gates-on-before", *SHARED_STORE)
 # (name, numerator, denominator, minimum or None, what it says)
 RATIOS = (
     ("gates_on_over_raw_aiohttp", "gates-on", "asgi-aiohttp", 0.8, "gates on / raw ASGI+aiohttp"),
     ("gates_on_over_gates_off", "gates-on", "gates-off", 0.9, "gates on / gates off"),
     ("gates_on_over_starlette_httpx", "gates-on", "starlette-httpx", 8.0, "gates on / httpx"),
-    ("workers2_over_workers1", "workers2", "gates-on", None, "2 workers / 1 worker"),
+    ("workers2_over_workers1", "workers2-pg", "workers1-pg", None, "2 workers / 1 worker"),
+    ("workers4_over_workers1", "workers4-pg", "workers1-pg", None, "4 workers / 1 worker"),
     (
         "plan_over_raw_aiohttp",
         "gates-on-plan",
@@ -139,15 +163,22 @@ class Options:
     warmup: float
     concurrency: int
     sizes: list[int]
+    formats: list[str]
     quick: bool
     out: Path
     memory_keys: int
     cold_keys: int
     loadgen: str  # auto, wrk or python
     argv: list[str]
+    #: Target ids to run (None: all); the others are reported as skipped.
+    targets: list[str] | None = None
     #: A source tree of the gateway before entitlements (a checkout of f6ebeed, say), run as
     #: the gates-on-before target; None skips it.
     baseline_src: Path | None = None
+
+    @property
+    def loads(self) -> list[Load]:
+        return [Load(size, fmt) for fmt in self.formats for size in self.sizes]
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,6 +359,67 @@ async def _pg_execute(statement: str) -> None:
         await conn.close()
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU of every process named postgres (the server and its backends)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            if name.startswith("postgres"):
+                fields = stat[stat.rindex(")") + 2 :].split()
+                total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def store_counters() -> dict[str, float]:
+    """What the shared store has done so far: PostgreSQL's transactions in the bench's
+    database and its processes' CPU seconds; Redis's commands and CPU seconds."""
+
+    async def transactions() -> int:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_URL, timeout=3)
+        try:
+            value: int = await conn.fetchval(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                " WHERE datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        return value
+
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        info: dict[str, Any] = client.info()
+    finally:
+        client.close()
+    return {
+        "pg_transactions": float(asyncio.run(transactions())),
+        "pg_cpu_s": postgres_cpu_seconds(),
+        "redis_commands": float(info["total_commands_processed"]),
+        "redis_cpu_s": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+    }
+
+
+def store_cost(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, Any]:
+    """The shared store's work per request over a run (its flushes settled after it)."""
+    n = max(1, requests)
+    delta = {k: after[k] - before[k] for k in before}
+    return {
+        "requests": requests,
+        "pg_transactions_per_1k": 1000 * delta["pg_transactions"] / n,
+        "redis_commands_per_1k": 1000 * delta["redis_commands"] / n,
+        "store_cpu_us_per_request": 1e6 * (delta["pg_cpu_s"] + delta["redis_cpu_s"]) / n,
+        **delta,
+    }
+
+
 def drop_pg_schema(schema: str, orgs: Sequence[str]) -> None:
     """The bench's own schema and Redis keys (``gw:{<org>}:*``), and nothing else."""
     with contextlib.suppress(Exception):
@@ -369,15 +461,15 @@ class Bench:
     def upstream_url(self) -> str:
         return f"http://{HOST}:{self.upstream_port}"
 
-    def rps(self, target: str, size: int) -> float | None:
+    def rps(self, target: str, load: Load) -> float | None:
         for row in self.rows:
-            if row["target"] == target and row["size"] == size and row["status"] == "ok":
+            if row["target"] == target and _load_of(row) == load and row["status"] == "ok":
                 value: float | None = row["req_per_s"]
                 return value
         return None
 
     def spec(
-        self, port: int, size: int, keys: list[KeyShare], rate: float | None = None
+        self, port: int, load: Load, keys: list[KeyShare], rate: float | None = None
     ) -> LoadSpec:
         o = self.opts
         return LoadSpec(
@@ -385,7 +477,8 @@ class Bench:
             concurrency=o.concurrency,
             seconds=o.seconds,
             warmup=o.warmup,
-            size=size,
+            size=load.size,
+            body=load.body,
             rate=rate,
             keys=keys,
         )
@@ -397,29 +490,31 @@ class Bench:
         for target in TARGETS:
             status = self.skip_reason(target, unreachable)
             if status is not None:
-                for size in self.opts.sizes:
-                    self.rows.append(_row(target, size, status))
+                for load in self.opts.loads:
+                    self.rows.append(_row(target, load, status))
                 continue
-            done: set[int] = set()
+            done: set[Load] = set()
             try:
                 with self.server(target) as (port, gateway):
-                    for size in self.opts.sizes:
-                        self.measure(target, port, gateway, size)
-                        done.add(size)
+                    for load in self.opts.loads:
+                        self.measure(target, port, gateway, load)
+                        done.add(load)
             except RuntimeError as exc:
                 print(f"bench: {target.id}: {exc}", file=sys.stderr)
-                for size in self.opts.sizes:
-                    if size not in done:
-                        self.rows.append(_row(target, size, f"failed: {str(exc)[:200]}"))
+                for load in self.opts.loads:
+                    if load not in done:
+                        self.rows.append(_row(target, load, f"failed: {str(exc)[:200]}"))
 
     def skip_reason(self, target: Target, unreachable: str | None) -> str | None:
+        if self.opts.targets is not None and target.id not in self.opts.targets:
+            return "skipped (--targets)"
         if target.id == "nginx-proxy" and nginx_path() is None:
             return "not installed"
-        if target.id in ("gates-on-pg-redis", "workers2") and self.opts.quick:
+        if target.id in SHARED_STORE and self.opts.quick:
             return "skipped (--quick)"
         if target.id == "gates-on-before" and self.opts.baseline_src is None:
             return "skipped (no --baseline-src)"
-        if target.id == "gates-on-pg-redis" and unreachable:
+        if target.id in SHARED_STORE and unreachable:
             return f"not reachable ({unreachable})"
         return None
 
@@ -438,11 +533,10 @@ class Bench:
             gateway = None
         else:
             store = f"sqlite://{self.workdir / (target.id + '.db')}"
-            redis_url = None
-            if target.id == "gates-on-pg-redis":
+            redis_url = REDIS_URL if target.id == "gates-on-pg-redis" else None
+            if target.id in SHARED_STORE:
                 schema = f"bench_{uuid.uuid4().hex[:12]}"
                 store = f"{PG_URL}?schema={schema}"
-                redis_url = REDIS_URL
             gateway = start_gateway(
                 children,
                 target.id,
@@ -452,7 +546,7 @@ class Bench:
                 token=self.token,
                 key_secret=self.key_secret,
                 gates=target.id != "gates-off",
-                workers=2 if target.id == "workers2" else 1,
+                workers=SHARED_STORE.get(target.id, 1),
                 redis_url=redis_url,
                 source=self.opts.baseline_src if target.id == "gates-on-before" else None,
             )
@@ -464,7 +558,10 @@ class Bench:
             if schema is not None:
                 drop_pg_schema(schema, gateway.orgs if gateway else [])
 
-    def measure(self, target: Target, port: int, gateway: Gateway | None, size: int) -> None:
+    def measure(self, target: Target, port: int, gateway: Gateway | None, load: Load) -> None:
+        # Over more than one worker, a worker refused while another still holds the small org's
+        # last quota answers 429 quota_held_elsewhere: a retry, never counted.
+        expect = (200, 402, 429) if SHARED_STORE.get(target.id, 1) > 1 else (200, 402)
         keys = [
             KeyShare("main", "igk_unused_main", weight=MAIN_WEIGHT),
             KeyShare("exact", "igk_unused_exact", weight=EXACT_WEIGHT, measured_only=True),
@@ -472,18 +569,20 @@ class Bench:
         exact_org = None
         limit = 0
         if gateway is not None and target.id in GATES_ON:
-            limit = self.exact_limit(size)
-            main_org = gateway.create_org(f"bench-main-{size}", BIG_LIMITS)
+            limit = self.exact_limit(load)
+            main_org = gateway.create_org(f"bench-main-{load.size}-{load.format}", BIG_LIMITS)
             if target.id == "gates-on-plan":
                 # The small limit is the key's; its org and the main one are on the plan.
-                exact_org = gateway.create_org(f"bench-exact-{size}", BIG_LIMITS)
+                exact_org = gateway.create_org(f"bench-exact-{load.size}-{load.format}", BIG_LIMITS)
                 gateway.admin("PUT", "/admin/plans/bench", BENCH_PLAN)
                 for org in (main_org, exact_org):
                     gateway.admin("PATCH", f"/admin/orgs/{org}", {"plan": "bench"})
                 main_key = gateway.create_key(main_org, BIG_KEY_LIMITS)
                 exact_key = gateway.create_key(exact_org, {"requests": limit, "items": 10**13})
             else:
-                exact_org = gateway.create_org(f"bench-exact-{size}", {"requests": limit})
+                exact_org = gateway.create_org(
+                    f"bench-exact-{load.size}-{load.format}", {"requests": limit}
+                )
                 main_key, exact_key = gateway.create_key(main_org), gateway.create_key(exact_org)
             keys = [
                 KeyShare("main", main_key, weight=MAIN_WEIGHT),
@@ -492,12 +591,14 @@ class Bench:
                     exact_key,
                     weight=EXACT_WEIGHT,
                     measured_only=True,
-                    expect=(200, 402),
+                    expect=expect,
                 ),
             ]
-        result = measure(self.children, self.spec(port, size, keys), self.use_wrk)
+        shared = target.id in SHARED_STORE
+        before = store_counters() if shared else None
+        result = measure(self.children, self.spec(port, load, keys), self.use_wrk)
         by_key = result.pop("by_key")
-        row = _row(target, size, "ok", **result)
+        row = _row(target, load, "ok", **result)
         row["refused_402"] = by_key["exact"].get("402", 0) if exact_org else 0
         self.rows.append(row)
         _progress(row)
@@ -506,39 +607,44 @@ class Bench:
             used = wait_for_usage(gateway, exact_org)
             check = {
                 "target": target.id,
-                "size": size,
+                "size": load.size,
+                "format": load.format,
                 "limit": limit,
                 "usage_requests": used,
                 "generator_200s": ok,
                 "refused_402": by_key["exact"].get("402", 0),
+                "held_elsewhere_429": by_key["exact"].get("429", 0),
                 "passed": used == limit and ok == limit,
             }
             self.exactness.append(check)
+            if before is not None:  # after wait_for_usage: the run's flushes are in
+                row["store"] = store_cost(before, store_counters(), result["requests"])
             if target.id == "gates-on":
-                self.rate_runs(port, keys[0], size)
+                self.rate_runs(port, keys[0], load)
 
-    def exact_limit(self, size: int) -> int:
+    def exact_limit(self, load: Load) -> int:
         """Small enough that the small org's key crosses it in the first third of the run."""
-        reference = self.rps("gates-on", size) or 0.5 * (self.rps("gates-off", size) or 400)
+        reference = self.rps("gates-on", load) or 0.5 * (self.rps("gates-off", load) or 400)
         share = EXACT_WEIGHT / (MAIN_WEIGHT + EXACT_WEIGHT)
         expected = share * reference * self.opts.seconds
         return int(max(20, min(EXACT_MAX_LIMIT, expected * 0.3)) // 10 * 10)
 
-    def rate_runs(self, gateway_port: int, key: KeyShare, size: int) -> None:
-        max_rps = self.rps("gates-on", size)
+    def rate_runs(self, gateway_port: int, key: KeyShare, load: Load) -> None:
+        max_rps = self.rps("gates-on", load)
         if not max_rps:
             return
         rate = max(1.0, max_rps / 2)
         runs = {}
         for name, port in (("direct", self.upstream_port), ("gateway", gateway_port)):
-            result = measure(self.children, self.spec(port, size, [key], rate=rate), False)
+            result = measure(self.children, self.spec(port, load, [key], rate=rate), False)
             result.pop("by_key", None)
             runs[name] = result
         added = _sub(runs["gateway"]["p99_ms"], runs["direct"]["p99_ms"])
-        entry = {"size": size, "rate": rate, **runs, "p99_added_ms": added}
+        entry = {"size": load.size, "format": load.format, "rate": rate, **runs}
+        entry["p99_added_ms"] = added
         self.p99_added.append(entry)
         print(
-            f"  rate {rate:.0f}/s {size} B: p99 direct {_f(runs['direct']['p99_ms'], '.2f')} ms, "
+            f"  rate {rate:.0f}/s {load}: p99 direct {_f(runs['direct']['p99_ms'], '.2f')} ms, "
             f"gateway {_f(runs['gateway']['p99_ms'], '.2f')} ms",
             flush=True,
         )
@@ -605,11 +711,16 @@ class Bench:
         return {"memory": memory, "cold_keys": cold_result}
 
 
-def _row(target: Target, size: int, status: str, **numbers: Any) -> dict[str, Any]:
+def _load_of(entry: dict[str, Any]) -> Load:
+    return Load(entry["size"], entry.get("format", "protobuf"))
+
+
+def _row(target: Target, load: Load, status: str, **numbers: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "target": target.id,
         "label": target.label,
-        "size": size,
+        "size": load.size,
+        "format": load.format,
         "status": status,
         "req_per_s": None,
         "p50_ms": None,
@@ -622,7 +733,7 @@ def _row(target: Target, size: int, status: str, **numbers: Any) -> dict[str, An
 
 def _progress(row: dict[str, Any]) -> None:
     print(
-        f"  {row['label']:<40} {row['size']:>6} B {_f(row['req_per_s'], '.0f'):>7} req/s "
+        f"  {row['label']:<40} {_load_of(row)!s:>15} {_f(row['req_per_s'], '.0f'):>7} req/s "
         f"p99 {_f(row['p99_ms'], '.2f')} ms, errors {row['errors']}",
         flush=True,
     )
@@ -707,14 +818,15 @@ def _f(value: float | None, spec: str) -> str:
 def ratios(bench: Bench) -> list[dict[str, Any]]:
     found = []
     for name, top, bottom, minimum, text in RATIOS:
-        for size in bench.opts.sizes:
-            a, b = bench.rps(top, size), bench.rps(bottom, size)
+        for load in bench.opts.loads:
+            a, b = bench.rps(top, load), bench.rps(bottom, load)
             value = None if a is None or b is None or b == 0 else a / b
             found.append(
                 {
                     "name": name,
                     "label": text,
-                    "size": size,
+                    "size": load.size,
+                    "format": load.format,
                     "value": value,
                     "minimum": minimum,
                     "met": None if minimum is None or value is None else value >= minimum,
@@ -747,17 +859,17 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
 
     for ratio in report["ratios"]:
         if ratio["minimum"] is not None:
-            what = f"{ratio['label']} >= {ratio['minimum']:g} @ {ratio['size']} B"
+            what = f"{ratio['label']} >= {ratio['minimum']:g} @ {_load_of(ratio)}"
             add(what, ratio["value"], ratio["minimum"], True, "x")
     for entry in report["p99_added"]:
         what = (
-            f"p99 added at {entry['rate']:.0f} req/s <= {P99_ADDED_MAX_MS:g} ms @ {entry['size']} B"
+            f"p99 added at {entry['rate']:.0f} req/s <= {P99_ADDED_MAX_MS:g} ms @ {_load_of(entry)}"
         )
         add(what, entry["p99_added_ms"], P99_ADDED_MAX_MS, False, " ms")
     for check in report["exactness"]:
         found.append(
             {
-                "target": f"exactness {check['target']} @ {check['size']} B",
+                "target": f"exactness {check['target']} @ {_load_of(check)}",
                 "met": check["passed"],
                 "text": f"{'passed' if check['passed'] else 'FAILED'}: limit {check['limit']}, "
                 f"usage {check['usage_requests']}, 200s {check['generator_200s']}",
@@ -793,41 +905,56 @@ def render(report: dict[str, Any]) -> str:
     cfg, machine = report["config"], report["machine"]
     lines = [
         f"ingest-gateway bench: {cfg['seconds']:g}s (+{cfg['warmup']:g}s warm-up) per run, "
-        f"{cfg['concurrency']} connections, sizes {', '.join(map(str, cfg['sizes']))} B",
+        f"{cfg['concurrency']} connections, sizes {', '.join(map(str, cfg['sizes']))} B, "
+        f"{' and '.join(cfg.get('formats', ['protobuf']))}",
         f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Python {machine['python']}, "
         f"loadavg {machine['loadavg_1m_at_start']:.2f}; upstream: {cfg['upstream']}; "
         f"load: {cfg['load_generator']}",
         "",
-        f"{'target':<40}{'size':>7}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
+        f"{'target':<40}{'body':>16}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
     ]
     for row in report["rows"]:
         tail = "" if row["status"] == "ok" else f"  {row['status']}"
         errors = "-" if row["errors"] is None else str(row["errors"])
         lines.append(
-            f"{row['label']:<40}{row['size']:>7}{_f(row['req_per_s'], '.0f'):>9}"
+            f"{row['label']:<40}{_load_of(row)!s:>16}{_f(row['req_per_s'], '.0f'):>9}"
             f"{_f(row['p50_ms'], '.2f'):>9}{_f(row['p99_ms'], '.2f'):>9}{errors:>8}{tail}"
         )
-    lines += ["", f"{'ratio (req/s)':<40}{'size':>7}{'value':>9}{'target':>9}"]
+    shared = [row for row in report["rows"] if row.get("store")]
+    if shared:
+        lines += [
+            "",
+            f"{'the shared store, per request':<40}{'body':>16}{'PG tx/1k':>10}"
+            f"{'Redis cmd/1k':>13}{'store CPU us':>13}",
+        ]
+        for row in shared:
+            cost = row["store"]
+            lines.append(
+                f"{row['label']:<40}{_load_of(row)!s:>16}{cost['pg_transactions_per_1k']:>10.2f}"
+                f"{cost['redis_commands_per_1k']:>13.1f}{cost['store_cpu_us_per_request']:>13.1f}"
+            )
+    lines += ["", f"{'ratio (req/s)':<40}{'body':>16}{'value':>9}{'target':>9}"]
     for ratio in report["ratios"]:
         target = "-" if ratio["minimum"] is None else f">={ratio['minimum']:g}"
         lines.append(
-            f"{ratio['label']:<40}{ratio['size']:>7}{_f(ratio['value'], '.2f'):>9}{target:>9}"
+            f"{ratio['label']:<40}{_load_of(ratio)!s:>16}{_f(ratio['value'], '.2f'):>9}{target:>9}"
         )
     if report["p99_added"]:
         lines += [
             "",
-            f"{'open loop at half the gates-on max':<40}{'size':>7}{'req/s':>9}"
+            f"{'open loop at half the gates-on max':<40}{'body':>16}{'req/s':>9}"
             f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}",
         ]
         for entry in report["p99_added"]:
             for name in ("direct", "gateway"):
                 run = entry[name]
                 lines.append(
-                    f"{name:<40}{entry['size']:>7}{entry['rate']:>9.0f}"
+                    f"{name:<40}{_load_of(entry)!s:>16}{entry['rate']:>9.0f}"
                     f"{_f(run['p50_ms'], '.2f'):>9}{_f(run['p99_ms'], '.2f'):>9}{run['errors']:>8}"
                 )
             lines.append(
-                f"{'p99 added':<40}{entry['size']:>7}{'':>18}{_f(entry['p99_added_ms'], '.2f'):>9}"
+                f"{'p99 added':<40}{_load_of(entry)!s:>16}{'':>18}"
+                f"{_f(entry['p99_added_ms'], '.2f'):>9}"
             )
     memory, cold = report.get("memory"), report.get("cold_keys")
     if memory:
@@ -856,20 +983,20 @@ def write_chart(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = report["config"]["sizes"]
+    loads = sorted({_load_of(row) for row in report["rows"]}, key=lambda x: (x.format, x.size))
     shorts = {t.id: t.short for t in TARGETS}
     ids = [t.id for t in TARGETS]
     fig, ax = plt.subplots(figsize=(12, 5.5))
-    width = 0.8 / len(sizes)
+    width = 0.8 / len(loads)
     top = max((r["req_per_s"] or 0 for r in report["rows"]), default=0) or 1
-    for j, size in enumerate(sizes):
+    for j, load in enumerate(loads):
         xs, values, notes = [], [], []
         for i, target in enumerate(ids):
-            row = next(r for r in report["rows"] if r["target"] == target and r["size"] == size)
+            row = next(r for r in report["rows"] if r["target"] == target and _load_of(r) == load)
             xs.append(i - 0.4 + width * (j + 0.5))
             values.append(row["req_per_s"] or 0)
             notes.append(row["status"])
-        bars = ax.bar(xs, values, width * 0.95, label=f"{size} B")
+        bars = ax.bar(xs, values, width * 0.95, label=str(load))
         for bar, value, note in zip(bars, values, notes, strict=True):
             text = f"{value:.0f}" if note == "ok" else note.split(" (")[0].split(":")[0]
             ax.text(
@@ -959,6 +1086,7 @@ def run(opts: Options) -> dict[str, Any]:
             "warmup": opts.warmup,
             "concurrency": opts.concurrency,
             "sizes": opts.sizes,
+            "formats": opts.formats,
             "quick": opts.quick,
             "upstream": bench.upstream_kind,
             "load_generator": "wrk (closed loop), python aiohttp (open loop)"
@@ -998,7 +1126,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--sizes", default="2048,65536", help="request body bytes, comma-separated")
+    parser.add_argument(
+        "--formats", default="protobuf,json", help="OTLP encodings: protobuf, json or both"
+    )
     parser.add_argument("--quick", action="store_true", help="1 s runs, one size, few keys")
+    parser.add_argument(
+        "--targets", help="only these target ids, comma-separated (default: every target)"
+    )
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "reports" / "bench", help="writes OUT.json, OUT.png"
     )
@@ -1027,6 +1161,13 @@ def options(argv: list[str]) -> Options:
         parser.error("--sizes takes whole numbers separated by commas")
     if not sizes or not all(160 <= s <= 16 * MB for s in sizes):
         parser.error("--sizes must be between 160 B and 16 MiB")
+    known = {t.id for t in TARGETS}
+    targets = None if args.targets is None else [t.strip() for t in args.targets.split(",")]
+    if targets is not None and not set(targets) <= known:
+        parser.error(f"--targets: unknown {sorted(set(targets) - known)}; known {sorted(known)}")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats or not set(formats) <= {"protobuf", "json"}:
+        parser.error("--formats takes protobuf, json or both, separated by commas")
     if not 0 < args.seconds <= 300:
         parser.error("--seconds must be in (0, 300]")
     if not 1 <= args.concurrency <= 1000:
@@ -1041,6 +1182,8 @@ def options(argv: list[str]) -> Options:
         warmup=warmup,
         concurrency=args.concurrency,
         sizes=sizes[:1] if args.quick else sizes,
+        formats=list(dict.fromkeys(formats)),
+        targets=targets,
         quick=args.quick,
         out=args.out,
         memory_keys=memory_keys,

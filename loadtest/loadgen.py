@@ -57,7 +57,7 @@ class LoadSpec:
     seconds: float = 5.0
     warmup: float = 1.0
     size: int = 2048
-    body: str = "otlp"  # or "pattern": bytes(range(256)) repeated
+    body: str = "otlp"  # "otlp-json" (OTLP/JSON), or "pattern": bytes(range(256)) repeated
     rate: float | None = None  # requests per second: open loop; None: closed loop
     keys: list[KeyShare] = field(default_factory=lambda: [KeyShare("anonymous")])
 
@@ -130,6 +130,40 @@ def otlp_traces(size: int) -> tuple[bytes, int]:
     return request.SerializeToString(), spans
 
 
+def otlp_traces_json(size: int) -> tuple[bytes, int]:
+    """The OTLP/JSON form of ``otlp_traces``: exactly ``size`` bytes (at least one span) and
+    its span count, with hex ids and compact separators, padded by a resource attribute."""
+    start = 1_700_000_000_000_000_000
+
+    def span(i: int) -> dict[str, Any]:
+        return {
+            "traceId": f"{i + 1:032x}",
+            "spanId": f"{i + 1:016x}",
+            "name": "loadtest-span",
+            "kind": 2,
+            "startTimeUnixNano": str(start + i * 1000),
+            "endTimeUnixNano": str(start + i * 1000 + 5000),
+            "attributes": [{"key": "http.route", "value": {"stringValue": ROUTE}}],
+        }
+
+    def encode(spans: int, pad: int) -> bytes:
+        resource = {
+            "attributes": [
+                {"key": "service.name", "value": {"stringValue": "loadtest"}},
+                {"key": "loadtest.pad", "value": {"stringValue": "x" * pad}},
+            ]
+        }
+        scope = {"scope": {"name": "loadtest"}, "spans": [span(i) for i in range(spans)]}
+        body = {"resourceSpans": [{"resource": resource, "scopeSpans": [scope]}]}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    spans = 1
+    while len(encode(spans + 1, 0)) <= size:
+        spans += 1
+    # The pad is ASCII: each character of it is one byte of the body.
+    return encode(spans, max(0, size - len(encode(spans, 0)))), spans
+
+
 def pattern_body(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
@@ -137,6 +171,8 @@ def pattern_body(size: int) -> bytes:
 def build_body(kind: str, size: int) -> tuple[bytes, int]:
     if kind == "otlp":
         return otlp_traces(size)
+    if kind == "otlp-json":
+        return otlp_traces_json(size)
     if kind == "pattern":
         return pattern_body(size), 0
     raise ValueError(f"unknown body kind {kind!r}")
@@ -159,8 +195,12 @@ def schedule(keys: Sequence[KeyShare], warmup: bool = False) -> list[int]:
     return order
 
 
-def key_headers(key: KeyShare) -> dict[str, str]:
-    headers = {"content-type": "application/x-protobuf"}
+def content_type(kind: str) -> str:
+    return "application/json" if kind == "otlp-json" else "application/x-protobuf"
+
+
+def key_headers(key: KeyShare, kind: str = "otlp") -> dict[str, str]:
+    headers = {"content-type": content_type(kind)}
     if key.key is not None:
         headers["authorization"] = f"Bearer {key.key}"
     return headers
@@ -241,7 +281,7 @@ async def run_closed(spec: LoadSpec) -> dict[str, Any]:
 
     url = f"http://{HOST}:{spec.port}{spec.path}"
     body, items = build_body(spec.body, spec.size)
-    headers = [key_headers(k) for k in spec.keys]
+    headers = [key_headers(k, spec.body) for k in spec.keys]
     warm_order, order = schedule(spec.keys, warmup=True), schedule(spec.keys)
     counter = itertools.count()
     connections = 0
@@ -291,7 +331,7 @@ async def run_open(spec: LoadSpec) -> dict[str, Any]:
     assert spec.rate is not None and spec.rate > 0
     url = f"http://{HOST}:{spec.port}{spec.path}"
     body, items = build_body(spec.body, spec.size)
-    headers = [key_headers(k) for k in spec.keys]
+    headers = [key_headers(k, spec.body) for k in spec.keys]
     warm_order, order = schedule(spec.keys, warmup=True), schedule(spec.keys)
     interval = 1.0 / spec.rate
     planned = int((spec.warmup + spec.seconds) * spec.rate)
@@ -413,7 +453,7 @@ function init(args)
   local body = f:read("*a")
   f:close()
   for i, key in ipairs(keys) do
-    local headers = {["Content-Type"] = "application/x-protobuf"}
+    local headers = {["Content-Type"] = %(content_type)s}
     if key ~= "" then headers["Authorization"] = "Bearer " .. key end
     reqs[i] = wrk.format("POST", %(path)s, headers, body)
   end
@@ -509,6 +549,7 @@ def run_wrk(children: Children, spec: LoadSpec) -> dict[str, Any]:
                 "warm": _lua_list(schedule(spec.keys, warmup=True)),
                 "body_path": _lua_string(str(body_path)),
                 "path": _lua_string(spec.path),
+                "content_type": _lua_string(content_type(spec.body)),
             }
         )
         by_key: dict[str, dict[str, int]] = {k.label: {} for k in spec.keys}

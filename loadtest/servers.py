@@ -320,9 +320,9 @@ def uvicorn_argv(port: int, http_impl: str) -> list[str]:
         str(port),
         "--workers",
         "1",
-        # The gateway runs on asyncio.run()'s loop, so the proxies do too.
+        # The gateway runs on uvloop by default (GATEWAY_LOOP), so the proxies do too.
         "--loop",
-        "asyncio",
+        "uvloop",
         "--http",
         http_impl,
         "--no-access-log",

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import random
 import statistics
 import sys
@@ -50,7 +48,13 @@ from gateway.store.base import QuotaStore
 from gateway.store.postgres import PostgresStore
 from gateway.store.records import ReserveRequest, UsageBatch
 from gateway.store.redis_quota import RedisQuotaStore
-from loadtest.bench import PG_URL, REDIS_URL, machine_info, pg_redis_unreachable
+from loadtest.bench import (
+    PG_URL,
+    REDIS_URL,
+    machine_info,
+    pg_redis_unreachable,
+    postgres_cpu_seconds,
+)
 from policies.model import Limits
 from policies.reservations import ChunkPolicy
 
@@ -96,22 +100,6 @@ def _needs(keys: int, key: int) -> dict[str, int]:
     if keys:
         needs[f"key/k{key}/items"] = CHUNK["items"]
     return needs
-
-
-def postgres_cpu_seconds() -> float:
-    """User + system CPU of every process named postgres (the server and its backends)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            if name.startswith("postgres"):
-                fields = stat[stat.rindex(")") + 2 :].split()
-                total += int(fields[11]) + int(fields[12])
-    return total / ticks
 
 
 async def redis_cpu_seconds(client: Any) -> float:

@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.timeout(300)  # two encodings of each target: about a minute here
 def test_quick_bench_reports_every_target_ratio_and_an_exact_limit(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.run(
@@ -24,19 +25,21 @@ def test_quick_bench_reports_every_target_ratio_and_an_exact_limit(tmp_path: Pat
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     report = json.loads(Path(f"{out}.json").read_text())
     size = report["config"]["sizes"][0]
-    rows = {(row["target"], row["size"]): row for row in report["rows"]}
-    assert set(rows) == {(t.id, size) for t in TARGETS}
+    loads = {(size, "protobuf"), (size, "json")}
+    rows = {(row["target"], row["size"], row["format"]): row for row in report["rows"]}
+    assert set(rows) == {(t.id, *load) for t in TARGETS for load in loads}
     for target in ("direct", "starlette-httpx", "asgi-aiohttp", "gates-off", "gates-on"):
-        assert rows[target, size]["status"] == "ok"
-        assert rows[target, size]["req_per_s"] is not None
-    ratios = {(r["name"], r["size"]) for r in report["ratios"]}
-    assert ratios == {(name, size) for name, *_ in RATIOS}
+        for load in loads:
+            assert rows[(target, *load)]["status"] == "ok"
+            assert rows[(target, *load)]["req_per_s"] is not None
+    ratios = {(r["name"], r["size"], r["format"]) for r in report["ratios"]}
+    assert ratios == {(name, *load) for name, *_ in RATIOS for load in loads}
 
     assert report["exactness"], "no gates-on run checked its limit"
     for check in report["exactness"]:

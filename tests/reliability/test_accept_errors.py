@@ -82,10 +82,13 @@ async def test_without_a_previous_handler_other_errors_reach_asyncios_default(
     assert "something else broke" in caplog.text
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_gateway_out_of_descriptors_logs_once_a_second_and_recovers(
-    gateways: Callable[..., Gateway], fault_upstream: FaultUpstream
+    gateways: Callable[..., Gateway], fault_upstream: FaultUpstream, loop: str
 ) -> None:
-    gateway = gateways(fault_upstream.url, GATEWAY_FLUSH_INTERVAL="3600")
+    """On uvloop (the default) libuv accepts and closes what it has no descriptor for, and
+    says nothing; on asyncio's loop each failure is an error, logged once a second."""
+    gateway = gateways(fault_upstream.url, GATEWAY_FLUSH_INTERVAL="3600", GATEWAY_LOOP=loop)
     pid = gateway.process.pid
     ports = (int(gateway.url.rsplit(":", 1)[1]), gateway.admin_port)
     soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
@@ -112,14 +115,17 @@ def test_a_gateway_out_of_descriptors_logs_once_a_second_and_recovers(
     with httpx.Client(timeout=10) as probe:
         assert probe.get(f"{gateway.url}/healthz").status_code == 200
 
+    assert rss_after - rss_before < 8 * 1024 * 1024
     logs = gateway.logs()
     lines = [line for line in logs.splitlines() if ACCEPT in line]
+    assert "_accept_connection" not in logs  # no traceback of a failed accept
+    if loop == "uvloop":
+        assert not lines, lines
+        return
     assert lines, logs[-3000:]
     matches = [LINE.search(line) for line in lines]
     assert all(matches), lines
-    assert "_accept_connection" not in logs  # no traceback of a failed accept
     assert len(lines) <= held + 2
     # Each listener retries about once a second; asyncio's own loop had made it thousands.
     failures = sum(int(m.group(1) or 1) for m in matches if m)
     assert failures <= len(ports) * (held + 2)
-    assert rss_after - rss_before < 8 * 1024 * 1024
