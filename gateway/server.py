@@ -243,6 +243,7 @@ async def serve(
     ingest = _Server(config(IngestApp(runtime), settings.host, settings.port))
     admin = _Server(config(build_admin_app(runtime), settings.admin_host, settings.admin_port))
     loop = asyncio.get_running_loop()
+    log.debug("serving on %s.%s", type(loop).__module__, type(loop).__name__)
 
     def stop() -> None:
         ingest.should_exit = admin.should_exit = True

@@ -276,12 +276,22 @@ def _json_types() -> dict[str, tuple[type[msgspec.Struct], tuple[str, ...]]]:
     return types
 
 
+def _endings(keys: tuple[str, ...]) -> tuple[bytes, ...]:
+    """Byte strings that end every ``"key"`` of ``keys`` (their last 4 characters and the
+    quote): counted in one scan each, they are an upper bound of the keys' count."""
+    ends = {(f'"{key}"' if len(key) <= 4 else key[-4:] + '"').encode() for key in keys}
+    return tuple(sorted(ends))
+
+
 _JSON = {
-    signal: (msgspec.json.Decoder(kind), keys) for signal, (kind, keys) in _json_types().items()
+    signal: (msgspec.json.Decoder(kind), keys, _endings(keys))
+    for signal, (kind, keys) in _json_types().items()
 }
 # The Collector's JSON reader stops reading an object at an empty key and then misreads what
 # follows, which can surface items that a standard parser skips: such objects are refused.
 _EMPTY_KEY = re.compile(rb'(?<!\\)""\s*:')
+# Its prefilter: a compiled search for two quotes runs twice as fast as ``in`` on JSON.
+_TWO_QUOTES = re.compile(rb'""')
 # A key spelled with \u escapes could decode to a counted key the byte counts cannot see.
 _ESCAPED_KEY = re.compile(rb'"(?:[A-Za-z_]|\\u[0-9A-Fa-f]{4})*\\u[0-9A-Fa-f]{4}[^"]*"\s*:')
 
@@ -316,13 +326,13 @@ class _Walk:
 
 
 def _count_json(signal: str, data: bytes, max_items: int) -> int:
-    decoder, keys = _JSON[signal]
+    decoder, keys, endings = _JSON[signal]
     if not data.isascii():
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise BadRequest("JSON body is not valid UTF-8") from exc
-    if b'""' in data and _EMPTY_KEY.search(data):
+    if _TWO_QUOTES.search(data) and _EMPTY_KEY.search(data):
         raise BadRequest("an empty object key is not accepted in OTLP JSON")
     try:
         request = decoder.decode(data)
@@ -342,8 +352,13 @@ def _count_json(signal: str, data: bytes, max_items: int) -> int:
                 continue
             for metric in leaves:
                 walk.items += _json_points(walk, metric)
-    raw = sum(data.count(b'"' + key.encode() + b'"') for key in keys)
-    if raw != walk.keys or (b"\\u" in data and _ESCAPED_KEY.search(data)):
+    # Every counted key the walk saw is in the body at least once: an upper bound that equals
+    # the walk's count proves none is there twice (a few scans; each key's own, if not).
+    raw = sum(data.count(ending) for ending in endings)
+    if raw != walk.keys:
+        raw = sum(data.count(b'"' + key.encode() + b'"') for key in keys)
+    # A backslash is rare and found at memchr speed; "\\u" alone scans at a tenth of it.
+    if raw != walk.keys or (b"\\" in data and b"\\u" in data and _ESCAPED_KEY.search(data)):
         _refuse_duplicates(data, frozenset(keys))
     return walk.items
 
