@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import secrets
 import sys
 import tomllib
@@ -20,6 +19,7 @@ from gateway.billing.reconciler import reconcile
 from gateway.errors import BadRequest, ConfigError, NotFound, StoreError
 from gateway.ingest.keys import KeyHasher
 from gateway.limits.invalidation import open_invalidation
+from gateway.logs import configure as configure_logging
 from gateway.settings import Settings
 from gateway.store import open_store
 from policies.entitlements import Plan
@@ -313,10 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             from gateway.server import run
 

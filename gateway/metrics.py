@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -79,9 +81,37 @@ class Metrics:
             ["answer"],
             registry=self.registry,
         )
+        self.store_seconds = Histogram(
+            "gateway_store_seconds",
+            "Store calls through a guard of the data plane, by guard (quota: reservations and"
+            " flushes; lookups: key routing; presence: live holders) and result (ok, error).",
+            ["guard", "result"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            registry=self.registry,
+        )
+        self.breaker_open = Gauge(
+            "gateway_store_breaker_open",
+            "1 while a guard's circuit breaker is open or half open (the store is not asked).",
+            ["guard"],
+            registry=self.registry,
+        )
+        self.reservations_in_flight = Gauge(
+            "gateway_reservations_in_flight",
+            "Budgets waiting for the store to grant their next chunk of quota.",
+            registry=self.registry,
+        )
         self.upstream_seconds = Histogram(
             "gateway_upstream_seconds",
             "Time to forward a batch upstream and read the answer.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
             registry=self.registry,
         )
+
+    def store_call(self, guard: str) -> Callable[[str, float], None]:
+        """What a guard reports each store call with: its result and seconds."""
+        children = {result: self.store_seconds.labels(guard, result) for result in ("ok", "error")}
+        return lambda result, seconds: children[result].observe(seconds)
+
+    def watch_breaker(self, guard: str, is_open: Callable[[], bool]) -> None:
+        """The breaker gauge of ``guard``, read when /metrics is scraped."""
+        self.breaker_open.labels(guard).set_function(lambda: float(is_open()))

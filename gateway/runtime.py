@@ -99,11 +99,12 @@ class Runtime:
             else open_invalidation(settings.store_url, settings.redis_url)
         )
         self.metrics = Metrics()
-        self.guard = StoreGuard(settings.gate_timeout, clock=timer)
+        metrics = self.metrics
+        self.guard = StoreGuard(settings.gate_timeout, timer, metrics.store_call("quota"))
         self.hasher = KeyHasher(settings.key_secret_bytes())
         # Key lookups have a breaker and a budget of their own: a burst of never-seen keys
         # queueing on the store must not open the circuit for reservations, or get 503s.
-        lookups = StoreGuard(settings.lookup_timeout, clock=timer)
+        lookups = StoreGuard(settings.lookup_timeout, timer, metrics.store_call("lookups"))
         self.routing = RoutingCache(
             self.store,
             lookups,
@@ -135,7 +136,11 @@ class Runtime:
         self._presence_ttl = max(2.0, 5 * settings.flush_interval)
         # A guard of its own: a slow count must not open the circuit for reservations.
         presence_budget = max(settings.gate_timeout, settings.flush_interval)
-        self._presence = StoreGuard(presence_budget, clock=timer)
+        self._presence = StoreGuard(presence_budget, timer, metrics.store_call("presence"))
+        metrics.watch_breaker("quota", lambda: self.guard.is_open)
+        metrics.watch_breaker("lookups", lambda: lookups.is_open)
+        metrics.watch_breaker("presence", lambda: self._presence.is_open)
+        metrics.reservations_in_flight.set_function(self.usage.refills_in_flight)
         self.notifier = Notifier(
             self.store, self.usage.period_of, settings, self.metrics, clock, notify_transport
         )
@@ -332,9 +337,14 @@ class Runtime:
             try:
                 if await self.guard.call(lambda: self.store.claim_period(org_id, period.key)):
                     self.metrics.period_resets.inc()
-                    log.info("claimed the period reset of %s for %s", org_id, period.key)
+                    org = {"org_id": org_id}
+                    log.info("claimed the period reset of %s for %s", org_id, period.key, extra=org)
             except StoreError:
-                log.warning("period reset claim for %s deferred: store unavailable", org_id)
+                log.warning(
+                    "period reset claim for %s deferred: store unavailable",
+                    org_id,
+                    extra={"org_id": org_id},
+                )
 
         self._background(claim())
 

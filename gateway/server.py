@@ -20,6 +20,7 @@ from gateway.admin.app import build_admin_app
 from gateway.errors import ConfigError
 from gateway.ingest.app import IngestApp
 from gateway.ingest.header_deadlines import guarded
+from gateway.logs import RequestContext
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.types import ASGIApp
@@ -237,11 +238,13 @@ async def serve(
             port=port,
             lifespan="off",
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers write through the root's (gateway.logs)
             access_log=False,
         )
 
-    ingest = _Server(config(IngestApp(runtime), settings.host, settings.port))
-    admin = _Server(config(build_admin_app(runtime), settings.admin_host, settings.admin_port))
+    ingest = _Server(config(RequestContext(IngestApp(runtime)), settings.host, settings.port))
+    admin_app = RequestContext(build_admin_app(runtime))
+    admin = _Server(config(admin_app, settings.admin_host, settings.admin_port))
     loop = asyncio.get_running_loop()
     log.debug("serving on %s.%s", type(loop).__module__, type(loop).__name__)
 

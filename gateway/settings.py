@@ -51,6 +51,7 @@ class Settings:
     count_inline_below: int = 256 * 1024
     upstream_allowlist: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     # billing control plane
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     autumn_webhook_secret: str | None = field(default=None, repr=False)

@@ -40,7 +40,7 @@ async def reconcile(
         if change is None or not change.changed:
             continue
         action = "suspended" if change.state.suspended_at is not None else "cleared"
-        log.info("billing suspension of %s %s", org_id, action)
+        log.info("billing suspension of %s %s", org_id, action, extra={"org_id": org_id})
         changed.append({"org_id": org_id, "action": action})
         await on_change(org_id)
     return changed

@@ -281,6 +281,7 @@ class MeteringMiddleware:
         auth = await self.admission.authorize(key)
         if isinstance(auth, Refusal):
             return await exchange.refuse(auth, style)
+        scope["gateway.org_id"] = auth.routing.org_id  # for the log lines of this request
         if request.conflict is not None:
             return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.

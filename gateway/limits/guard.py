@@ -19,10 +19,16 @@ _PROGRAMMING_ERRORS = (AttributeError, TypeError, NameError, LookupError, Assert
 class StoreGuard:
     """Fails fast while the store is known to be down, so a dead store adds no latency."""
 
-    def __init__(self, timeout: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        timeout: float = 0.25,
+        clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.timeout = timeout
         self._clock = clock
         self._breaker = Breaker()
+        self._observe = observe  # (result, seconds) of each call the store was asked
 
     @property
     def is_open(self) -> bool:
@@ -33,8 +39,9 @@ class StoreGuard:
         if not self._breaker.allows(now):
             raise StoreUnavailable("store circuit is open")
         self._breaker = self._breaker.attempt(now)
+        started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(make(), budget or self.timeout)
+            result = await self._timed(make, budget, started)
         except asyncio.CancelledError:
             # Cancellation says nothing about the store; only a probe must not stay in flight.
             if self._breaker.state == "half_open":
@@ -53,4 +60,18 @@ class StoreGuard:
             self._breaker = self._breaker.failure(self._clock())
             raise StoreError(f"store call failed: {type(exc).__name__}") from exc
         self._breaker = self._breaker.success()
+        return result
+
+    async def _timed(self, make: Callable[[], Awaitable[T]], budget: float | None, t0: float) -> T:
+        """The call under its budget, reported as ok or error (a cancelled caller is neither)."""
+        try:
+            result = await asyncio.wait_for(make(), budget or self.timeout)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if self._observe is not None:
+                self._observe("error", time.perf_counter() - t0)
+            raise
+        if self._observe is not None:
+            self._observe("ok", time.perf_counter() - t0)
         return result

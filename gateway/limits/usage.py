@@ -99,6 +99,9 @@ class UsageGate:
     def budget_of(self, org_id: str, period: Period) -> Budget | None:
         return self._budgets.get((org_id, period.key))
 
+    def refills_in_flight(self) -> int:  # for /metrics
+        return sum(budget.refill is not None for budget in self._budgets.values())
+
     def current_period(self, now: float) -> Period:
         # Cached: building a calendar month costs about 4 µs, this check under 0.1 µs.
         start, end = self._period_bounds
@@ -226,9 +229,8 @@ class UsageGate:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         budget.refill = future
         generation = budget.generation
-        # What this process holds of each meter before asking: our commits during the call
-        # move quota from our reservation to usage, so only this snapshot compares with the
-        # store's answer.
+        # What this process holds of each meter before asking (our commits during the call
+        # move quota from reservation to usage): only this compares with the store's answer.
         held = {m: budget.remaining.get(m, 0) + budget.local_used(m) for m in deficit}
         try:
             self.stats.refills += 1
@@ -254,8 +256,7 @@ class UsageGate:
                     deficit[meter],
                     result.limit - committed,
                 )
-                # Usage is what is taken less what this process still holds unspent: our
-                # commits move quota from our reservation to usage, never change the sum.
+                # Usage: what is taken less what we still hold unspent (commits keep the sum).
                 used = max(committed, result.taken - budget.remaining.get(meter, 0))
                 cap = routing.limits.overage_cap(meter) or 0  # the store's bound: limit + cap
                 limit = result.limit - cap

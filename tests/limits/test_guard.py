@@ -84,3 +84,45 @@ async def test_a_programming_error_is_no_store_failure_and_opens_no_circuit(
         await guard.call(buggy)
     assert caught.value is mistake
     assert not guard.is_open
+
+
+async def test_each_store_call_is_timed_by_result_and_the_breaker_is_a_gauge() -> None:
+    """What the dashboard's store latency and breaker panels read."""
+    from prometheus_client import generate_latest
+
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    guard = StoreGuard(clock=Clock(), observe=metrics.store_call("quota"))
+    metrics.watch_breaker("quota", lambda: guard.is_open)
+
+    async def answering() -> int:
+        return 1
+
+    async def failing() -> None:
+        raise BackendDown("postgres: connection refused")
+
+    assert await guard.call(answering) == 1
+    text = generate_latest(metrics.registry).decode()
+    assert 'gateway_store_seconds_count{guard="quota",result="ok"} 1.0' in text
+    assert 'gateway_store_breaker_open{guard="quota"} 0.0' in text
+    with pytest.raises(BackendDown):
+        await guard.call(failing)
+    text = generate_latest(metrics.registry).decode()
+    assert 'gateway_store_seconds_count{guard="quota",result="error"} 1.0' in text
+    assert 'gateway_store_breaker_open{guard="quota"} 1.0' in text
+
+
+async def test_a_cancelled_caller_is_not_timed_as_a_store_result() -> None:
+    seen: list[str] = []
+    guard = StoreGuard(clock=Clock(), observe=lambda result, _: seen.append(result))
+
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    call = asyncio.create_task(guard.call(slow, budget=30))
+    await asyncio.sleep(0)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert seen == []
