@@ -16,7 +16,8 @@ pool of its own; here the connections stay under PostgreSQL's default of 100). P
    counter and history rows) and the next (it updates them, as every flush after it does):
    the slowest holder's time against ``--interval``, and batches/s.
 3. Heartbeats: every holder renews its reservations at once (the gate does so every quarter
-   of the reservation TTL, 15 s by default): the slowest one's time.
+   of the reservation TTL, 15 s by default), and at the end releases them all at once (as at
+   shutdown): the slowest one's time of each.
 4. The store's CPU over each phase (PostgreSQL's processes from /proc, Redis's INFO), as
    cores busy; and a check that stored usage equals what was committed.
 
@@ -273,15 +274,20 @@ async def flush_phase(rig: Rig) -> dict[str, Any]:
     return {"slowest_s": max(times), "batches_per_s": batches / usage["seconds"], **usage}
 
 
-async def heartbeat_phase(rig: Rig) -> dict[str, Any]:
+async def holders_phase(rig: Rig, call: str) -> dict[str, Any]:
+    """Every holder's ``heartbeat`` (renew its reservations) or ``release`` (give them all
+    back, as at shutdown) at once: the slowest one's time."""
     times: list[float] = []
 
-    async def beat(h: int) -> None:
-        start = time.perf_counter()
-        await rig.store_of(h).heartbeat(rig.holders[h], time.time(), TTL)
+    async def one(h: int) -> None:
+        store, start = rig.store_of(h), time.perf_counter()
+        if call == "heartbeat":
+            await store.heartbeat(rig.holders[h], time.time(), TTL)
+        else:
+            await store.release(rig.holders[h])
         times.append(time.perf_counter() - start)
 
-    usage = await timed(rig, asyncio.gather(*(beat(h) for h in range(rig.point.replicas))))
+    usage = await timed(rig, asyncio.gather(*(one(h) for h in range(rig.point.replicas))))
     return {"slowest_s": max(times), **usage}
 
 
@@ -319,9 +325,10 @@ async def measure(point: Point, opts: Options, *, compare: bool) -> dict[str, An
             row["first_flush"] = await flush_phase(rig)
             row["flush"] = await flush_phase(rig)
             row["flush"]["fits_interval"] = row["flush"]["slowest_s"] < opts.interval
-            row["heartbeat"] = await heartbeat_phase(rig)
+            row["heartbeat"] = await holders_phase(rig, "heartbeat")
             if compare:
                 row["per_batch_flush_s"] = await per_batch_flush(rig)
+            row["release"] = await holders_phase(rig, "release")
         except StoreError as exc:
             # Past what the store carries: a call ran out of its time (the flush's budget).
             row["failed"] = str(exc)
@@ -354,7 +361,7 @@ def _quantile(values: Sequence[float], q: float) -> float:
 def render(report: dict[str, Any]) -> str:
     lines = [
         "backend            orgs  repl  reserve/s  p99 ms  1st flush  flush s  batches/s  beat s"
-        "  pg cores  redis cores  exact",
+        "  release s  pg cores  redis cores  exact",
     ]
     for row in report["rows"]:
         p = row["point"]
@@ -366,7 +373,8 @@ def render(report: dict[str, Any]) -> str:
             f"{p['backend']:<17} {p['orgs']:>6} {p['replicas']:>5} {r['per_s']:>10,.0f}"
             f" {r['p99_ms']:>7.2f} {row['first_flush']['slowest_s']:>10.3f}"
             f" {f['slowest_s']:>8.3f} {f['batches_per_s']:>10,.0f}"
-            f" {h['slowest_s']:>7.3f} {max(r['postgres_cores'], f['postgres_cores']):>9.2f}"
+            f" {h['slowest_s']:>7.3f} {row['release']['slowest_s']:>10.3f}"
+            f" {max(r['postgres_cores'], f['postgres_cores']):>9.2f}"
             f" {max(r['redis_cores'], f['redis_cores']):>12.2f}  {row['exact']}"
         )
         if "per_batch_flush_s" in row:

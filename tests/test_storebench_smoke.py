@@ -37,6 +37,7 @@ def test_quick_storebench_measures_every_point_and_finds_usage_exact(tmp_path: P
     for row in report["rows"]:
         assert row["exact"], row
         assert row["reserve"]["per_s"] > 0 and row["flush"]["batches_per_s"] > 0
-        assert row["heartbeat"]["slowest_s"] >= 0
+        assert row["heartbeat"]["slowest_s"] >= 0 and row["release"]["slowest_s"] >= 0
+        assert row["first_flush"]["batches_per_s"] > 0
     assert any("per_batch_flush_s" in row for row in report["rows"])
     assert report["machine"]["cpu_model"] and report["config"]["flush_group"] >= 1

@@ -37,7 +37,8 @@ class RoutingCache:
     ) -> None:
         self._store = store
         self._guard = guard
-        self._fresh: TTLCache[bytes, OrgRouting] = TTLCache(maxsize, ttl, timer)
+        # Each fresh routing with the time past which a hit refreshes it ahead of expiry.
+        self._fresh: TTLCache[bytes, tuple[OrgRouting, float]] = TTLCache(maxsize, ttl, timer)
         self._negative: TTLCache[bytes, bool] = TTLCache(maxsize, negative_ttl, timer)
         self._known: LRUCache[bytes, OrgRouting] = LRUCache(maxsize)
         self._inflight: dict[bytes, asyncio.Future[OrgRouting | None]] = {}
@@ -45,7 +46,6 @@ class RoutingCache:
         # Past 80% of its TTL, a hit also refreshes the entry in the background, so a key in
         # steady use never waits for the store (a slow store would stall its requests).
         self._refresh_after = 0.8 * ttl
-        self._refresh_at: LRUCache[bytes, float] = LRUCache(maxsize)
         self.store_reads = 0
         self.stale_served = 0
 
@@ -54,11 +54,10 @@ class RoutingCache:
 
         Raises StoreError only for a key never seen while the store is failing.
         """
-        routing = self._fresh.get(key_hash)
-        if routing is not None:
-            if key_hash not in self._inflight and self._timer() >= self._refresh_at.get(
-                key_hash, float("inf")
-            ):
+        fresh = self._fresh.get(key_hash)
+        if fresh is not None:
+            routing, refresh_at = fresh
+            if self._timer() >= refresh_at and key_hash not in self._inflight:
                 self._start_read(key_hash)  # refresh ahead: nobody waits for it
             return routing
         if key_hash in self._negative:
@@ -93,12 +92,10 @@ class RoutingCache:
             return known
         if routing is None:
             self._known.pop(key_hash, None)
-            self._refresh_at.pop(key_hash, None)
             self._negative[key_hash] = True
         else:
-            self._fresh[key_hash] = routing
+            self._fresh[key_hash] = (routing, self._timer() + self._refresh_after)
             self._known[key_hash] = routing
-            self._refresh_at[key_hash] = self._timer() + self._refresh_after
         return routing
 
     async def settled(self) -> None:
@@ -112,9 +109,10 @@ class RoutingCache:
 
     def invalidate_org(self, org_id: str) -> None:
         """Drop every cached routing of one org, so the next request reads the store."""
-        for cache in (self._fresh, self._known):
-            for key_hash in [k for k, r in cache.items() if r.org_id == org_id]:
-                cache.pop(key_hash, None)
+        for key_hash in [k for k, (r, _) in self._fresh.items() if r.org_id == org_id]:
+            self._fresh.pop(key_hash, None)
+        for key_hash in [k for k, r in self._known.items() if r.org_id == org_id]:
+            self._known.pop(key_hash, None)
         self._negative.clear()
 
     def __len__(self) -> int:

@@ -348,7 +348,7 @@ async def test_the_cache_holds_at_most_maxsize_keys_the_least_recent_going_first
     for n in range(50):
         assert await bounded.lookup(f"hash-unknown-{n}".encode()) is None
     assert len(bounded) == 10
-    assert len(bounded._refresh_at) <= 10 and len(bounded._negative) <= 10
+    assert len(bounded._fresh) <= 10 and len(bounded._negative) <= 10
     # Only the most recent keys are known while the store is down.
     store.down = True
     clock.advance(5.0)
