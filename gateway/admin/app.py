@@ -218,6 +218,11 @@ def build_admin_app(runtime: Runtime) -> Any:
         org = await orgs.create_org(await _json(request))
         return JSONResponse(await orgs.org_view(org), status_code=201)
 
+    async def list_orgs(request: Request) -> Response:
+        query = request.query_params.get("q", "").strip()[:200] or None
+        found = await runtime.store.list_orgs(query, _limit(request))
+        return JSONResponse({"orgs": [await orgs.org_view(org) for org in found]})
+
     async def get_org(request: Request) -> Response:
         org = await orgs.get_org(_path(request, "org_id"))
         return JSONResponse(await orgs.org_view(org))
@@ -344,6 +349,7 @@ def build_admin_app(runtime: Runtime) -> Any:
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/openapi.json", openapi, methods=["GET"]),
             Route("/admin/orgs", create_org, methods=["POST"]),
+            Route("/admin/orgs", list_orgs, methods=["GET"]),
             Route("/admin/orgs/{org_id}", get_org, methods=["GET"]),
             Route("/admin/orgs/{org_id}", update_org, methods=["PATCH"]),
             Route("/admin/orgs/{org_id}/keys", create_key, methods=["POST"]),

@@ -172,7 +172,18 @@ SPEC: dict[str, Any] = {
             "post": {
                 "requestBody": {"required": True, **_json({**_ORG_BODY, "required": ["name"]})},
                 "responses": _answers(201, _ORG, 400),
-            }
+            },
+            "get": {
+                "parameters": [
+                    {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+                    *_LIMIT,
+                ],
+                "responses": _answers(
+                    200,
+                    {"type": "object", "properties": {"orgs": {"type": "array", "items": _ORG}}},
+                    400,
+                ),
+            },
         },
         "/admin/orgs/{org_id}": {
             "parameters": _ORG_ID,

@@ -146,6 +146,9 @@ class OrgStore(Lifecycle, Protocol):
         """Apply ``changes``; one audit row per field that changed, in the same transaction."""
 
     async def get_org(self, org_id: str) -> OrgRecord | None: ...
+    async def list_orgs(self, query: str | None = None, limit: int = 100) -> list[OrgRecord]:
+        """Orgs whose name holds ``query`` (in any case) or whose id is it, by name then id."""
+
     async def create_key(
         self,
         org_id: str,

@@ -296,6 +296,15 @@ class MemoryStore(MemoryBilling, MemoryNotifications):
     async def get_org(self, org_id: str) -> OrgRecord | None:
         return self._record(org_id)
 
+    async def list_orgs(self, query: str | None = None, limit: int = 100) -> list[OrgRecord]:
+        found = [
+            org
+            for org_id in self.orgs
+            if (org := self._record(org_id)) is not None
+            and (not query or query.lower() in org.name.lower() or org.id == query)
+        ]
+        return sorted(found, key=lambda o: (o.name, o.id))[:limit]
+
     async def create_key(
         self,
         org_id: str,

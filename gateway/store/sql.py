@@ -207,6 +207,10 @@ class SQLSteps:
         step = sql_orgs.select_org(self.dialect, org_id)
         return await self._read_step("get org", step, snapshot=True)
 
+    async def list_orgs(self, query: str | None = None, limit: int = 100) -> list[OrgRecord]:
+        step = sql_orgs.list_orgs(self.dialect, query, limit)
+        return await self._read_step("list orgs", step, snapshot=True)
+
     async def create_key(
         self,
         org_id: str,

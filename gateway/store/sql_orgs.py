@@ -186,6 +186,31 @@ def select_org(d: Dialect, org_id: str) -> Step[OrgRecord | None]:
     return org_from_rows(d, found, {provider: customer for provider, customer in linked})
 
 
+def _like(query: str) -> str:
+    """``query`` as a LIKE pattern of its own characters (``\\`` escapes ``%`` and ``_``)."""
+    escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_orgs(d: Dialect, query: str | None, limit: int) -> Step[list[OrgRecord]]:
+    if query:
+        found = yield from rows(
+            "SELECT id FROM orgs WHERE lower(name) LIKE ? ESCAPE '\\' OR id = ?"
+            " ORDER BY name, id LIMIT ?",
+            _like(query),
+            query,
+            limit,
+        )
+    else:
+        found = yield from rows("SELECT id FROM orgs ORDER BY name, id LIMIT ?", limit)
+    orgs = []
+    for (org_id,) in found:
+        org = yield from select_org(d, org_id)
+        if org is not None:
+            orgs.append(org)
+    return orgs
+
+
 def audit(
     d: Dialect,
     org_id: str,

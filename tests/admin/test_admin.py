@@ -272,3 +272,15 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(admin: Any) 
     wrong = await client.delete("/admin/orgs")
     assert (wrong.status_code, wrong.json()["error"]) == (405, "method_not_allowed")
     assert wrong.headers["content-type"] == "application/json"
+
+
+async def test_orgs_are_listed_and_searched_by_name_or_id(admin: Any) -> None:
+    _, client = admin
+    made = [await create_org(client, name=name) for name in ("acme-prod", "acme-dev", "globex")]
+    listed = (await client.get("/admin/orgs")).json()["orgs"]
+    assert [o["name"] for o in listed] == ["acme-dev", "acme-prod", "globex"]
+    found = (await client.get("/admin/orgs", params={"q": "ACME", "limit": 1})).json()["orgs"]
+    assert [o["name"] for o in found] == ["acme-dev"]
+    by_id = (await client.get("/admin/orgs", params={"q": made[2]["id"]})).json()["orgs"]
+    assert [o["id"] for o in by_id] == [made[2]["id"]]
+    assert (await client.get("/admin/orgs", params={"limit": "0"})).status_code == 400
