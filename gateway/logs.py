@@ -29,11 +29,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _REQUEST: ContextVar[Scope | None] = ContextVar("gateway_request", default=None)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _ORG_PATH = re.compile(r"/admin/orgs/([A-Za-z0-9_-]{1,64})")
-# Ingest keys, bearer and basic credentials, webhook secrets and signatures, provider keys.
+# Ingest keys, provider secrets (Stripe, Svix, Paddle) wherever they start, bearer and basic
+# credentials (URL-encoded too), webhook signatures (Stripe v0/v1, Svix v1/v1a, Paddle h1)
+# and the user:password of a URL. Masking too much is harmless; too little is not.
 _CREDENTIAL = re.compile(
-    r"(?i)\b(?:igk_|whsec_|sk_(?:live|test)_|rk_(?:live|test)_)[A-Za-z0-9_\-]+"
-    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/=\-]+"
-    r"|\bv1[,=][A-Za-z0-9+/=]{16,}"
+    r"(?i)(?:igk_|whsec_|sk_(?:live|test)_|rk_(?:live|test)_|pdl_)[A-Za-z0-9_\-+/=.]+"
+    r"|(?i:bearer|basic)(?:\s+|%20|\+)[A-Za-z0-9._~+/=%\-]+"
+    r"|\b(?:v0|v1a?|h1)[,=][A-Za-z0-9+/=]{16,}"
+    r"|(?<=://)[^:/@\s]*:[^@\s]+(?=@)"
 )
 
 
@@ -93,7 +96,7 @@ class JsonFormatter(logging.Formatter):
         if org is not None:
             entry["org_id"] = org
         if scope is not None:
-            entry["request_id"] = _request_id(scope)
+            entry["request_id"] = mask(_request_id(scope))
         if record.exc_info:
             entry["exception"] = mask(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)

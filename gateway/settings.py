@@ -52,6 +52,7 @@ class Settings:
     upstream_allowlist: str = ""
     log_level: str = "info"
     log_format: str = "text"
+    ui_session: float = 8 * 3600.0  # seconds a console sign-in lasts
     # billing control plane
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     autumn_webhook_secret: str | None = field(default=None, repr=False)

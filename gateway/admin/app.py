@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin.console import build_console
 from gateway.admin.history import history, with_forecasts
 from gateway.admin.openapi import SPEC
 from gateway.admin.orgs import OrgAdmin, key_json
@@ -380,4 +381,19 @@ def build_admin_app(runtime: Runtime) -> Any:
             Exception: internal_error,
         },
     )
-    return AdminAuth(app, settings.admin_token, runtime.metrics)
+    api = AdminAuth(app, settings.admin_token, runtime.metrics)
+    return AdminListener(api, AdminBodies(build_console(runtime, orgs), runtime.bodies))
+
+
+class AdminListener:
+    """The admin listener: the console at /ui signs in with the token through a form, and
+    everything else needs it in the Authorization header."""
+
+    def __init__(self, api: AdminAuth, console: ASGIApp) -> None:
+        self.api = api
+        self.console = console
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        app = self.console if path == "/ui" or path.startswith("/ui/") else self.api
+        await app(scope, receive, send)

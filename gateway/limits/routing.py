@@ -91,6 +91,7 @@ class RoutingCache:
             self.stale_served += 1
             return known
         if routing is None:
+            self._fresh.pop(key_hash, None)  # a refresh found the key revoked: not served again
             self._known.pop(key_hash, None)
             self._negative[key_hash] = True
         else:

@@ -364,3 +364,20 @@ def test_cache_max_keys_must_be_positive() -> None:
     assert Settings.from_env({"GATEWAY_CACHE_MAX_KEYS": "5000"}).cache_max_keys == 5000
     with pytest.raises(ConfigError, match="GATEWAY_CACHE_MAX_KEYS"):
         Settings.from_env({"GATEWAY_CACHE_MAX_KEYS": "0"})
+
+
+async def test_a_refresh_ahead_that_finds_the_key_revoked_stops_serving_it_at_once(
+    cache: RoutingCache, store: FlakyStore, clock: Clock, org: OrgRecord
+) -> None:
+    """Review finding: the fresh entry stayed, its refresh time past, so every hit until its
+    TTL ended served the revoked key and started another store read."""
+    await cache.lookup(KNOWN)
+    key_id = (await store.list_keys(org.id))[0].id
+    await store.revoke_key(key_id)
+    clock.now = 0.85  # past 80% of the TTL: this hit refreshes behind it
+    await cache.lookup(KNOWN)
+    await cache.settled()
+    reads = store.calls["routing_for_key"]
+    assert await cache.lookup(KNOWN) is None
+    assert await cache.lookup(KNOWN) is None
+    assert store.calls["routing_for_key"] == reads  # the negative cache answers

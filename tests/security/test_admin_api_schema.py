@@ -160,7 +160,7 @@ def test_no_admin_request_gets_a_server_error(
 def test_the_document_lists_every_admin_route(admin_app: StartedOnce) -> None:
     served = {
         (method, route.path)
-        for route in admin_app.app.app.routes
+        for route in admin_app.app.api.app.routes
         for method in route.methods - {"HEAD"}
         if route.path != "/admin/openapi.json"
     }

@@ -1,0 +1,420 @@
+"""The operator console at ``/ui`` on the admin listener: server-rendered pages over the admin
+API's own code (``OrgAdmin``), signed in with the admin token.
+
+A session is a cookie the gateway signs with the admin token (HMAC-SHA256 over its expiry and
+a nonce), so every worker and replica accepts it and rotating the token ends every session.
+It is ``HttpOnly``, ``SameSite=Strict``, ``Path=/ui`` and ``Secure`` over TLS. Every change is
+a POST carrying the session's CSRF token (an HMAC of its nonce), checked before anything runs.
+Pages send ``Content-Security-Policy: default-src 'self'``: no script runs on them at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from gateway.admin import console_html as html
+from gateway.admin.history import history, with_forecasts
+from gateway.admin.orgs import OrgAdmin, key_json, org_json
+from gateway.billing import notify
+from gateway.errors import BadRequest, Conflict, NotFound, StoreError
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.admin.console")
+COOKIE = "gw_console"
+MAX_FORM = 16 * 1024
+HEADERS = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+Endpoint = Callable[[Request], Awaitable[Response]]
+_CSS = resources.files("gateway.admin").joinpath("console.css").read_bytes()
+
+
+class Sessions:
+    """Signed, stateless sessions: ``<expiry>.<nonce>.<mac>``."""
+
+    def __init__(self, token: str | None, lifetime: float, clock: Any = time.time) -> None:
+        self._key = hashlib.sha256(b"console|" + (token or "").encode()).digest() if token else None
+        self.lifetime = lifetime
+        self._clock = clock
+
+    def _mac(self, what: str) -> str:
+        assert self._key is not None
+        return hmac.new(self._key, what.encode(), hashlib.sha256).hexdigest()
+
+    def check_token(self, given: str) -> bool:
+        if self._key is None:
+            return False
+        expected = hashlib.sha256(b"console|" + given.encode()).digest()
+        return hmac.compare_digest(expected, self._key)
+
+    def new(self) -> str:
+        expiry = int(self._clock() + self.lifetime)
+        nonce = secrets.token_urlsafe(18)
+        return f"{expiry}.{nonce}.{self._mac(f'session|{expiry}|{nonce}')}"
+
+    def valid(self, cookie: str | None) -> str | None:
+        """The session's CSRF token when ``cookie`` is a live session, else None."""
+        if self._key is None or not cookie or cookie.count(".") != 2:
+            return None
+        expiry, nonce, mac = cookie.split(".")
+        if not expiry.isdigit() or int(expiry) <= self._clock():
+            return None
+        if not hmac.compare_digest(mac, self._mac(f"session|{expiry}|{nonce}")):
+            return None
+        return self._mac(f"csrf|{nonce}")
+
+
+def _page(body: str, status: int = 200, **headers: str) -> HTMLResponse:
+    return HTMLResponse(body, status_code=status, headers={**HEADERS, **headers})
+
+
+def _to(location: str) -> RedirectResponse:
+    return RedirectResponse(location, status_code=303, headers=HEADERS)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        raise BadRequest("form too large")
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
+    settings = runtime.settings
+    sessions = Sessions(settings.admin_token, settings.ui_session)
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(runtime.clock(), UTC)
+
+    def cookie_header(request: Request, value: str, max_age: int) -> str:
+        secure = "; Secure" if request.url.scheme == "https" else ""
+        return f"{COOKIE}={value}; Max-Age={max_age}; Path=/ui; HttpOnly; SameSite=Strict{secure}"
+
+    def signed_in(request: Request) -> str | None:
+        return sessions.valid(request.cookies.get(COOKIE))
+
+    async def changing(request: Request) -> tuple[str, dict[str, str]] | Response:
+        """The CSRF token and the form of a change, or the answer refusing it."""
+        csrf = signed_in(request)
+        if csrf is None:
+            return _to("/ui/login")
+        form = await _form(request)
+        if not hmac.compare_digest(form.get("csrf", ""), csrf):
+            log.warning("console change refused: missing or wrong CSRF token: %s", request.url.path)
+            return _page(
+                html.page("Refused", "<p>The form was stale. Go back and try again.</p>"), 403
+            )
+        return csrf, form
+
+    async def login_form(request: Request) -> Response:
+        if signed_in(request) is not None:
+            return _to("/ui/orgs")
+        return _page(html.sign_in())
+
+    async def login(request: Request) -> Response:
+        form = await _form(request)
+        if not sessions.check_token(form.get("token", "")):
+            log.warning("console sign-in refused: wrong token")
+            return _page(html.sign_in("That is not the admin token."), 401)
+        answer = _to("/ui/orgs")
+        lifetime = int(sessions.lifetime)
+        answer.headers["set-cookie"] = cookie_header(request, sessions.new(), lifetime)
+        return answer
+
+    async def logout(request: Request) -> Response:
+        outcome = await changing(request)
+        if isinstance(outcome, Response):
+            return outcome
+        answer = _to("/ui/login")
+        answer.headers["set-cookie"] = cookie_header(request, "", 0)
+        return answer
+
+    async def home(request: Request) -> Response:
+        return _to("/ui/orgs" if signed_in(request) else "/ui/login")
+
+    async def stylesheet(_request: Request) -> Response:
+        return Response(_CSS, media_type="text/css", headers=HEADERS)
+
+    async def org_usage(org_id: str) -> dict[str, Any]:
+        period = await orgs.period(org_id, now())
+        view = await orgs.usage(org_id, period)
+        return await with_forecasts(runtime.store, org_id, view, period, now())
+
+    async def orgs_page(request: Request) -> Response:
+        csrf = signed_in(request)
+        if csrf is None:
+            return _to("/ui/login")
+        await runtime.usage.flush()
+        query = request.query_params.get("q", "").strip()[:200]
+        rows = []
+        for org in await runtime.store.list_orgs(query or None, 200):
+            rows.append((org_json(org), await org_usage(org.id)))
+        return _page(html.page("Orgs", html.orgs_table(rows, query), csrf=csrf))
+
+    async def org_page(request: Request) -> Response:
+        csrf = signed_in(request)
+        if csrf is None:
+            return _to("/ui/login")
+        await runtime.usage.flush()
+        org = await orgs.get_org(request.path_params["org_id"])
+        shown = request.query_params.get("key")
+        body = await org_body(org.id, csrf, shown)
+        return _page(html.page(org.name, body, csrf=csrf))
+
+    async def org_body(org_id: str, csrf: str, new_key: str | None) -> str:
+        org = org_json(await orgs.get_org(org_id))
+        view = await org_usage(org_id)
+        period = await orgs.period(org_id, now())
+        meters = []
+        charts: list[str] = []
+        for meter, entry in view["meters"].items():
+            forecast = entry.get("forecast") or {}
+            meters.append(
+                [
+                    html.esc(meter),
+                    html.number(entry["used"]),
+                    html.number(entry["limit"]),
+                    html.number(entry.get("overage")),
+                    html.number(forecast.get("projected")) if forecast else "",
+                    html.usage_bar(meter, entry["used"], entry["limit"]),
+                ]
+            )
+            if entry.get("limit") and len(charts) < 3:
+                query = {"meter": meter, "step": "day", "from": period.start.isoformat()}
+                days = await history(runtime.store, org_id, query, now())
+                points = [(str(p[0]), int(p[1])) for p in days["points"]]
+                charts.append(html.chart(meter, points, entry["limit"], forecast.get("projected")))
+        if not charts:
+            query = {"meter": "requests", "step": "day", "from": period.start.isoformat()}
+            days = await history(runtime.store, org_id, query, now())
+            charts.append(
+                html.chart("requests", [(str(p[0]), int(p[1])) for p in days["points"]], None, None)
+            )
+        state = "suspended" if org["suspended"] or org["billing_suspended"] else "active"
+        action = f"/ui/orgs/{html.esc(org_id)}"
+        toggle = html.post_button(
+            f"{action}/suspension",
+            csrf,
+            "Lift suspension" if org["suspended"] else "Suspend",
+            {"suspended": "false" if org["suspended"] else "true"},
+            "lift" if org["suspended"] else "suspend",
+        )
+        plans = [p.name for p in await runtime.store.list_plans()]
+        options = "".join(
+            f'<option value="{html.esc(p)}"{" selected" if p == org["plan"] else ""}>'
+            f"{html.esc(p)}</option>"
+            for p in sorted({*plans, org["plan"]})
+        )
+        plan_form = (
+            f'<form method="post" action="{action}/plan" class="inline">{html.hidden(csrf)}'
+            f'<select name="plan" id="plan">{options}</select>'
+            '<button type="submit" id="change-plan">Change plan</button></form>'
+        )
+        limit_form = (
+            f'<form method="post" action="{action}/limit" class="inline">{html.hidden(csrf)}'
+            '<input name="meter" id="limit-meter" placeholder="meter" required>'
+            '<input name="value" id="limit-value" placeholder="number, or empty to lift">'
+            '<button type="submit" id="set-limit">Set limit</button></form>'
+        )
+        keys = []
+        for key in await orgs.list_keys(org_id):
+            own = await orgs.key_usage(key.id, period)
+            used = own["usage"].get("requests", 0)
+            revoke = (
+                ""
+                if key.revoked
+                else html.post_button(
+                    f"/ui/keys/{key.id}/revoke", csrf, "Revoke", {"org": org_id}, f"revoke-{key.id}"
+                )
+            )
+            keys.append(
+                [
+                    html.esc(key.id),
+                    html.esc(key.name),
+                    html.number(used),
+                    html.esc(", ".join(f"{m} {n:,}" for m, n in key_json(key)["limits"].items())),
+                    "revoked" if key.revoked else "active",
+                    revoke,
+                ]
+            )
+        created = (
+            '<p class="secret" id="new-key">New key, shown this once: '
+            f"<code>{html.esc(new_key)}</code></p>"
+            if new_key
+            else ""
+        )
+        key_form = (
+            f'<form method="post" action="{action}/keys" class="inline">{html.hidden(csrf)}'
+            '<input name="name" id="key-name" placeholder="key name">'
+            '<button type="submit" id="create-key">Create key</button></form>'
+        )
+        billing = await orgs.billing(org_id)
+        audit = await runtime.store.audit_log(org_id, 20)
+        return "".join(
+            [
+                f'<p class="id">{html.esc(org_id)}</p>',
+                f"<p>Plan <b>{html.esc(org['plan'])}</b> · payment "
+                f"<b>{html.esc(org['payment_status'])}</b>"
+                f' · <b class="{state}" id="state">{state}</b> {toggle}</p>',
+                f"<p>{plan_form} {limit_form}</p>",
+                f"<h2>Usage from {html.esc(view['period_start'])} to "
+                f"{html.esc(view['period_end'])}</h2>",
+                html.table(["meter", "used", "limit", "overage cap", "forecast", ""], meters),
+                "".join(charts),
+                "<h2>Keys</h2>",
+                created,
+                html.table(["id", "name", "requests", "limits", "state", ""], keys, "No keys."),
+                key_form,
+                "<h2>Billing</h2>",
+                html.table(
+                    ["field", "value"], [[html.esc(k), html.esc(v)] for k, v in billing.items()]
+                ),
+                "<h2>Audit log</h2>",
+                html.table(
+                    ["at", "what", "old", "new", "by", "why"],
+                    [
+                        [
+                            html.esc(e.get(f))
+                            for f in ("at", "field", "old", "new", "actor", "reason")
+                        ]
+                        for e in audit
+                    ],
+                    "Nothing changed yet.",
+                ),
+            ]
+        )
+
+    def org_change(apply: Callable[[str, dict[str, str]], Awaitable[object]]) -> Endpoint:
+        """A POST that changes an org through ``apply``, then shows the org again."""
+
+        async def endpoint(request: Request) -> Response:
+            outcome = await changing(request)
+            if isinstance(outcome, Response):
+                return outcome
+            org_id = request.path_params["org_id"]
+            await apply(org_id, outcome[1])
+            return _to(f"/ui/orgs/{quote(org_id)}")
+
+        return endpoint
+
+    async def suspend(org_id: str, form: dict[str, str]) -> object:
+        wanted = form.get("suspended") == "true"
+        return await orgs.set_suspension(org_id, {"suspended": wanted, "reason": "console"})
+
+    async def change_plan(org_id: str, form: dict[str, str]) -> object:
+        return await orgs.update_org(org_id, {"plan": form.get("plan", "")})
+
+    async def set_limit(org_id: str, form: dict[str, str]) -> object:
+        raw = form.get("value", "").strip().replace(",", "")
+        if raw and not raw.isdigit():
+            raise BadRequest("a limit is a whole number, or empty to lift it")
+        value = int(raw) if raw else None
+        return await orgs.update_org(org_id, {"limits": {form.get("meter", "").strip(): value}})
+
+    async def create_key(request: Request) -> Response:
+        outcome = await changing(request)
+        if isinstance(outcome, Response):
+            return outcome
+        org_id = request.path_params["org_id"]
+        name = outcome[1].get("name", "").strip()
+        _, plaintext = await orgs.create_key(org_id, {"name": name} if name else None)
+        csrf = outcome[0]
+        body = await org_body(org_id, csrf, plaintext)
+        org = await orgs.get_org(org_id)
+        return _page(html.page(org.name, body, csrf=csrf), 201)
+
+    async def revoke_key(request: Request) -> Response:
+        outcome = await changing(request)
+        if isinstance(outcome, Response):
+            return outcome
+        key = await orgs.key(request.path_params["key_id"])
+        await orgs.revoke_key(key.id)
+        return _to(f"/ui/orgs/{quote(key.org_id)}")
+
+    async def plans_page(request: Request) -> Response:
+        csrf = signed_in(request)
+        if csrf is None:
+            return _to("/ui/login")
+        rows = [
+            [
+                html.esc(p.name),
+                html.esc(", ".join(f"{m} {html.number(n)}" for m, n in p.limits.items())),
+            ]
+            for p in await runtime.store.list_plans()
+        ]
+        return _page(
+            html.page("Plans", html.table(["plan", "limits"], rows, "No plans."), csrf=csrf)
+        )
+
+    async def notifications_page(request: Request) -> Response:
+        csrf = signed_in(request)
+        if csrf is None:
+            return _to("/ui/login")
+        listed = notify.listed(await runtime.store.notifications(None, 100))
+        shown = ("id", "org_id", "type", "state", "attempts", "next_attempt_at", "last_error")
+        rows = [
+            [html.esc(row.get(f) if f != "type" else row["event"].get("type")) for f in shown]
+            for row in listed
+        ]
+        return _page(
+            html.page("Notifications", html.table(shown, rows, "No notifications."), csrf=csrf)
+        )
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 400
+        if isinstance(exc, StoreError):
+            status = 503
+        text = (
+            "Not found."
+            if status == 404
+            else "The store is unavailable."
+            if status == 503
+            else str(exc)
+        )
+        csrf = signed_in(request)
+        return _page(
+            html.page("Not done", f'<p class="error" role="alert">{html.esc(text)}</p>', csrf=csrf),
+            status,
+        )
+
+    return Starlette(
+        routes=[
+            Route("/ui", home, methods=["GET"]),
+            Route("/ui/static/console.css", stylesheet, methods=["GET"]),
+            Route("/ui/login", login_form, methods=["GET"]),
+            Route("/ui/login", login, methods=["POST"]),
+            Route("/ui/logout", logout, methods=["POST"]),
+            Route("/ui/orgs", orgs_page, methods=["GET"]),
+            Route("/ui/orgs/{org_id}", org_page, methods=["GET"]),
+            Route("/ui/orgs/{org_id}/suspension", org_change(suspend), methods=["POST"]),
+            Route("/ui/orgs/{org_id}/plan", org_change(change_plan), methods=["POST"]),
+            Route("/ui/orgs/{org_id}/limit", org_change(set_limit), methods=["POST"]),
+            Route("/ui/orgs/{org_id}/keys", create_key, methods=["POST"]),
+            Route("/ui/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
+            Route("/ui/plans", plans_page, methods=["GET"]),
+            Route("/ui/notifications", notifications_page, methods=["GET"]),
+        ],
+        exception_handlers={
+            BadRequest: refused,
+            NotFound: refused,
+            Conflict: refused,
+            StoreError: refused,
+        },
+    )
