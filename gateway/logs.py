@@ -74,7 +74,8 @@ def _request_id(scope: Scope) -> str:
 def _org_of(record: logging.LogRecord, scope: Scope | None) -> str | None:
     org: Any = getattr(record, "org_id", None)
     if org is None and scope is not None:
-        org = scope.get("gateway.org_id")
+        routing = scope.get("gateway.routing")  # set once a request's key is authorized
+        org = getattr(routing, "org_id", None)
         if org is None and (match := _ORG_PATH.match(scope.get("path", ""))):
             org = match.group(1)
     return None if org is None else str(org)

@@ -31,6 +31,8 @@ from gateway.admin.history import history, with_forecasts
 from gateway.admin.orgs import OrgAdmin, key_json, org_json
 from gateway.billing import notify
 from gateway.errors import BadRequest, Conflict, NotFound, StoreError
+from gateway.ingest.outcomes import REFUSALS
+from gateway.limits.budgets import REFUSED_PREFIX
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway.admin.console")
@@ -184,29 +186,34 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         period = await orgs.period(org_id, now())
         meters = []
         charts: list[str] = []
+        days = max(1, round((period.end - period.start).total_seconds() / 86400))
+        span = (view["period_start"], view["period_end"], days)
+
+        async def daily(meter: str) -> list[tuple[str, int]]:
+            query = {"meter": meter, "step": "day", "from": period.start.isoformat()}
+            found = await history(runtime.store, org_id, query, now())
+            return [(str(p[0]), int(p[1])) for p in found["points"]]
+
         for meter, entry in view["meters"].items():
             forecast = entry.get("forecast") or {}
+            overage = entry.get("overage")
             meters.append(
                 [
                     html.esc(meter),
                     html.number(entry["used"]),
                     html.number(entry["limit"]),
-                    html.number(entry.get("overage")),
+                    "" if overage is None else html.number(overage),
                     html.number(forecast.get("projected")) if forecast else "",
                     html.usage_bar(meter, entry["used"], entry["limit"]),
                 ]
             )
             if entry.get("limit") and len(charts) < 3:
-                query = {"meter": meter, "step": "day", "from": period.start.isoformat()}
-                days = await history(runtime.store, org_id, query, now())
-                points = [(str(p[0]), int(p[1])) for p in days["points"]]
-                charts.append(html.chart(meter, points, entry["limit"], forecast.get("projected")))
+                projected = forecast.get("projected")
+                charts.append(
+                    html.chart(meter, await daily(meter), entry["limit"], projected, span)
+                )
         if not charts:
-            query = {"meter": "requests", "step": "day", "from": period.start.isoformat()}
-            days = await history(runtime.store, org_id, query, now())
-            charts.append(
-                html.chart("requests", [(str(p[0]), int(p[1])) for p in days["points"]], None, None)
-            )
+            charts.append(html.chart("requests", await daily("requests"), None, None, span))
         state = "suspended" if org["suspended"] or org["billing_suspended"] else "active"
         action = f"/ui/orgs/{html.esc(org_id)}"
         toggle = html.post_button(
@@ -267,6 +274,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         )
         billing = await orgs.billing(org_id)
         audit = await runtime.store.audit_log(org_id, 20)
+        refusals = await refused_today(org_id)
         return "".join(
             [
                 f'<p class="id">{html.esc(org_id)}</p>',
@@ -282,6 +290,12 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
                 created,
                 html.table(["id", "name", "requests", "limits", "state", ""], keys, "No keys."),
                 key_form,
+                "<h2>Refusals in the last 24 hours</h2>",
+                html.table(
+                    ["code", "requests"],
+                    [[html.esc(code), html.number(n)] for code, n in refusals],
+                    "None.",
+                ),
                 "<h2>Billing</h2>",
                 html.table(
                     ["field", "value"], [[html.esc(k), html.esc(v)] for k, v in billing.items()]
@@ -313,6 +327,17 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
             return _to(f"/ui/orgs/{quote(org_id)}")
 
         return endpoint
+
+    async def refused_today(org_id: str) -> list[tuple[str, int]]:
+        """Refusals of the org's requests by code over the last 24 hours, most first."""
+        end = runtime.clock()
+        counts = []
+        for outcome in sorted(REFUSALS):
+            meter = REFUSED_PREFIX + outcome.value
+            hours = await runtime.store.usage_history(org_id, meter, end - 86400, end + 1)
+            if total := sum(n for _, n in hours):
+                counts.append((outcome.value, total))
+        return sorted(counts, key=lambda pair: -pair[1])
 
     async def suspend(org_id: str, form: dict[str, str]) -> object:
         wanted = form.get("suspended") == "true"

@@ -111,16 +111,18 @@ def chart(
     points: Sequence[tuple[str, int]],
     limit: int | None,
     projected: int | None,
+    period: tuple[str, str, int],
 ) -> str:
-    """Cumulative daily usage of one meter over the period as an SVG line, with the limit as a
-    line and the forecast as a dashed line from today's total to the projected end."""
+    """Cumulative daily usage of one meter over the period (``period``: its first and last
+    day and how many days it has) as an SVG line, with the limit as a line and the forecast
+    as a dashed line from today's total to what the period's end projects."""
     totals, running = [], 0
     for _, used in points:
         running += used
         totals.append(running)
     top = max([*totals, limit or 0, projected or 0, 1])
     inner_w, inner_h = CHART_WIDTH - 2 * CHART_PAD, CHART_HEIGHT - 2 * CHART_PAD
-    count = max(1, len(totals) - 1)
+    count = max(1, period[2] - 1, len(totals) - 1)
 
     def x(i: float) -> float:
         return CHART_PAD + inner_w * i / count
@@ -148,11 +150,10 @@ def chart(
             f'<line class="forecast" x1="{x(len(totals) - 1):.1f}" y1="{y(totals[-1]):.1f}"'
             f' x2="{x(count):.1f}" y2="{y(projected):.1f}"/>'
         )
-    if points:
-        parts.append(
-            f'<text x="{CHART_PAD}" y="{CHART_HEIGHT - 8}">{esc(points[0][0][:10])}</text>'
-            f'<text x="{x(count) - 70:.1f}" y="{CHART_HEIGHT - 8}">{esc(points[-1][0][:10])}</text>'
-        )
+    parts.append(
+        f'<text x="{CHART_PAD}" y="{CHART_HEIGHT - 8}">{esc(period[0][:10])}</text>'
+        f'<text x="{x(count) - 70:.1f}" y="{CHART_HEIGHT - 8}">{esc(period[1][:10])}</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 

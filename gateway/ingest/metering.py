@@ -17,7 +17,7 @@ from typing import Any
 from gateway.errors import BadRequest, ClientError, Disconnected, Uncuttable
 from gateway.ingest.body import BodyDeadlines, replaying
 from gateway.ingest.keys import extract_key, strip_key_param
-from gateway.ingest.outcomes import Outcome
+from gateway.ingest.outcomes import REFUSALS, Outcome
 from gateway.ingest.partial import MAX_ANSWER, partial_answer, rejected_items
 from gateway.ingest.payload import BodyLimits, Cut, Payload, PayloadInspector
 from gateway.limits.admission import AdmissionControl, Authorized
@@ -265,6 +265,9 @@ class MeteringMiddleware:
         finally:
             # The one place a request is counted: every path, an exception's too, ends here.
             self._count(signal, outcome)
+            routing = scope.get("gateway.routing")
+            if routing is not None and outcome in REFUSALS:
+                self.admission.refused(routing, outcome.value)
 
     async def _admit(
         self, scope: Scope, receive: Receive, signal: str, exchange: _Exchange
@@ -281,7 +284,7 @@ class MeteringMiddleware:
         auth = await self.admission.authorize(key)
         if isinstance(auth, Refusal):
             return await exchange.refuse(auth, style)
-        scope["gateway.org_id"] = auth.routing.org_id  # for the log lines of this request
+        scope["gateway.routing"] = auth.routing  # for its refusals' count and its log lines
         if request.conflict is not None:
             return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.

@@ -49,3 +49,5 @@ class Outcome(StrEnum):
 
 
 _BY_CODE: dict[str, Outcome] = {o.value: o for o in Outcome}
+#: The outcomes that are refusals clients see (from bad_request on, in the order above).
+REFUSALS = frozenset(list(Outcome)[list(Outcome).index(Outcome.BAD_REQUEST) :])

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.errors import StoreError
-from gateway.limits.budgets import Admission
+from gateway.limits.budgets import REFUSED_PREFIX, SHADOW_PREFIX, Admission
 from gateway.limits.guard import StoreGuard
 from gateway.limits.rates import RateLimiter
 from gateway.limits.routing import RoutingCache
 from gateway.limits.usage import UsageGate
 from gateway.metrics import Metrics
 from policies.decisions import INVALID_INGEST_KEY, Refusal, store_unavailable, suspension_refusal
-from policies.model import OrgRouting, Quantities, key_meter
+from policies.model import SENT_METERS, OrgRouting, Quantities, key_meter
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,13 @@ class AdmissionControl:
             return Authorized(routing)
         if self._shadow or routing.shadow:
             return Authorized(routing, shadowed=refusal)
+        self.refused(routing, refusal.code)
         return refusal
+
+    def refused(self, routing: OrgRouting, code: str) -> None:
+        """A request of a known org refused with ``code``: counted in its usage history
+        (``refused:<code>``), what the console shows for the last 24 hours."""
+        self._usage.record(routing, {REFUSED_PREFIX + code: 1})
 
     def precheck(self, auth: Authorized, floor: Quantities) -> Refusal | None:
         """A refusal already certain from what this process knows, before the body is read:
@@ -89,7 +95,8 @@ class AdmissionControl:
         if not (self._shadow or routing.shadow):
             return refusal
         self._metrics.shadow_refusals.labels(refusal.code).inc()
-        self._usage.record_shadow(routing, q)
+        self._usage.stats.shadow_refused += 1
+        self._usage.record(routing, {SHADOW_PREFIX + m: q.of(m) for m in SENT_METERS})
         return self._usage.admit_unmetered(routing, q)
 
     async def admit_part(self, auth: Authorized, q: Quantities) -> Admission | Refusal:

@@ -13,6 +13,7 @@ from policies.decisions import Refusal, usage_exceeded
 from policies.model import Limits, OrgRouting, Period, Quantities, scope_of
 
 SHADOW_PREFIX = "shadow_refused:"
+REFUSED_PREFIX = "refused:"  # requests of a known org refused, by code
 
 #: The credit meter is counted over an org's whole life: its limit is the prepaid balance.
 CREDIT_PERIOD = Period(datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))

@@ -22,7 +22,6 @@ from functools import partial
 from gateway.errors import StoreError
 from gateway.limits.budgets import (
     CREDIT_PERIOD,
-    SHADOW_PREFIX,
     Account,
     Admission,
     Budget,
@@ -38,7 +37,7 @@ from gateway.limits.spool import Spool
 from gateway.store.base import QuotaStore
 from gateway.store.records import Exhausted, ReserveRequest, UsageBatch
 from policies.decisions import Refusal, quota_held_elsewhere, usage_exceeded
-from policies.model import SENT_METERS, OrgRouting, Period, Quantities, key_meter
+from policies.model import OrgRouting, Period, Quantities, key_meter
 from policies.periods import period_at
 from policies.reservations import ChunkPolicy, worth_waiting_for
 
@@ -340,11 +339,10 @@ class UsageGate:
         """Count a request that passes regardless of limits (shadow mode)."""
         return self._spend(routing, q, self._accounts(routing, q, self._clock()), reserved=False)
 
-    def record_shadow(self, routing: OrgRouting, q: Quantities) -> None:
-        """Count what shadow mode would have refused, as meters of their own."""
-        self.stats.shadow_refused += 1
+    def record(self, routing: OrgRouting, counts: dict[str, int]) -> None:
+        """Count meters no limit reads (shadow refusals, refusals by code) with the next flush."""
         budget = self._budget(routing.org_id, self.period_of(routing, self._clock()))
-        self._count(routing.org_id, budget, {SHADOW_PREFIX + m: q.of(m) for m in SENT_METERS})
+        self._count(routing.org_id, budget, counts)
 
     def refund(self, admission: Admission) -> None:
         """The upstream did not accept the batch: the org pays nothing for it."""

@@ -170,6 +170,10 @@ async def test_suspend_lift_plan_limit_and_keys_go_through_the_admin_code_and_th
     assert await send() == 200
     await rig.ui.post(f"/ui/orgs/{org}/suspension", data={"csrf": csrf, "suspended": "true"})
     assert await send() == 402
+    assert await send() == 402
+    refusals = (await rig.ui.get(f"/ui/orgs/{org}")).text
+    section = refusals[refusals.index("Refusals in the last 24 hours") :]
+    assert "<td>billing_suspended</td><td>2</td>" in section, section[:400]
     await rig.ui.post(f"/ui/orgs/{org}/suspension", data={"csrf": csrf, "suspended": "false"})
     assert await send() == 200
     await rig.ui.post(

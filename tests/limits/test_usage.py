@@ -280,15 +280,18 @@ async def test_a_killed_process_loses_no_admitted_usage_and_its_quota_comes_back
     await store.close()
 
 
-async def test_shadow_counters_are_meters_of_their_own(store: Store) -> None:
+async def test_shadow_and_refusal_counters_are_meters_of_their_own(store: Store) -> None:
     routing = await org_with(store)
     usage = gate(store)
-    usage.record_shadow(routing, Quantities(1, 30, 3))
+    usage.record(routing, {"shadow_refused:bytes": 30, "refused:rate_limited": 1})
     usage.admit_unmetered(routing, Quantities(1, 30, 3))
     await usage.flush()
     period = usage.current_period(time.time())
     counters = await store.usage(routing.org_id, period.key)
     assert counters["shadow_refused:bytes"] == 30 and counters["requests"] == 1
+    assert counters["refused:rate_limited"] == 1
+    hours = await store.usage_history(routing.org_id, "refused:rate_limited", 0, time.time() + 1)
+    assert sum(n for _, n in hours) == 1
 
 
 async def test_lowered_limits_seen_in_fresh_routing_return_the_old_reservation(
