@@ -393,13 +393,17 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         if csrf is None:
             return _to("/ui/login")
         listed = notify.listed(await runtime.store.notifications(None, 100))
-        shown = ("id", "org_id", "type", "state", "attempts", "next_attempt_at", "last_error")
+        shown = ("created_at", "org_id", "type", "attempts", "delivered_at", "failed_at")
         rows = [
-            [html.esc(row.get(f) if f != "type" else row["event"].get("type")) for f in shown]
+            [*(html.esc(row.get(f)) for f in shown), html.esc(row.get("last_error") or "")]
             for row in listed
         ]
         return _page(
-            html.page("Notifications", html.table(shown, rows, "No notifications."), csrf=csrf)
+            html.page(
+                "Notifications",
+                html.table([*shown, "last error"], rows, "No notifications."),
+                csrf=csrf,
+            )
         )
 
     async def refused(request: Request, exc: Exception) -> Response:

@@ -202,12 +202,23 @@ async def test_sign_out_ends_the_session_in_this_browser(rig: Rig) -> None:
     assert (await rig.ui.get("/ui/orgs")).status_code == 303
 
 
-async def test_the_plans_and_notifications_pages_render(rig: Rig) -> None:
+async def test_the_plans_and_notifications_pages_show_plans_and_delivery_attempts(
+    rig: Rig,
+) -> None:
     await rig.api.put("/admin/plans/pro", json={"limits": {"requests": 5000}})
+    org = await rig.org("acme", {"requests": 100})
+    store = rig.runtime.store
+    body = '{"type": "usage.threshold"}'
+    assert await store.claim_notification(
+        "evt_1", "c1", org, "usage.threshold", "http://n", body, 1.0
+    )
+    await store.notification_attempted("evt_1", 2.0, "HTTP 503 from the endpoint", 60.0)
     await rig.sign_in()
     plans = (await rig.ui.get("/ui/plans")).text
     assert "pro" in plans and "requests 5,000" in plans
-    assert (await rig.ui.get("/ui/notifications")).status_code == 200
+    sent = (await rig.ui.get("/ui/notifications")).text
+    assert "usage.threshold" in sent and org in sent and "HTTP 503 from the endpoint" in sent
+    assert "<td>1</td>" in sent  # one attempt
 
 
 def _batch(org_id: str, used: dict[str, int]) -> Any:
