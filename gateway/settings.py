@@ -84,6 +84,8 @@ class Settings:
             raise ConfigError("GATEWAY_HISTORY_DAYS must be a whole number of days, 1 to 3660")
         if self.cache_max_keys < 1:
             raise ConfigError("GATEWAY_CACHE_MAX_KEYS must be a whole number of keys, 1 or more")
+        if not 60 <= self.ui_session <= 30 * 86400:
+            raise ConfigError("GATEWAY_UI_SESSION must be seconds from 60 to 2592000 (30 days)")
 
     def plan_names(self) -> frozenset[str]:
         return frozenset({p.strip() for p in self.plans.split(",") if p.strip()} | {self.free_plan})

@@ -6,10 +6,6 @@ import hmac
 import json
 import logging
 import math
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +22,7 @@ from gateway.admin.history import history, with_forecasts
 from gateway.admin.openapi import SPEC
 from gateway.admin.orgs import OrgAdmin, key_json
 from gateway.admin.origins import UpstreamAllowlist
+from gateway.admin.throttle import AuthFailures
 from gateway.billing import notify
 from gateway.billing.webhooks import EventPolicy
 from gateway.errors import BadRequest, Conflict, Disconnected, NotFound, PayloadTooLarge, StoreError
@@ -46,50 +43,6 @@ def _error(
 ) -> Response:
     detail = {"message": message} if message else {}
     return refusal_response(Refusal(status, code, retry_after=retry_after, detail=detail))
-
-
-@dataclass(frozen=True, slots=True)
-class Throttled:
-    """An address over its failures: ``wait`` seconds until it may fail again with a 401."""
-
-    wait: float
-    started: bool  # this failure is the address's first one over
-
-
-class AuthFailures:
-    """Failed admin authentications per client address within the last ``window`` seconds.
-
-    Only failures are kept (the last ``limit`` times per address, for ``max_addresses``
-    addresses, the least recently failing dropped first), so an address that sends the right
-    token is never slowed and a flood of addresses cannot grow the table.
-    """
-
-    def __init__(
-        self,
-        limit: int = 10,
-        window: float = 1.0,
-        max_addresses: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_addresses = max_addresses
-        self._clock = clock
-        self._seen: dict[str, tuple[deque[float], bool]] = {}
-
-    def fail(self, address: str) -> Throttled | None:
-        """Records a failure; what to answer if the address is over its failures."""
-        now = self._clock()
-        entry = self._seen.pop(address, None)
-        times, was_over = entry if entry is not None else (deque(maxlen=self.limit), False)
-        while len(self._seen) >= self.max_addresses:
-            del self._seen[next(iter(self._seen))]
-        over = len(times) == self.limit and now - times[0] < self.window
-        times.append(now)
-        self._seen[address] = (times, over)  # at the end: the most recently failing
-        if not over:
-            return None
-        return Throttled(self.window - (now - times[0]), started=not was_over)
 
 
 class AdminAuth:
@@ -381,8 +334,11 @@ def build_admin_app(runtime: Runtime) -> Any:
             Exception: internal_error,
         },
     )
-    api = AdminAuth(app, settings.admin_token, runtime.metrics)
-    return AdminListener(api, AdminBodies(build_console(runtime, orgs), runtime.bodies))
+    # One tally of wrong tokens per address, whether sent in a header or the console's form.
+    failures = AuthFailures()
+    api = AdminAuth(app, settings.admin_token, runtime.metrics, failures)
+    console = build_console(runtime, orgs, failures)
+    return AdminListener(api, AdminBodies(console, runtime.bodies))
 
 
 class AdminListener:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,7 @@ from starlette.routing import Route
 from gateway.admin import console_html as html
 from gateway.admin.history import history, with_forecasts
 from gateway.admin.orgs import OrgAdmin, key_json, org_json
+from gateway.admin.throttle import AuthFailures
 from gateway.billing import notify
 from gateway.errors import BadRequest, Conflict, NotFound, StoreError
 from gateway.ingest.outcomes import REFUSALS
@@ -73,14 +76,25 @@ class Sessions:
 
     def valid(self, cookie: str | None) -> str | None:
         """The session's CSRF token when ``cookie`` is a live session, else None."""
-        if self._key is None or not cookie or cookie.count(".") != 2:
-            return None
+        if self._key is None or not cookie or not cookie.isascii() or cookie.count(".") != 2:
+            return None  # not ours (a cookie any other site of this host may have set)
         expiry, nonce, mac = cookie.split(".")
-        if not expiry.isdigit() or int(expiry) <= self._clock():
+        if not expiry.isdigit() or len(expiry) > 12 or int(expiry) <= self._clock():
             return None
-        if not hmac.compare_digest(mac, self._mac(f"session|{expiry}|{nonce}")):
+        if not hmac.compare_digest(mac.encode(), self._mac(f"session|{expiry}|{nonce}").encode()):
             return None
         return self._mac(f"csrf|{nonce}")
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _id(request: Request, name: str) -> str:
+    """A path's org or key id: ids the store makes; anything else is no such thing."""
+    found: str = request.path_params[name]
+    if not _ID.fullmatch(found):
+        raise NotFound(name)
+    return found
 
 
 def _page(body: str, status: int = 200, **headers: str) -> HTMLResponse:
@@ -98,7 +112,10 @@ async def _form(request: Request) -> dict[str, str]:
     return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
 
 
-def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
+def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> Starlette:
+    """``failures``: the wrong tokens per address, shared with the API's header check."""
+    wrong_token = runtime.metrics.admin_auth_failures.labels("unauthorized")
+    throttled_answers = runtime.metrics.admin_auth_failures.labels("rate_limited")
     settings = runtime.settings
     sessions = Sessions(settings.admin_token, settings.ui_session)
 
@@ -118,7 +135,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         if csrf is None:
             return _to("/ui/login")
         form = await _form(request)
-        if not hmac.compare_digest(form.get("csrf", ""), csrf):
+        if not hmac.compare_digest(form.get("csrf", "").encode(), csrf.encode()):
             log.warning("console change refused: missing or wrong CSRF token: %s", request.url.path)
             return _page(
                 html.page("Refused", "<p>The form was stale. Go back and try again.</p>"), 403
@@ -132,9 +149,21 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
 
     async def login(request: Request) -> Response:
         form = await _form(request)
-        if not sessions.check_token(form.get("token", "")):
-            log.warning("console sign-in refused: wrong token")
-            return _page(html.sign_in("That is not the admin token."), 401)
+        address = request.client.host if request.client else "unknown"
+        # An address over its wrong tokens is answered before its guess is even checked.
+        throttled = failures.over(address)
+        if throttled is None and not sessions.check_token(form.get("token", "")):
+            throttled = failures.fail(address)
+            if throttled is None:
+                wrong_token.inc()
+                log.warning("console sign-in refused: wrong token, from %s", address)
+                return _page(html.sign_in("That is not the admin token."), 401)
+            log.warning("console sign-ins from %s throttled (429)", address)
+        if throttled is not None:
+            throttled_answers.inc()
+            wait = str(max(1, math.ceil(throttled.wait)))
+            text = html.sign_in("Too many wrong tokens: wait a moment.")
+            return _page(text, 429, **{"retry-after": wait})
         answer = _to("/ui/orgs")
         lifetime = int(sessions.lifetime)
         answer.headers["set-cookie"] = cookie_header(request, sessions.new(), lifetime)
@@ -175,9 +204,8 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         if csrf is None:
             return _to("/ui/login")
         await runtime.usage.flush()
-        org = await orgs.get_org(request.path_params["org_id"])
-        shown = request.query_params.get("key")
-        body = await org_body(org.id, csrf, shown)
+        org = await orgs.get_org(_id(request, "org_id"))
+        body = await org_body(org.id, csrf, None)
         return _page(html.page(org.name, body, csrf=csrf))
 
     async def org_body(org_id: str, csrf: str, new_key: str | None) -> str:
@@ -237,7 +265,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         limit_form = (
             f'<form method="post" action="{action}/limit" class="inline">{html.hidden(csrf)}'
             '<input name="meter" id="limit-meter" placeholder="meter" required>'
-            '<input name="value" id="limit-value" placeholder="number, or empty to lift">'
+            '<input name="value" id="limit-value" placeholder="number, empty: none, plan">'
             '<button type="submit" id="set-limit">Set limit</button></form>'
         )
         keys = []
@@ -322,7 +350,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
             outcome = await changing(request)
             if isinstance(outcome, Response):
                 return outcome
-            org_id = request.path_params["org_id"]
+            org_id = _id(request, "org_id")
             await apply(org_id, outcome[1])
             return _to(f"/ui/orgs/{quote(org_id)}")
 
@@ -340,24 +368,30 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         return sorted(counts, key=lambda pair: -pair[1])
 
     async def suspend(org_id: str, form: dict[str, str]) -> object:
-        wanted = form.get("suspended") == "true"
-        return await orgs.set_suspension(org_id, {"suspended": wanted, "reason": "console"})
+        wanted = form.get("suspended")
+        if wanted not in ("true", "false"):
+            raise BadRequest("suspended must be true or false")
+        return await orgs.set_suspension(
+            org_id, {"suspended": wanted == "true", "reason": "console"}
+        )
 
     async def change_plan(org_id: str, form: dict[str, str]) -> object:
         return await orgs.update_org(org_id, {"plan": form.get("plan", "")})
 
     async def set_limit(org_id: str, form: dict[str, str]) -> object:
         raw = form.get("value", "").strip().replace(",", "")
-        if raw and not raw.isdigit():
-            raise BadRequest("a limit is a whole number, or empty to lift it")
-        value = int(raw) if raw else None
+        value: int | str | None = raw or None  # "plan": back to the plan's limit
+        if raw and raw != "plan":
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+                raise BadRequest("a limit is a whole number, empty (unlimited) or plan")
+            value = int(raw)
         return await orgs.update_org(org_id, {"limits": {form.get("meter", "").strip(): value}})
 
     async def create_key(request: Request) -> Response:
         outcome = await changing(request)
         if isinstance(outcome, Response):
             return outcome
-        org_id = request.path_params["org_id"]
+        org_id = _id(request, "org_id")
         name = outcome[1].get("name", "").strip()
         _, plaintext = await orgs.create_key(org_id, {"name": name} if name else None)
         csrf = outcome[0]
@@ -369,7 +403,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
         outcome = await changing(request)
         if isinstance(outcome, Response):
             return outcome
-        key = await orgs.key(request.path_params["key_id"])
+        key = await orgs.key(_id(request, "key_id"))
         await orgs.revoke_key(key.id)
         return _to(f"/ui/orgs/{quote(key.org_id)}")
 
@@ -423,7 +457,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
             status,
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/ui", home, methods=["GET"]),
             Route("/ui/static/console.css", stylesheet, methods=["GET"]),
@@ -447,3 +481,6 @@ def build_console(runtime: Runtime, orgs: OrgAdmin) -> Starlette:
             StoreError: refused,
         },
     )
+    # "/ui/orgs/" is not redirected: the redirect would name whatever host the client said.
+    app.router.redirect_slashes = False
+    return app

@@ -69,7 +69,7 @@ class KeyUsageEndpoint:
         except BadRequest as exc:
             await send_refusal(send, exc.refusal(), "json")
             return
-        auth = await self._admission.authorize(key)
+        auth = await self._admission.authorize(key, ingest=False)
         if isinstance(auth, Refusal):
             await send_refusal(send, auth, "json")
             return

@@ -48,8 +48,9 @@ class AdmissionControl:
         self._metrics = metrics
         self._shadow = shadow
 
-    async def authorize(self, key: str | None) -> Authorized | Refusal:
-        """Who is sending, and may they send at all (before the body is read)."""
+    async def authorize(self, key: str | None, *, ingest: bool = True) -> Authorized | Refusal:
+        """Who is sending, and may they send at all (before the body is read); a refused
+        ingest request of a suspended org is counted (``ingest=False``: a usage read)."""
         if key is None:
             return INVALID_INGEST_KEY
         try:
@@ -63,7 +64,8 @@ class AdmissionControl:
             return Authorized(routing)
         if self._shadow or routing.shadow:
             return Authorized(routing, shadowed=refusal)
-        self.refused(routing, refusal.code)
+        if ingest:
+            self.refused(routing, refusal.code)
         return refusal
 
     def refused(self, routing: OrgRouting, code: str) -> None:

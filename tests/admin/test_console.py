@@ -230,3 +230,76 @@ def _batch(org_id: str, used: dict[str, int]) -> Any:
 
     period = period_at(time.time())
     return UsageBatch(uuid.uuid4().hex, "test", org_id, period.key, used, {}, at=time.time())
+
+
+async def test_guessing_the_token_through_the_form_is_throttled_like_the_header(rig: Rig) -> None:
+    answers = [
+        (await rig.ui.post("/ui/login", data={"token": f"guess-{n}"})).status_code
+        for n in range(12)
+    ]
+    assert answers[:10] == [401] * 10 and answers[10:] == [429, 429]
+    throttled = await rig.ui.post("/ui/login", data={"token": "guess-again"})
+    assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
+
+
+async def test_review_findings_bad_input_gets_a_clean_answer_never_a_500(rig: Rig) -> None:
+    """A cookie another site of this host set (not ASCII), odd numbers, a missing field, a
+    trailing slash: each answered cleanly (before: 500s, or a redirect to the Host given)."""
+    odd = {b"cookie": "gw_console=9999999999.n.\u00e9".encode()}
+    for path in ("/ui/login", "/ui/orgs"):
+        answer = await rig.ui.get(path, headers=odd)
+        assert answer.status_code in (200, 303), (path, answer.status_code)
+    org = await rig.org("acme", {"requests": 100})
+    csrf = await rig.sign_in()
+    for value in ("\u00b2", "9" * 5000, "-1", "1.5"):
+        form = {"csrf": csrf, "meter": "bytes", "value": value}
+        assert (await rig.ui.post(f"/ui/orgs/{org}/limit", data=form)).status_code == 400
+    back = {"csrf": csrf, "meter": "requests", "value": "plan"}
+    assert (await rig.ui.post(f"/ui/orgs/{org}/limit", data=back)).status_code == 303
+    assert "requests" not in (await rig.api.get(f"/admin/orgs/{org}")).json()["limits"]
+    assert (await rig.ui.post(f"/ui/orgs/{org}/suspension", data={"csrf": csrf})).status_code == 400
+    bad_csrf = {"csrf": "\u00e9", "suspended": "true"}
+    assert (await rig.ui.post(f"/ui/orgs/{org}/suspension", data=bad_csrf)).status_code == 403
+    assert (await rig.ui.get("/ui/orgs/", headers={"host": "evil.example"})).status_code == 404
+    assert (await rig.ui.get("/ui/orgs/org%00x")).status_code == 404
+
+
+async def test_an_address_over_its_wrong_tokens_is_refused_before_its_guess_is_checked(
+    rig: Rig,
+) -> None:
+    for n in range(11):
+        await rig.ui.post("/ui/login", data={"token": f"guess-{n}"})
+    right = await rig.ui.post("/ui/login", data={"token": TOKEN})
+    assert right.status_code == 429 and "gw_console" not in right.headers.get("set-cookie", "")
+    metrics = (await rig.api.get("/metrics")).text
+    assert 'gateway_admin_auth_failures_total{answer="unauthorized"} 10.0' in metrics
+
+
+async def test_a_suspended_orgs_usage_reads_are_not_counted_as_refused_requests(rig: Rig) -> None:
+    org = await rig.org("acme", {"requests": 100})
+    key = (await rig.api.post(f"/admin/orgs/{org}/keys")).json()["key"]
+    await rig.api.put(f"/admin/orgs/{org}/suspension", json={"suspended": True})
+    ingest = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=IngestApp(rig.runtime)), base_url="http://gw"
+    )
+    async with ingest:
+        for _ in range(3):
+            await ingest.get("/v1/usage", headers={"authorization": f"Bearer {key}"})
+        answer = await ingest.post(
+            "/v1/traces",
+            content=b'{"resourceSpans":[]}',
+            headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        )
+    assert answer.status_code == 402
+    await rig.runtime.usage.flush()
+    period = rig.runtime.usage.current_period(rig.runtime.clock())
+    counters = await rig.runtime.store.usage(org, period.key)
+    assert counters.get("refused:billing_suspended") == 1  # the ingest request, not the reads
+
+
+def test_a_console_session_must_last_a_minute_to_thirty_days(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError
+
+    for seconds in (0, 59, float("inf"), 31 * 86400):
+        with pytest.raises(ConfigError, match="GATEWAY_UI_SESSION"):
+            Settings(data_dir=tmp_path, ui_session=seconds)

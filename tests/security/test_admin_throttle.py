@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admin.app import AdminAuth, AuthFailures, build_admin_app
+from gateway.admin.app import AdminAuth, build_admin_app
+from gateway.admin.throttle import AuthFailures
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.settings import Settings
