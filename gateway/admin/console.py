@@ -30,13 +30,15 @@ from starlette.routing import Route
 
 from gateway.admin import console_html as html
 from gateway.admin.history import history, with_forecasts
-from gateway.admin.orgs import OrgAdmin, key_json, org_json
+from gateway.admin.orgs import OrgAdmin, org_json
 from gateway.admin.throttle import AuthFailures
 from gateway.billing import notify
 from gateway.errors import BadRequest, Conflict, NotFound, StoreError
 from gateway.ingest.outcomes import REFUSALS
 from gateway.limits.budgets import REFUSED_PREFIX
 from gateway.runtime import Runtime
+from gateway.store.records import OrgRecord
+from policies.model import Period, key_meter
 
 log = logging.getLogger("gateway.admin.console")
 COOKIE = "gw_console"
@@ -48,6 +50,8 @@ HEADERS = {
     "cache-control": "no-store",
 }
 Endpoint = Callable[[Request], Awaitable[Response]]
+Page = Callable[[Request, str], Awaitable[Response]]  # given the session's CSRF token
+Change = Callable[[Request, str, dict[str, str]], Awaitable[Response]]  # and the form
 _CSS = resources.files("gateway.admin").joinpath("console.css").read_bytes()
 
 
@@ -129,18 +133,29 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
     def signed_in(request: Request) -> str | None:
         return sessions.valid(request.cookies.get(COOKIE))
 
-    async def changing(request: Request) -> tuple[str, dict[str, str]] | Response:
-        """The CSRF token and the form of a change, or the answer refusing it."""
-        csrf = signed_in(request)
-        if csrf is None:
-            return _to("/ui/login")
-        form = await _form(request)
-        if not hmac.compare_digest(form.get("csrf", "").encode(), csrf.encode()):
-            log.warning("console change refused: missing or wrong CSRF token: %s", request.url.path)
-            return _page(
-                html.page("Refused", "<p>The form was stale. Go back and try again.</p>"), 403
-            )
-        return csrf, form
+    def signed(handler: Page) -> Endpoint:
+        """A page for a signed-in operator (given the session's CSRF token); else sign-in."""
+
+        async def endpoint(request: Request) -> Response:
+            csrf = signed_in(request)
+            return _to("/ui/login") if csrf is None else await handler(request, csrf)
+
+        return endpoint
+
+    def change(handler: Change) -> Endpoint:
+        """A POST of a signed-in operator whose form carries the session's CSRF token."""
+
+        async def endpoint(request: Request, csrf: str) -> Response:
+            form = await _form(request)
+            if not hmac.compare_digest(form.get("csrf", "").encode(), csrf.encode()):
+                log.warning(
+                    "console change refused: missing or wrong CSRF token: %s", request.url.path
+                )
+                stale = html.page("Refused", "<p>The form was stale. Go back and try again.</p>")
+                return _page(stale, 403)
+            return await handler(request, csrf, form)
+
+        return signed(endpoint)
 
     async def login_form(request: Request) -> Response:
         if signed_in(request) is not None:
@@ -169,10 +184,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
         answer.headers["set-cookie"] = cookie_header(request, sessions.new(), lifetime)
         return answer
 
-    async def logout(request: Request) -> Response:
-        outcome = await changing(request)
-        if isinstance(outcome, Response):
-            return outcome
+    async def logout(request: Request, _csrf: str, _form: dict[str, str]) -> Response:
         answer = _to("/ui/login")
         answer.headers["set-cookie"] = cookie_header(request, "", 0)
         return answer
@@ -183,35 +195,26 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
     async def stylesheet(_request: Request) -> Response:
         return Response(_CSS, media_type="text/css", headers=HEADERS)
 
-    async def org_usage(org_id: str) -> dict[str, Any]:
+    async def org_usage(org_id: str) -> tuple[Period, dict[str, Any]]:
         period = await orgs.period(org_id, now())
         view = await orgs.usage(org_id, period)
-        return await with_forecasts(runtime.store, org_id, view, period, now())
+        return period, await with_forecasts(runtime.store, org_id, view, period, now())
 
-    async def orgs_page(request: Request) -> Response:
-        csrf = signed_in(request)
-        if csrf is None:
-            return _to("/ui/login")
+    async def orgs_page(request: Request, csrf: str) -> Response:
         await runtime.usage.flush()
         query = request.query_params.get("q", "").strip()[:200]
         rows = []
         for org in await runtime.store.list_orgs(query or None, 200):
-            rows.append((org_json(org), await org_usage(org.id)))
+            rows.append((org_json(org), (await org_usage(org.id))[1]))
         return _page(html.page("Orgs", html.orgs_table(rows, query), csrf=csrf))
 
-    async def org_page(request: Request) -> Response:
-        csrf = signed_in(request)
-        if csrf is None:
-            return _to("/ui/login")
+    async def org_page(request: Request, csrf: str) -> Response:
         await runtime.usage.flush()
-        org = await orgs.get_org(_id(request, "org_id"))
-        body = await org_body(org.id, csrf, None)
-        return _page(html.page(org.name, body, csrf=csrf))
+        return await org_answer(await orgs.get_org(_id(request, "org_id")), csrf)
 
-    async def org_body(org_id: str, csrf: str, new_key: str | None) -> str:
-        org = org_json(await orgs.get_org(org_id))
-        view = await org_usage(org_id)
-        period = await orgs.period(org_id, now())
+    async def org_answer(record: OrgRecord, csrf: str, new_key: str | None = None) -> Response:
+        org_id, org = record.id, org_json(record)
+        period, view = await org_usage(org_id)
         meters = []
         charts: list[str] = []
         days = max(1, round((period.end - period.start).total_seconds() / 86400))
@@ -242,82 +245,38 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
                 )
         if not charts:
             charts.append(html.chart("requests", await daily("requests"), None, None, span))
-        state = "suspended" if org["suspended"] or org["billing_suspended"] else "active"
-        action = f"/ui/orgs/{html.esc(org_id)}"
-        toggle = html.post_button(
-            f"{action}/suspension",
-            csrf,
-            "Lift suspension" if org["suspended"] else "Suspend",
-            {"suspended": "false" if org["suspended"] else "true"},
-            "lift" if org["suspended"] else "suspend",
-        )
         plans = [p.name for p in await runtime.store.list_plans()]
-        options = "".join(
-            f'<option value="{html.esc(p)}"{" selected" if p == org["plan"] else ""}>'
-            f"{html.esc(p)}</option>"
-            for p in sorted({*plans, org["plan"]})
-        )
-        plan_form = (
-            f'<form method="post" action="{action}/plan" class="inline">{html.hidden(csrf)}'
-            f'<select name="plan" id="plan">{options}</select>'
-            '<button type="submit" id="change-plan">Change plan</button></form>'
-        )
-        limit_form = (
-            f'<form method="post" action="{action}/limit" class="inline">{html.hidden(csrf)}'
-            '<input name="meter" id="limit-meter" placeholder="meter" required>'
-            '<input name="value" id="limit-value" placeholder="number, empty: none, plan">'
-            '<button type="submit" id="set-limit">Set limit</button></form>'
-        )
+        counters = await runtime.store.usage(org_id, period.key)  # the keys' meters too
         keys = []
         for key in await orgs.list_keys(org_id):
-            own = await orgs.key_usage(key.id, period)
-            used = own["usage"].get("requests", 0)
-            revoke = (
-                ""
-                if key.revoked
-                else html.post_button(
-                    f"/ui/keys/{key.id}/revoke", csrf, "Revoke", {"org": org_id}, f"revoke-{key.id}"
-                )
-            )
+            revoke = "" if key.revoked else html.post_button(
+                f"/ui/keys/{key.id}/revoke", csrf, "Revoke", {}, f"revoke-{key.id}"
+            )  # fmt: skip
+            limits = ", ".join(f"{m} {n:,}" for m, n in key.limits.as_dict().items())
             keys.append(
                 [
                     html.esc(key.id),
                     html.esc(key.name),
-                    html.number(used),
-                    html.esc(", ".join(f"{m} {n:,}" for m, n in key_json(key)["limits"].items())),
+                    html.number(counters.get(key_meter(key.id, "requests"), 0)),
+                    html.esc(limits),
                     "revoked" if key.revoked else "active",
                     revoke,
                 ]
             )
-        created = (
-            '<p class="secret" id="new-key">New key, shown this once: '
-            f"<code>{html.esc(new_key)}</code></p>"
-            if new_key
-            else ""
-        )
-        key_form = (
-            f'<form method="post" action="{action}/keys" class="inline">{html.hidden(csrf)}'
-            '<input name="name" id="key-name" placeholder="key name">'
-            '<button type="submit" id="create-key">Create key</button></form>'
-        )
         billing = await orgs.billing(org_id)
         audit = await runtime.store.audit_log(org_id, 20)
         refusals = await refused_today(org_id)
-        return "".join(
+        body = "".join(
             [
-                f'<p class="id">{html.esc(org_id)}</p>',
-                f"<p>Plan <b>{html.esc(org['plan'])}</b> · payment "
-                f"<b>{html.esc(org['payment_status'])}</b>"
-                f' · <b class="{state}" id="state">{state}</b> {toggle}</p>',
-                f"<p>{plan_form} {limit_form}</p>",
+                html.org_actions(org, csrf, plans),
                 f"<h2>Usage from {html.esc(view['period_start'])} to "
                 f"{html.esc(view['period_end'])}</h2>",
                 html.table(["meter", "used", "limit", "overage cap", "forecast", ""], meters),
                 "".join(charts),
                 "<h2>Keys</h2>",
-                created,
+                html.new_key(new_key),
                 html.table(["id", "name", "requests", "limits", "state", ""], keys, "No keys."),
-                key_form,
+                html.key_form(org_id, csrf),
                 "<h2>Refusals in the last 24 hours</h2>",
                 html.table(
                     ["code", "requests"],
@@ -342,19 +301,17 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
                 ),
             ]
         )
+        return _page(html.page(record.name, body, csrf=csrf), 201 if new_key else 200)
 
     def org_change(apply: Callable[[str, dict[str, str]], Awaitable[object]]) -> Endpoint:
         """A POST that changes an org through ``apply``, then shows the org again."""
 
-        async def endpoint(request: Request) -> Response:
-            outcome = await changing(request)
-            if isinstance(outcome, Response):
-                return outcome
+        async def changed(request: Request, _csrf: str, form: dict[str, str]) -> Response:
             org_id = _id(request, "org_id")
-            await apply(org_id, outcome[1])
+            await apply(org_id, form)
             return _to(f"/ui/orgs/{quote(org_id)}")
 
-        return endpoint
+        return change(changed)
 
     async def refused_today(org_id: str) -> list[tuple[str, int]]:
         """Refusals of the org's requests by code over the last 24 hours, most first."""
@@ -387,30 +344,17 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
             value = int(raw)
         return await orgs.update_org(org_id, {"limits": {form.get("meter", "").strip(): value}})
 
-    async def create_key(request: Request) -> Response:
-        outcome = await changing(request)
-        if isinstance(outcome, Response):
-            return outcome
-        org_id = _id(request, "org_id")
-        name = outcome[1].get("name", "").strip()
+    async def create_key(request: Request, csrf: str, form: dict[str, str]) -> Response:
+        org_id, name = _id(request, "org_id"), form.get("name", "").strip()
         _, plaintext = await orgs.create_key(org_id, {"name": name} if name else None)
-        csrf = outcome[0]
-        body = await org_body(org_id, csrf, plaintext)
-        org = await orgs.get_org(org_id)
-        return _page(html.page(org.name, body, csrf=csrf), 201)
+        return await org_answer(await orgs.get_org(org_id), csrf, plaintext)
 
-    async def revoke_key(request: Request) -> Response:
-        outcome = await changing(request)
-        if isinstance(outcome, Response):
-            return outcome
+    async def revoke_key(request: Request, _csrf: str, _form: dict[str, str]) -> Response:
         key = await orgs.key(_id(request, "key_id"))
         await orgs.revoke_key(key.id)
         return _to(f"/ui/orgs/{quote(key.org_id)}")
 
-    async def plans_page(request: Request) -> Response:
-        csrf = signed_in(request)
-        if csrf is None:
-            return _to("/ui/login")
+    async def plans_page(request: Request, csrf: str) -> Response:
         rows = [
             [
                 html.esc(p.name),
@@ -422,10 +366,7 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
             html.page("Plans", html.table(["plan", "limits"], rows, "No plans."), csrf=csrf)
         )
 
-    async def notifications_page(request: Request) -> Response:
-        csrf = signed_in(request)
-        if csrf is None:
-            return _to("/ui/login")
+    async def notifications_page(request: Request, csrf: str) -> Response:
         listed = notify.listed(await runtime.store.notifications(None, 100))
         shown = ("created_at", "org_id", "type", "attempts", "delivered_at", "failed_at")
         rows = [
@@ -463,16 +404,16 @@ def build_console(runtime: Runtime, orgs: OrgAdmin, failures: AuthFailures) -> S
             Route("/ui/static/console.css", stylesheet, methods=["GET"]),
             Route("/ui/login", login_form, methods=["GET"]),
             Route("/ui/login", login, methods=["POST"]),
-            Route("/ui/logout", logout, methods=["POST"]),
-            Route("/ui/orgs", orgs_page, methods=["GET"]),
-            Route("/ui/orgs/{org_id}", org_page, methods=["GET"]),
+            Route("/ui/logout", change(logout), methods=["POST"]),
+            Route("/ui/orgs", signed(orgs_page), methods=["GET"]),
+            Route("/ui/orgs/{org_id}", signed(org_page), methods=["GET"]),
             Route("/ui/orgs/{org_id}/suspension", org_change(suspend), methods=["POST"]),
             Route("/ui/orgs/{org_id}/plan", org_change(change_plan), methods=["POST"]),
             Route("/ui/orgs/{org_id}/limit", org_change(set_limit), methods=["POST"]),
-            Route("/ui/orgs/{org_id}/keys", create_key, methods=["POST"]),
-            Route("/ui/keys/{key_id}/revoke", revoke_key, methods=["POST"]),
-            Route("/ui/plans", plans_page, methods=["GET"]),
-            Route("/ui/notifications", notifications_page, methods=["GET"]),
+            Route("/ui/orgs/{org_id}/keys", change(create_key), methods=["POST"]),
+            Route("/ui/keys/{key_id}/revoke", change(revoke_key), methods=["POST"]),
+            Route("/ui/plans", signed(plans_page), methods=["GET"]),
+            Route("/ui/notifications", signed(notifications_page), methods=["GET"]),
         ],
         exception_handlers={
             BadRequest: refused,

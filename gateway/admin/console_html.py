@@ -175,3 +175,48 @@ def post_button(action: str, csrf: str, label: str, fields: Mapping[str, str], i
         f'<form method="post" action="{esc(action)}" class="inline">{hidden(csrf)}{inputs}'
         f'<button type="submit" id="{esc(ident)}">{esc(label)}</button></form>'
     )
+
+
+def org_actions(org: Mapping[str, Any], csrf: str, plans: Iterable[str]) -> str:
+    """An org's id and state with the suspend or lift button, the plan and limit forms."""
+    org_id, suspended = org["id"], org["suspended"]
+    state = "suspended" if suspended or org["billing_suspended"] else "active"
+    action = f"/ui/orgs/{org_id}"
+    toggle = post_button(
+        f"{action}/suspension",
+        csrf,
+        "Lift suspension" if suspended else "Suspend",
+        {"suspended": "false" if suspended else "true"},
+        "lift" if suspended else "suspend",
+    )
+    options = "".join(
+        f'<option value="{esc(p)}"{" selected" if p == org["plan"] else ""}>{esc(p)}</option>'
+        for p in sorted({*plans, org["plan"]})
+    )
+    return (
+        f'<p class="id">{esc(org_id)}</p><p>Plan <b>{esc(org["plan"])}</b> · payment '
+        f'<b>{esc(org["payment_status"])}</b> · <b class="{state}" id="state">{state}</b> '
+        f'{toggle}</p><p><form method="post" action="{esc(action)}/plan" class="inline">'
+        f'{hidden(csrf)}<select name="plan" id="plan">{options}</select>'
+        '<button type="submit" id="change-plan">Change plan</button></form> '
+        f'<form method="post" action="{esc(action)}/limit" class="inline">{hidden(csrf)}'
+        '<input name="meter" id="limit-meter" placeholder="meter" required>'
+        '<input name="value" id="limit-value" placeholder="number, empty: none, plan">'
+        '<button type="submit" id="set-limit">Set limit</button></form></p>'
+    )
+
+
+def key_form(org_id: str, csrf: str) -> str:
+    return (
+        f'<form method="post" action="/ui/orgs/{esc(org_id)}/keys" class="inline">'
+        f'{hidden(csrf)}<input name="name" id="key-name" placeholder="key name">'
+        '<button type="submit" id="create-key">Create key</button></form>'
+    )
+
+
+def new_key(plaintext: str | None) -> str:
+    """A key just created: its plaintext, this once."""
+    if not plaintext:
+        return ""
+    notice = '<p class="secret" id="new-key">New key, shown this once: '
+    return f"{notice}<code>{esc(plaintext)}</code></p>"

@@ -281,10 +281,13 @@ class MeteringMiddleware:
             key = extract_key(scope["headers"], scope["query_string"], signal == "logpush")
         except BadRequest as exc:
             return await exchange.refuse(exc.refusal(), style)
-        auth = await self.admission.authorize(key)
+        routing = await self.admission.identify(key)
+        if isinstance(routing, Refusal):
+            return await exchange.refuse(routing, style)
+        scope["gateway.routing"] = routing  # for its refusals' count and its log lines
+        auth = self.admission.admits(routing)
         if isinstance(auth, Refusal):
             return await exchange.refuse(auth, style)
-        scope["gateway.routing"] = auth.routing  # for its refusals' count and its log lines
         if request.conflict is not None:
             return await exchange.refuse(BadRequest(request.conflict).refusal(), style)
         # What the key, the routing and the declared length decide comes before any parsing.

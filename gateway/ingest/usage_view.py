@@ -69,7 +69,7 @@ class KeyUsageEndpoint:
         except BadRequest as exc:
             await send_refusal(send, exc.refusal(), "json")
             return
-        auth = await self._admission.authorize(key, ingest=False)
+        auth = await self._admission.authorize(key)
         if isinstance(auth, Refusal):
             await send_refusal(send, auth, "json")
             return

@@ -48,24 +48,28 @@ class AdmissionControl:
         self._metrics = metrics
         self._shadow = shadow
 
-    async def authorize(self, key: str | None, *, ingest: bool = True) -> Authorized | Refusal:
-        """Who is sending, and may they send at all (before the body is read); a refused
-        ingest request of a suspended org is counted (``ingest=False``: a usage read)."""
+    async def authorize(self, key: str | None) -> Authorized | Refusal:
+        """Who is sending, and may they send at all (before the body is read)."""
+        found = await self.identify(key)
+        return found if isinstance(found, Refusal) else self.admits(found)
+
+    async def identify(self, key: str | None) -> OrgRouting | Refusal:
+        """The routing of the org behind ``key``, or why there is none."""
         if key is None:
             return INVALID_INGEST_KEY
         try:
             routing = await self._routing.lookup(self._hasher(key))
         except StoreError:
             return store_unavailable()
-        if routing is None:
-            return INVALID_INGEST_KEY
+        return INVALID_INGEST_KEY if routing is None else routing
+
+    def admits(self, routing: OrgRouting) -> Authorized | Refusal:
+        """Whether the org may send at all: suspended, it is refused (noted in shadow mode)."""
         refusal = suspension_refusal(routing)
         if refusal is None:
             return Authorized(routing)
         if self._shadow or routing.shadow:
             return Authorized(routing, shadowed=refusal)
-        if ingest:
-            self.refused(routing, refusal.code)
         return refusal
 
     def refused(self, routing: OrgRouting, code: str) -> None:

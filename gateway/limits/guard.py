@@ -39,9 +39,8 @@ class StoreGuard:
         if not self._breaker.allows(now):
             raise StoreUnavailable("store circuit is open")
         self._breaker = self._breaker.attempt(now)
-        started = time.perf_counter()
         try:
-            result = await self._timed(make, budget, started)
+            result = await self._timed(make, budget)
         except asyncio.CancelledError:
             # Cancellation says nothing about the store; only a probe must not stay in flight.
             if self._breaker.state == "half_open":
@@ -62,13 +61,13 @@ class StoreGuard:
         self._breaker = self._breaker.success()
         return result
 
-    async def _timed(self, make: Callable[[], Awaitable[T]], budget: float | None, t0: float) -> T:
-        """The call under its budget, reported as ok or error (a cancelled caller is neither)."""
+    async def _timed(self, make: Callable[[], Awaitable[T]], budget: float | None) -> T:
+        """The call under its budget, reported as ok or error (a cancelled caller, not an
+        Exception, is neither)."""
+        t0 = time.perf_counter()
         try:
             result = await asyncio.wait_for(make(), budget or self.timeout)
-        except asyncio.CancelledError:
-            raise
-        except BaseException:
+        except Exception:
             if self._observe is not None:
                 self._observe("error", time.perf_counter() - t0)
             raise
