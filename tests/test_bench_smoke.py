@@ -50,3 +50,29 @@ def test_quick_bench_reports_every_target_ratio_and_an_exact_limit(tmp_path: Pat
     for key in ("nproc", "cpu_model", "python", "date", "command_line"):
         assert report["machine"][key]
     assert Path(f"{out}.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+@pytest.mark.timeout(300)
+def test_workers_over_postgresql_report_the_shared_stores_cost_and_an_exact_limit(
+    tmp_path: Path,
+) -> None:
+    """The workers axis (not in --quick): 2 workers on PostgreSQL, their store cost counted."""
+    out = tmp_path / "workers"
+    argv = ["--targets", "workers2-pg", "--seconds", "1", "--sizes", "2048"]
+    argv += ["--formats", "protobuf", "--memory-keys", "50", "--cold-keys", "50"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.bench", *argv, "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(Path(f"{out}.json").read_text())
+    (row,) = [r for r in report["rows"] if r["target"] == "workers2-pg"]
+    assert row["status"] == "ok" and row["req_per_s"]
+    cost = row["store"]
+    assert cost["requests"] > 0 and cost["pg_transactions"] > 0
+    assert cost["pg_transactions_per_1k"] > 0 and cost["store_cpu_us_per_request"] >= 0
+    (check,) = [c for c in report["exactness"] if c["target"] == "workers2-pg"]
+    assert check["passed"], check
